@@ -1,0 +1,211 @@
+"""Benchmark DynamicConv2d's computation paths against nn.Conv2d and timm's CondConv2d.
+
+Every candidate runs on the same input, interleaved round by round in one process, so the
+printed ratios compare like with like on a noisy machine. Per shape it prints median times of
+nn.Conv2d, each path of DynamicConv2d, the auto choice and timm's CondConv2d (fed the same
+attention), their ratio to nn.Conv2d, forward and forward+backward, at batch 32 and batch 1,
+plus forward FLOPs (torch.utils.flop_counter) and bytes saved for backward.
+
+    python scripts/benchmark_layer.py                 # every shape of the issue
+    python scripts/benchmark_layer.py --quick         # fewer rounds
+    python scripts/benchmark_layer.py --shapes r18_64@16 mnv2_dw@56 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from dyconv.layers import DynamicConv2d, choose_path
+from dyconv.runtime import tune_malloc
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    cin: int
+    cout: int
+    kernel: int
+    size: int  # input height = width
+    stride: int = 1
+    groups: int = 1
+
+    @property
+    def padding(self) -> int:
+        return self.kernel // 2
+
+
+SHAPES = [
+    # ResNet-18 3x3 convs at 64 px input (imagenet stem) and at 224 px.
+    Shape("r18_64@16", 64, 64, 3, 16),
+    Shape("r18_128@8", 128, 128, 3, 8),
+    Shape("r18_256@4", 256, 256, 3, 4),
+    Shape("r18_512@2", 512, 512, 3, 2),
+    Shape("r18_64@56", 64, 64, 3, 56),
+    Shape("r18_512@7", 512, 512, 3, 7),
+    # ResNet-10 with the small stem at 64 px (the Tiny ImageNet models).
+    Shape("r10s_64@64", 64, 64, 3, 64),
+    Shape("r10s_128@32", 128, 128, 3, 32),
+    Shape("r10s_256@16", 256, 256, 3, 16),
+    Shape("r10s_512@8", 512, 512, 3, 8),
+    # MobileNetV2 at 224 px: 1x1 expand / depthwise / 1x1 project at 56x56 and 7x7.
+    Shape("mnv2_expand@56", 24, 144, 1, 56),
+    Shape("mnv2_dw@56", 144, 144, 3, 56, groups=144),
+    Shape("mnv2_project@56", 144, 24, 1, 56),
+    Shape("mnv2_expand@7", 160, 960, 1, 7),
+    Shape("mnv2_dw@7", 960, 960, 3, 7, groups=960),
+    Shape("mnv2_project@7", 960, 160, 1, 7),
+]
+
+
+class CondConvPeer(nn.Module):
+    """timm's CondConv2d routed by the same attention as DynamicConv2d (fair comparison)."""
+
+    def __init__(self, dyn: DynamicConv2d) -> None:
+        super().__init__()
+        from timm.layers import CondConv2d
+
+        self.dyn = dyn
+        self.conv = CondConv2d(
+            dyn.in_channels,
+            dyn.out_channels,
+            dyn.kernel_size[0],
+            dyn.stride[0],
+            dyn.padding[0],
+            dyn.dilation[0],
+            dyn.groups,
+            dyn.bias is not None,
+            dyn.num_kernels,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.dyn.attention(x))
+
+
+def build_candidates(shape: Shape, num_kernels: int, batch: int) -> dict[str, nn.Module]:
+    args = (shape.cin, shape.cout, shape.kernel, shape.stride, shape.padding, 1, shape.groups)
+    cands: dict[str, nn.Module] = {"conv2d": nn.Conv2d(*args)}
+    for path in ("auto", "grouped", "mixture", "bmm"):
+        if path == "bmm" and shape.groups != 1:
+            continue  # bmm falls back to grouped for grouped convs
+        cands[path] = DynamicConv2d(*args, num_kernels=num_kernels, path=path, temperature=1.0)
+    try:
+        cands["timm_condconv"] = CondConvPeer(cands["grouped"])
+    except ImportError:  # timm is a dev extra
+        pass
+    return cands
+
+
+def fwd_flops(module: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops()
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of activations autograd keeps for backward (parameters excluded)."""
+    params = {p.data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.data_ptr() not in params:
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x.requires_grad_(True))
+    return sum(seen.values())
+
+
+def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: bool, rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in cands}
+    xg = x.detach().requires_grad_(backward)
+
+    def step(m: nn.Module) -> None:
+        if backward:
+            m(xg).sum().backward()
+        else:
+            with torch.no_grad():
+                m(xg)
+
+    for m in cands.values():  # warm-up (allocator, oneDNN primitive cache)
+        step(m)
+        step(m)
+    for _ in range(rounds):
+        for name, m in cands.items():
+            t0 = time.perf_counter()
+            step(m)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="*", help="subset of shape names (default: all)")
+    parser.add_argument("--batch", type=int, nargs="*", default=[32, 1])
+    parser.add_argument("--num-kernels", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="5 rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
+    args = parser.parse_args(argv)
+    tuned = False if args.no_tune_malloc else tune_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = 5 if args.quick else args.rounds
+    shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes]
+    if args.shapes and len(shapes) != len(args.shapes):
+        known = ", ".join(s.name for s in SHAPES)
+        sys.exit(f"unknown shape in {args.shapes}; known: {known}")
+    torch.manual_seed(0)
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.num_kernels},"
+        f" median of {rounds} interleaved rounds, tune_malloc={tuned}"
+    )
+    print("# times in ms; (x) = ratio to nn.Conv2d; auto -> the path it chose; best = fastest dynamic path")
+    for batch in args.batch:
+        for backward in (False, True):
+            mode = "fwd+bwd" if backward else "fwd"
+            print(f"\n## batch {batch}, {mode}")
+            header = f"{'shape':<16} {'conv2d':>8} {'auto':>16} {'grouped':>14} {'mixture':>14} {'bmm':>14} {'timm':>14} {'auto/best':>9} {'timm/auto':>9}"
+            if not backward:
+                header += f" {'GFLOP conv':>10} {'GFLOP auto':>10}"
+            else:
+                header += f" {'MB saved conv':>13} {'MB saved auto':>13}"
+            print(header)
+            for shape in shapes:
+                cands = build_candidates(shape, args.num_kernels, batch)
+                x = torch.randn(batch, shape.cin, shape.size, shape.size)
+                t = time_interleaved(cands, x, backward, rounds)
+                base = t["conv2d"]
+                ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
+                chosen = choose_path(batch, shape.cin, shape.cout, shape.groups, (shape.kernel,) * 2, ho * ho, args.num_kernels)
+                best = min(v for k, v in t.items() if k in ("grouped", "mixture", "bmm"))
+
+                def cell(name: str, width: int = 14) -> str:
+                    if name not in t:
+                        return f"{'-':>{width}}"
+                    return f"{t[name] * 1e3:7.2f} ({t[name] / base:4.1f}x)".rjust(width)
+
+                auto_cell = f"{chosen[:3]} {cell('auto', 0)}".rjust(16)
+                timm_ratio = f"{t['timm_condconv'] / t['auto']:8.1f}x" if "timm_condconv" in t else f"{'-':>9}"
+                line = (
+                    f"{shape.name:<16} {base * 1e3:8.2f} {auto_cell} {cell('grouped')} {cell('mixture')} {cell('bmm')}"
+                    f" {cell('timm_condconv')} {t['auto'] / best:8.2f}x {timm_ratio}"
+                )
+                if not backward:
+                    line += f" {fwd_flops(cands['conv2d'], x) / 1e9:10.3f} {fwd_flops(cands['auto'], x) / 1e9:10.3f}"
+                else:
+                    line += f" {saved_bytes(cands['conv2d'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Model-level helpers: temperature, per-layer K, and converting any model to dynamic convs."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Union
+
+import torch
+from torch import nn
+
+from dyconv.layers.dynamic_conv import DynamicConv2d
+
+__all__ = [
+    "KernelSpec",
+    "ModuleFilter",
+    "convert_to_dynamic",
+    "dynamic_layers",
+    "get_temperature",
+    "resolve_num_kernels",
+    "set_num_kernels",
+    "set_temperature",
+]
+
+#: ``num_kernels`` everywhere: one K for all layers, one K per layer (in ``named_modules()``
+#: order), or fnmatch globs on qualified module names -> K (first match wins).
+KernelSpec = Union[int, Sequence[int], Mapping[str, int]]
+#: A filter: a glob, several globs, or a callable ``(name, module) -> bool``.
+ModuleFilter = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
+
+
+def dynamic_layers(module: nn.Module) -> Iterator[tuple[str, DynamicConv2d]]:
+    """``(qualified name, layer)`` for every :class:`DynamicConv2d` in ``module``."""
+    for name, m in module.named_modules():
+        if isinstance(m, DynamicConv2d):
+            yield name, m
+
+
+@torch.no_grad()
+def set_temperature(module: nn.Module, value: float) -> int:
+    """Set the softmax temperature of every dynamic layer in place; returns how many."""
+    if not value > 0:
+        raise ValueError(f"temperature must be > 0, got {value!r}")
+    n = 0
+    for _, layer in dynamic_layers(module):
+        layer.temperature.fill_(value)
+        n += 1
+    return n
+
+
+def get_temperature(module: nn.Module) -> float | None:
+    """The temperature shared by every dynamic layer (None if there is none).
+
+    Raises ValueError if layers disagree (read ``layer.temperature`` per layer then).
+    """
+    values = {float(layer.temperature) for _, layer in dynamic_layers(module)}
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError(f"dynamic layers have different temperatures {sorted(values)}; read each layer's .temperature")
+    return values.pop()
+
+
+def resolve_num_kernels(spec: KernelSpec, names: Sequence[str], default: int = 4) -> list[int]:
+    """K for each of ``names`` (qualified module names in ``named_modules()`` order)."""
+    if isinstance(spec, bool):
+        raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
+    if isinstance(spec, int):
+        ks = [spec] * len(names)
+    elif isinstance(spec, Mapping):
+        patterns = {str(p): k for p, k in spec.items()}
+        unused = set(patterns)
+        ks = []
+        for name in names:
+            for pattern, k in patterns.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    ks.append(k)
+                    unused.discard(pattern)
+                    break
+            else:
+                ks.append(default)
+        if unused:
+            raise ValueError(
+                f"num_kernels pattern(s) {sorted(unused)} match no dynamic conv; the dynamic convs are: {list(names)}"
+            )
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        ks = list(spec)
+        if len(ks) != len(names):
+            raise ValueError(
+                f"num_kernels has {len(ks)} entries but there are {len(names)} dynamic convs "
+                f"(in named_modules() order): {list(names)}"
+            )
+    else:
+        raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"every num_kernels value must be a positive integer, got {k!r}")
+    return ks
+
+
+def _matches(filt: ModuleFilter | None, name: str, module: nn.Module) -> bool:
+    if filt is None:
+        return False
+    if callable(filt):
+        return bool(filt(name, module))
+    patterns = [filt] if isinstance(filt, str) else list(filt)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _replace_modules(model: nn.Module, new: dict[int, nn.Module]) -> nn.Module:
+    """Swap modules (by identity) everywhere they are referenced, shared ones included."""
+    if id(model) in new:
+        return new[id(model)]
+    for parent in model.modules():
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in new:
+                parent._modules[child_name] = new[id(child)]
+    return model
+
+
+def set_num_kernels(model: nn.Module, num_kernels: KernelSpec, default: int = 4) -> nn.Module:
+    """Rebuild the dynamic layers whose K differs from ``num_kernels`` (freshly initialised).
+
+    Model builders call this before their weight init so a per-layer K spec costs nothing.
+    """
+    layers = list(dynamic_layers(model))
+    ks = resolve_num_kernels(num_kernels, [n for n, _ in layers], default)
+    new: dict[int, nn.Module] = {}
+    for (_, layer), k in zip(layers, ks):
+        if layer.num_kernels != k:
+            kwargs = {**layer.dynamic_kwargs(), "num_kernels": k}
+            new[id(layer)] = DynamicConv2d(
+                **layer.conv_kwargs(), device=layer.weight.device, dtype=layer.weight.dtype, **kwargs
+            ).train(layer.training)
+    return _replace_modules(model, new)
+
+
+def convert_to_dynamic(
+    model: nn.Module,
+    num_kernels: KernelSpec = 4,
+    *,
+    reduction: int = 4,
+    min_hidden: int = 1,
+    temperature: float = 30.0,
+    path: str = "auto",
+    include: ModuleFilter | None = None,
+    exclude: ModuleFilter | None = None,
+    skip_first: bool = False,
+    skip_depthwise: bool = False,
+    skip_pointwise: bool = False,
+    conv_types: Sequence[type[nn.Module]] = (nn.Conv2d,),
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+    inplace: bool = True,
+) -> nn.Module:
+    """Replace plain ``nn.Conv2d`` layers of any model with :class:`DynamicConv2d`.
+
+    Every kernel of a new layer is a copy of the static weight (and bias), so the converted
+    model computes exactly what the original did, whatever the attention; ``noise`` > 0 perturbs
+    the copies (relative to each weight's std) so the attention receives a gradient.
+
+    Args:
+        model: any ``nn.Module`` (torchvision, timm, your own); returned converted.
+        num_kernels: K for every converted conv, a list with one K per converted conv in
+            ``named_modules()`` order, or a mapping from fnmatch globs on names to K.
+        include: only convs matching this (globs on qualified names, or ``(name, m) -> bool``)
+            are converted; default all.
+        exclude: convs matching this stay static.
+        skip_first: keep the model's first conv (in ``named_modules()`` order) static.
+        skip_depthwise: keep depthwise convs (``groups == in_channels > 1``) static.
+        skip_pointwise: keep 1x1 convs static.
+        conv_types: exact module types to convert. Subclasses of ``nn.Conv2d`` (timm's
+            ``Conv2dSame``, ``StdConv2d``) change what the conv computes and are left alone
+            unless listed here; a listed subclass is rebuilt from its ``nn.Conv2d`` arguments.
+        inplace: modify ``model`` (default) or convert a deep copy.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    types = tuple(conv_types)
+    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
+    first = candidates[0][0] if candidates else None
+    selected = []
+    for name, conv in candidates:
+        if include is not None and not _matches(include, name, conv):
+            continue
+        if _matches(exclude, name, conv):
+            continue
+        if skip_first and name == first:
+            continue
+        if skip_depthwise and conv.groups == conv.in_channels and conv.groups > 1:
+            continue
+        if skip_pointwise and tuple(conv.kernel_size) == (1, 1):
+            continue
+        selected.append((name, conv))
+    ks = resolve_num_kernels(num_kernels, [n for n, _ in selected])
+    new: dict[int, nn.Module] = {}
+    for (_, conv), k in zip(selected, ks):
+        new[id(conv)] = DynamicConv2d.from_conv(
+            conv,
+            num_kernels=k,
+            reduction=reduction,
+            min_hidden=min_hidden,
+            temperature=temperature,
+            path=path,
+            noise=noise,
+            generator=generator,
+        )
+    return _replace_modules(model, new)

@@ -1,0 +1,132 @@
+"""convert_to_dynamic and the temperature / per-layer K helpers, on real torchvision/timm models."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from dyconv.layers import (
+    DynamicConv2d,
+    convert_to_dynamic,
+    dynamic_layers,
+    get_temperature,
+    resolve_num_kernels,
+    set_num_kernels,
+    set_temperature,
+)
+
+
+def _randomise_attention(model: nn.Module) -> None:
+    """Make the attention far from uniform so any kernel mismatch would show."""
+    with torch.no_grad():
+        for _, layer in dynamic_layers(model):
+            layer.attn_fc2.bias.normal_(0, 3)
+            layer.temperature.fill_(1.0)
+
+
+@pytest.mark.parametrize("builder", [torchvision.models.resnet18, torchvision.models.mobilenet_v2])
+def test_converted_torchvision_models_reproduce_originals(builder):
+    torch.manual_seed(0)
+    model = builder(num_classes=10).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    dyn = convert_to_dynamic(model, inplace=False)
+    _randomise_attention(dyn)
+    n_convs = sum(type(m) is nn.Conv2d for m in model.modules())
+    assert len(list(dynamic_layers(dyn))) == n_convs
+    assert not any(type(m) is nn.Conv2d for m in dyn.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(dyn(x), ref, rtol=1e-4, atol=1e-4)
+    # The original is untouched by a copy conversion.
+    assert not list(dynamic_layers(model))
+
+
+def test_inplace_and_filters():
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    convs = [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    out = convert_to_dynamic(model, skip_first=True, skip_depthwise=True, exclude="features.18.*")
+    assert out is model
+    names = {n for n, _ in dynamic_layers(model)}
+    assert convs[0] not in names  # first conv stays static
+    assert "features.18.0" not in names
+    for n, m in model.named_modules():
+        if type(m) is nn.Conv2d and n != convs[0] and n != "features.18.0":
+            assert m.groups == m.in_channels  # only depthwise stay static
+    model = torchvision.models.resnet18()
+    convert_to_dynamic(model, include=lambda name, m: m.kernel_size == (1, 1))
+    assert {n for n, _ in dynamic_layers(model)} == {f"layer{i}.0.downsample.0" for i in (2, 3, 4)}
+    model = torchvision.models.resnet18()
+    convert_to_dynamic(model, include=["layer4.*"], skip_pointwise=True)
+    assert {n for n, _ in dynamic_layers(model)} == {f"layer4.{b}.conv{c}" for b in (0, 1) for c in (1, 2)}
+
+
+def test_num_kernels_spec_in_named_modules_order():
+    model = torchvision.models.resnet18()
+    convert_to_dynamic(model, {"layer4.*": 8, "layer1.*": 2}, include="layer*")
+    ks = {n: m.num_kernels for n, m in dynamic_layers(model)}
+    assert ks["layer4.0.downsample.0"] == 8 and ks["layer1.1.conv2"] == 2 and ks["layer2.0.conv1"] == 4
+    model = torchvision.models.resnet18()
+    names = [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    convert_to_dynamic(model, list(range(1, len(names) + 1)))
+    assert [m.num_kernels for _, m in dynamic_layers(model)] == list(range(1, len(names) + 1))
+    with pytest.raises(ValueError, match="20 dynamic convs"):
+        convert_to_dynamic(torchvision.models.resnet18(), [2, 3])
+    with pytest.raises(ValueError, match="match no dynamic conv"):
+        convert_to_dynamic(torchvision.models.resnet18(), {"layer9.*": 2})
+    with pytest.raises(ValueError, match="positive integer"):
+        resolve_num_kernels([1, 0], ["a", "b"])
+
+
+def test_set_num_kernels_rebuilds_only_changed_layers():
+    net = nn.Sequential(DynamicConv2d(4, 8, 3), DynamicConv2d(8, 8, 3))
+    keep = net[0]
+    set_num_kernels(net, [4, 2])
+    assert net[0] is keep and net[1].num_kernels == 2 and net[1].weight.shape[0] == 2
+
+
+def test_noise_breaks_symmetry_and_copies_are_exact_without_it():
+    conv = nn.Conv2d(8, 8, 3)
+    exact = DynamicConv2d.from_conv(conv, num_kernels=3)
+    assert all(torch.equal(w, conv.weight) for w in exact.weight)
+    noisy = DynamicConv2d.from_conv(conv, num_kernels=3, noise=0.01, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(noisy.weight[0], noisy.weight[1])
+    rel = (noisy.weight - conv.weight).std() / conv.weight.std()
+    assert 0.005 < rel.item() < 0.02
+
+
+def test_subclasses_left_alone_unless_asked():
+    timm = pytest.importorskip("timm")
+    from timm.layers import Conv2dSame
+
+    model = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.Conv2d(8, 8, 3))
+    convert_to_dynamic(model)
+    assert type(model[0]) is Conv2dSame and isinstance(model[1], DynamicConv2d)
+    convert_to_dynamic(model, conv_types=(Conv2dSame,))
+    assert isinstance(model[0], DynamicConv2d)
+    # A timm network converts and still runs.
+    net = timm.create_model("resnet10t", num_classes=5)
+    convert_to_dynamic(net, skip_first=True)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_shared_module_is_replaced_everywhere_and_top_level_conv():
+    shared = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    convert_to_dynamic(model)
+    assert model[0] is model[2] and isinstance(model[0], DynamicConv2d)
+    top = convert_to_dynamic(nn.Conv2d(4, 4, 3))
+    assert isinstance(top, DynamicConv2d)
+
+
+def test_temperature_helpers():
+    model = convert_to_dynamic(torchvision.models.resnet18())
+    assert get_temperature(model) == 30.0
+    assert set_temperature(model, 5.0) == 20
+    assert get_temperature(model) == 5.0
+    assert get_temperature(nn.Linear(2, 2)) is None
+    next(iter(dynamic_layers(model)))[1].temperature.fill_(2.0)
+    with pytest.raises(ValueError, match="different temperatures"):
+        get_temperature(model)
+    with pytest.raises(ValueError):
+        set_temperature(model, 0.0)

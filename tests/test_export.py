@@ -1,0 +1,90 @@
+"""Compiled and exported DynamicConv2d graphs compute what eager mode computes, at any batch."""
+
+import pytest
+import torch
+from torch import nn
+
+from dyconv.layers import DynamicConv2d, set_temperature
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        DynamicConv2d(3, 8, 3, padding=1),  # dense 3x3
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        DynamicConv2d(8, 8, 3, stride=2, padding=1, groups=8),  # depthwise
+        DynamicConv2d(8, 16, 1),  # pointwise
+        nn.ReLU(),
+        DynamicConv2d(16, 16, 3, padding="same", padding_mode="reflect", bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    ).eval()
+    set_temperature(net, 1.0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, DynamicConv2d):
+                m.attn_fc2.bias.normal_(0, 2)  # far from uniform
+    return net
+
+
+def test_torchscript_matches_eager():
+    net = _net()
+    scripted = torch.jit.script(net)
+    for b in (1, 5):
+        x = torch.randn(b, 3, 16, 16)
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_dynamic_batch():
+    net = _net()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(net, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    for b in (1, 5):
+        x = torch.randn(b, 3, 16, 16)
+        torch.testing.assert_close(ep.module()(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_runs_in_onnxruntime_at_any_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    net = _net()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        net,
+        (torch.randn(2, 3, 16, 16),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+        dynamo=True,
+        verbose=False,
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in (1, 5):
+        x = torch.randn(b, 3, 16, 16)
+        (out,) = sess.run(None, {"image": x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_matches_eager_and_temperature_change_does_not_recompile():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = DynamicConv2d(4, 8, 3, padding=1, temperature=1.0)
+    x = torch.randn(3, 4, 8, 8)
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter)
+    torch.testing.assert_close(compiled(x), layer(x))
+    layer.temperature.fill_(5.0)
+    torch.testing.assert_close(compiled(x), layer(x))
+    assert counter.frame_count == 1
+    # And with the default inductor backend, forward and backward.
+    torch._dynamo.reset()
+    compiled = torch.compile(layer)
+    y = compiled(x)
+    torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert layer.weight.grad is not None
