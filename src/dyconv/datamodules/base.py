@@ -91,12 +91,12 @@ class BaseDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ distribution
     @property
     def world_size(self) -> int:
-        trainer = self._trainer
+        trainer = self.trainer
         return int(trainer.world_size) if trainer is not None else 1
 
     @property
     def global_rank(self) -> int:
-        trainer = self._trainer
+        trainer = self.trainer
         return int(trainer.global_rank) if trainer is not None else 0
 
     def per_device(self, global_batch: int) -> int:

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from dyconv.datamodules.base import BaseDataModule
 
-__all__ = ["MNISTOfflineDataModule", "MNIST_MEAN", "MNIST_STD"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTOfflineDataModule"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

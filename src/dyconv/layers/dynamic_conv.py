@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dyconv.runtime import large_alloc_cheap
 
-__all__ = ["PATHS", "DynamicConv2d", "choose_path", "MIXTURE_MAX_PIXELS", "GROUPED_MAX_BYTES_UNTUNED"]
+__all__ = ["GROUPED_MAX_BYTES_UNTUNED", "MIXTURE_MAX_PIXELS", "PATHS", "DynamicConv2d", "choose_path"]
 
 #: Computation strategies. ``auto`` picks one per call with :func:`choose_path`.
 PATHS = ("auto", "grouped", "mixture", "bmm")

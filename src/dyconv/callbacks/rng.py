@@ -1,0 +1,76 @@
+"""Save and restore every RNG state in checkpoints, as plain types (``weights_only`` loadable).
+
+Lightning 2.6 does not store RNG states, so a run resumed from a checkpoint draws different
+augmentations, dropout masks and worker seeds than the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+__all__ = ["RNGStateCallback", "get_rng_states", "set_rng_states"]
+
+
+def get_rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as lists, ints and tensors."""
+    version, py_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": {"version": version, "state": list(py_state), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_states`."""
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = states["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached"])
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RNGStateCallback(Callback):
+    """Store this process's RNG states in each checkpoint and restore them on resume.
+
+    Under DDP each rank saves its own state; Lightning's checkpoint comes from rank 0, so the
+    other ranks restore rank 0's state offset by their rank (re-seeded deterministically).
+    """
+
+    KEY = "rng_states"
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.KEY] = get_rng_states()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(self.KEY)
+        if states is None:
+            return
+        set_rng_states(states)
+        rank = trainer.global_rank
+        if rank:
+            # Distinct but reproducible streams on the other ranks.
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) + rank
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)

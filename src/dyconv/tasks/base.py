@@ -1,0 +1,151 @@
+"""What classification and segmentation share: optimiser/scheduler wiring, parameter groups,
+optional ``torch.compile``, and the run config stored in every checkpoint."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+__all__ = ["BaseTask", "split_weight_decay"]
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def split_weight_decay(named_params: list[tuple[str, nn.Parameter]], modules: Mapping[str, nn.Module]):
+    """(decay, no_decay): biases (any shape, e.g. DynamicConv2d's (K, C)) and norm weights
+    get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        owner = modules.get(name.rpartition(".")[0])
+        if name.endswith("bias") or isinstance(owner, _NORMS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return decay, no_decay
+
+
+class BaseTask(L.LightningModule):
+    """LightningModule around any ``nn.Module``.
+
+    Args:
+        model: the network (built by ``dyconv.models.create_model`` in the configs).
+        optimizer: a callable ``params -> Optimizer`` (a Hydra ``_partial_``), e.g.
+            ``functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)``.
+        scheduler: ``{"scheduler": params -> LRScheduler partial, "interval": "epoch"|"step",
+            "frequency": 1}`` or None. A ``total_steps`` argument the partial leaves unbound is
+            filled with the number of scheduler steps of the run.
+        lr_mult: learning-rate multiplier per parameter group of ``model.param_groups()``
+            (models that define it, e.g. DeepLabV3+: ``{"backbone": 1.0, "head": 10.0}``).
+        no_weight_decay_norm_bias: exclude norm weights and biases from weight decay.
+        compile: run the network through ``torch.compile`` (checkpoint keys are unchanged).
+        monitor, monitor_mode: the metric that selects the best checkpoint.
+        run_config: plain-dict config (model, data, task, ...) stored in each checkpoint so
+            tools can rebuild everything from the checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        lr_mult: Mapping[str, float] | None = None,
+        no_weight_decay_norm_bias: bool = False,
+        compile: bool = False,
+        monitor: str = "val/acc",
+        monitor_mode: str = "max",
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # Hyperparameters: plain types only (no nn.Module / partial pickled into checkpoints).
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_config = dict(scheduler) if scheduler else None
+        self.lr_mult = dict(lr_mult or {})
+        self.no_weight_decay_norm_bias = no_weight_decay_norm_bias
+        self.compile = compile
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.run_config = dict(run_config or {})
+        # Not registered as a submodule: state_dict keys stay "model.*" with compile on.
+        object.__setattr__(self, "_net", torch.compile(model) if compile else model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._net(x)
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer param groups: the model's own groups (lr multipliers) x decay split."""
+        named = dict(self.model.named_parameters())
+        by_id = {id(p): n for n, p in named.items()}
+        if hasattr(self.model, "param_groups"):
+            groups = {g: list(ps) for g, ps in self.model.param_groups().items()}
+        else:
+            groups = {"all": list(named.values())}
+        unknown = set(self.lr_mult) - set(groups)
+        if unknown:
+            raise ValueError(f"task.lr_mult names groups {sorted(unknown)}; the model's groups are {sorted(groups)}")
+        base_lr = self._base_lr()
+        modules = dict(self.model.named_modules())
+        out = []
+        for group, params in groups.items():
+            params = [p for p in params if p.requires_grad]
+            mult = float(self.lr_mult.get(group, 1.0))
+            extra = {"lr": base_lr * mult} if base_lr is not None else {}
+            if self.no_weight_decay_norm_bias:
+                decay, no_decay = split_weight_decay([(by_id[id(p)], p) for p in params], modules)
+                if decay:
+                    out.append({"params": decay, "name": group, **extra})
+                if no_decay:
+                    out.append({"params": no_decay, "name": f"{group}_no_decay", "weight_decay": 0.0, **extra})
+            elif params:
+                out.append({"params": params, "name": group, **extra})
+        return out
+
+    def _base_lr(self) -> float | None:
+        factory = self.optimizer_factory
+        if isinstance(factory, functools.partial):
+            lr = factory.keywords.get("lr")
+            return float(lr) if lr is not None else None
+        return None
+
+    def _scheduler_steps(self) -> int:
+        interval = self.scheduler_config.get("interval", "epoch") if self.scheduler_config else "epoch"
+        if interval == "step":
+            return int(self.trainer.estimated_stepping_batches)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError("an epoch-interval scheduler needs trainer.max_epochs (or set scheduler total_steps)")
+        return int(max_epochs)
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("no optimizer configured: set the optimizer group (optimizer=sgd|adam|adamw)")
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if not self.scheduler_config or self.scheduler_config.get("scheduler") is None:
+            return optimizer
+        factory = self.scheduler_config["scheduler"]
+        params = inspect.signature(factory).parameters
+        bound = factory.keywords if isinstance(factory, functools.partial) else {}
+        kwargs = {}
+        if "total_steps" in params and bound.get("total_steps") is None:
+            kwargs["total_steps"] = max(1, self._scheduler_steps())
+        scheduler = factory(optimizer, **kwargs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.scheduler_config.get("interval", "epoch"),
+                "frequency": int(self.scheduler_config.get("frequency", 1)),
+                "monitor": self.monitor,
+            },
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dyconv"] = {"version": 1, "config": self.run_config}

@@ -1,0 +1,292 @@
+"""Train, validate and test a model: ``python -m dyconv.train [overrides]`` (``dyconv-train``).
+
+    python -m dyconv.train                                   # offline default, CPU, minutes
+    python -m dyconv.train model=dy_resnet10 data=tinyimagenet trainer=gpu
+    python -m dyconv.train experiment=tinyimagenet_dy_resnet10 ckpt_path=last   # resume
+    python -m dyconv.train -m model=simple_cnn,dy_simple_cnn seed=1,2            # sweep
+
+Everything of a run lands in one stable directory (``logs/<task_name>/runs/<run_name>`` or
+``hydra.run.dir``): ``.hydra/`` (configs, one copy per launch), ``checkpoints/`` (``last.ckpt``
+and the best), ``tensorboard/``, ``metrics.json`` and the log file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dyconv.errors import ConfigError, DyconvError
+
+log = logging.getLogger("dyconv.train")
+
+CONF_DIR = str(Path(__file__).parent / "conf")
+
+
+def _process_rank() -> int:
+    """Rank of this process as set by Lightning's launcher, torchrun or SLURM (0 if none)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _launched_externally() -> bool:
+    """Processes created by torchrun / SLURM / a Lightning parent, not by this process."""
+    return any(v in os.environ for v in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_NTASKS", "RANK"))
+
+
+def _number(cfg: DictConfig, key: str) -> float | None:
+    value = OmegaConf.select(cfg, key, default=None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Catch impossible settings before anything is built, with the fix in the message."""
+    lr = _number(cfg, "optimizer.lr")
+    if lr is not None and lr <= 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}; e.g. optimizer.lr=0.05")
+    wd = _number(cfg, "optimizer.weight_decay")
+    if wd is not None and wd < 0:
+        raise ConfigError(f"optimizer.weight_decay must be >= 0, got {wd}")
+    momentum = _number(cfg, "optimizer.momentum")
+    if momentum is not None and not 0 <= momentum < 1:
+        raise ConfigError(f"optimizer.momentum must be in [0, 1), got {momentum}")
+    max_epochs = _number(cfg, "trainer.max_epochs")
+    if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {int(max_epochs)}")
+    batch = _number(cfg, "data.batch_size")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {int(batch)}")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    if isinstance(devices, int) and devices > 0 and batch is not None and batch % (devices * nodes):
+        raise ConfigError(
+            f"data.batch_size={int(batch)} is the global batch and must divide by devices x nodes = "
+            f"{devices * nodes}; choose a multiple of {devices * nodes}"
+        )
+    for key in ("model", "data", "trainer", "optimizer"):
+        if OmegaConf.select(cfg, key, default=None) is None:
+            raise ConfigError(f"the config has no `{key}` group; pick one, e.g. {key}=<name> (see conf/{key}/)")
+    if OmegaConf.select(cfg, "task", default=None) is None:
+        raise ConfigError("no task selected: the data config must include `/task@_global_.task: <name>`")
+
+
+def _check_multirun_ddp(cfg: DictConfig) -> None:
+    """In-process DDP inside a basic-launcher multirun is broken: Lightning re-launches the
+    worker processes with the whole sweep's arguments. Refuse it with the alternatives."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or _launched_externally():
+        return
+    launcher = str(OmegaConf.select(hc, "launcher._target_", default=""))
+    if "BasicLauncher" not in launcher:
+        return  # cluster launchers (submitit) create one process per task themselves
+    devices = cfg.trainer.get("devices", 1)
+    nodes = cfg.trainer.get("num_nodes", 1) or 1
+    strategy = str(cfg.trainer.get("strategy", "") or "")
+    if isinstance(devices, int):
+        many = devices > 1
+    else:
+        many = str(devices) not in ("1", "auto")
+    if many or nodes > 1 or "ddp" in strategy:
+        raise ConfigError(
+            "multi-device DDP inside a multirun with Hydra's basic launcher is not supported (Lightning would "
+            "re-launch each worker with the whole sweep's arguments). Sweep with a cluster launcher "
+            "(hydra/launcher=slurm, one job per run), or run each configuration on its own with torchrun / srun."
+        )
+
+
+def _route_lightning_logs() -> None:
+    """Lightning adds its own console handler; drop it so its messages go through Hydra's
+    handlers once (console + the run's log file) instead of twice."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+            for k in keys if k in cfg}
+
+
+def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    from hydra.utils import instantiate
+
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job from a composed config; returns the final metrics."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from dyconv.runtime import tune_malloc
+    from dyconv.utils.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
+    from dyconv.utils.run_dir import (
+        checkpoint_config,
+        config_differences,
+        keep_launch_config,
+        load_checkpoint,
+        resolve_ckpt_path,
+    )
+
+    _route_lightning_logs()
+    validate_config(cfg)
+    _check_multirun_ddp(cfg)
+    if cfg.get("tune_malloc", True):
+        tune_malloc()
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+
+    output_dir = Path(cfg.paths.output_dir)
+    rank = _process_rank()
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    run_config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
+    run_config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get("temperature")
+    if ckpt_path is not None:
+        stored = checkpoint_config(load_checkpoint(ckpt_path), ckpt_path)
+        diffs = config_differences(stored, run_config)
+        if diffs:
+            raise ConfigError(
+                f"refusing to resume {ckpt_path} with a different model/data config:\n  " + "\n  ".join(diffs)
+                + "\nresume with the original settings, or start a new run (run_name=<new name>)"
+            )
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(output_dir / "checkpoints")
+        (output_dir / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(cfg, output_dir / ".hydra" / "resolved_config.yaml", resolve=True)
+        keep_launch_config(output_dir)
+
+    L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    log.info("Instantiating model <%s> %s", cfg.model._target_, cfg.model.get("name", ""))
+    model = instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("scheduler") else None
+    make_task = instantiate(cfg.task, _partial_=True, _convert_="all")
+    task: L.LightningModule = make_task(model=model, optimizer=optimizer, scheduler=scheduler, run_config=run_config)
+
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    if not loggers:
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        if dropped:
+            log.info("No logger configured: dropping LearningRateMonitor")
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if ckpt_path is not None:
+        step = int(load_checkpoint(ckpt_path).get("global_step", 0))
+        for lg in loggers:
+            if hasattr(lg, "truncate_after"):
+                lg.truncate_after(step)
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    if loggers:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        for lg in trainer.loggers:
+            lg.log_hyperparams(hparams)
+
+    if cfg.get("train", True):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+
+    if cfg.get("test", True):
+        ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = ckpt.best_model_path if ckpt is not None else ""
+        if trainer.fast_dev_run or not best or not cfg.get("train", True):
+            why = " under fast_dev_run" if trainer.fast_dev_run else ""
+            log.info("Testing the current weights (no best checkpoint%s)", why)
+            trainer.test(task, datamodule=datamodule)
+        else:
+            log.info("Testing the best checkpoint %s", best)
+            trainer.test(task, datamodule=datamodule, ckpt_path=best)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1})
+
+    if trainer.is_global_zero:
+        metrics_path = output_dir / "metrics.json"
+        tmp = metrics_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+        os.replace(tmp, metrics_path)
+        _print_summary(output_dir, trainer, metrics)
+    return metrics
+
+
+def _print_summary(output_dir: Path, trainer: Any, metrics: dict[str, float]) -> None:
+    lines = [f"Run directory:   {output_dir}"]
+    ckpt_dir = output_dir / "checkpoints"
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        lines.append(f"Checkpoints:     {ckpt_dir}  (resume: same command + ckpt_path=last)")
+    for lg in trainer.loggers:
+        lines.append(f"{type(lg).__name__ + ':':<16} {lg.log_dir}")
+    lines.append(f"Resolved config: {output_dir / '.hydra' / 'resolved_config.yaml'}")
+    lines.append(f"Metrics:         {output_dir / 'metrics.json'}")
+    shown = {k: v for k, v in metrics.items() if k.startswith("test/")} or {
+        k: v for k, v in metrics.items() if k.startswith("val/")
+    }
+    if shown:
+        lines.append("Final:           " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
+    print("\n".join(lines), flush=True)
+
+
+def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Hydra job wrapper: user errors are printed without a traceback (single run) or logged
+    and re-raised so a multirun reports them at the end while the other jobs go on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return fn(cfg)
+    except Exception as e:
+        if not _is_user_error(e):
+            log.exception("Job failed")
+            raise
+        log.error("%s", e)
+        if multirun:
+            raise
+        raise SystemExit(f"error: {e}") from None
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, DyconvError):
+        return True
+    try:
+        from dyconv.datamodules.download import DatasetNotFoundError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(e, DatasetNotFoundError)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _main(cfg: DictConfig) -> Any:
+    return run_job(train, cfg)
+
+
+def main() -> None:
+    """Console-script entry point (``dyconv-train``)."""
+    _main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

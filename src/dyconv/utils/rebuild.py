@@ -1,0 +1,65 @@
+"""Rebuild a trained run (model, task, data) from a checkpoint alone.
+
+``python -m dyconv.train`` stores the resolved model/data/task config in every checkpoint
+(``checkpoint["dyconv"]["config"]``, plain Python types); eval, inspect and export use it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from dyconv.errors import ConfigError
+from dyconv.utils.run_dir import checkpoint_config, load_checkpoint
+
+__all__ = ["TrainedRun", "load_trained_run", "run_dir_of"]
+
+
+def run_dir_of(ckpt_path: str | os.PathLike) -> str:
+    """The run directory of a checkpoint (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
+    path = Path(ckpt_path).expanduser().absolute()
+    return str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+
+
+class TrainedRun:
+    """A checkpoint's task (weights loaded, eval mode), its config and a datamodule factory."""
+
+    def __init__(self, ckpt_path: Path, checkpoint: dict[str, Any], config: dict[str, Any], task: Any) -> None:
+        self.ckpt_path = ckpt_path
+        self.checkpoint = checkpoint
+        self.config = config
+        self.task = task
+
+    @property
+    def model(self) -> Any:
+        return self.task.model
+
+    def datamodule(self, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The run's DataModule, with ``overrides`` (e.g. ``{"root": ...}``) merged in."""
+        from hydra.utils import instantiate
+
+        data_cfg = OmegaConf.merge(OmegaConf.create(self.config["data"]), OmegaConf.create(dict(overrides or {})))
+        return instantiate(data_cfg)
+
+
+def load_trained_run(ckpt_path: str | os.PathLike) -> TrainedRun:
+    """Load a dyconv checkpoint (``weights_only=True``) and rebuild its task with the weights."""
+    from hydra.utils import instantiate
+
+    path = Path(ckpt_path).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such file ({path})")
+    checkpoint = load_checkpoint(path)
+    config = checkpoint_config(checkpoint, path)
+    model = instantiate(config["model"])
+    task_cfg = dict(config["task"])
+    task_cfg["compile"] = False
+    make_task = instantiate(task_cfg, _partial_=True, _convert_="all")
+    task = make_task(model=model, run_config=config)
+    task.load_state_dict(checkpoint["state_dict"])
+    task.eval()
+    return TrainedRun(path, checkpoint, config, task)

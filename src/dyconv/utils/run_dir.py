@@ -1,0 +1,119 @@
+"""Run-directory rules: resume by relaunching the same command, never overwrite a run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyconv.errors import ConfigError, RunDirectoryError
+
+__all__ = [
+    "checkpoint_config",
+    "config_differences",
+    "keep_launch_config",
+    "load_checkpoint",
+    "resolve_ckpt_path",
+]
+
+log = logging.getLogger(__name__)
+
+#: Data keys that may change between launches of one run (where the files are, loader knobs).
+DATA_KEYS_FREE_TO_CHANGE = ("root", "sbd_root", "download", "num_workers", "pin_memory", "persistent_workers")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` (dyconv checkpoints hold plain types only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_config(ckpt: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> dict[str, Any]:
+    """The resolved run config a dyconv checkpoint carries (model, data, task, ...)."""
+    meta = ckpt.get("dyconv")
+    if not meta or "config" not in meta:
+        raise ConfigError(
+            f"{path} holds no dyconv run config (was it written by `python -m dyconv.train`?); "
+            "dyconv tools rebuild the model and data from that config"
+        )
+    return meta["config"]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """Turn the ``ckpt_path`` setting into a file to resume from (or None for a fresh start).
+
+    - None: refuse if this run directory already holds checkpoints (no silent overwrite).
+    - "last": ``<output_dir>/checkpoints/last.ckpt``; a fresh start (with a message) when there is
+      none yet, so a requeue script can always pass it.
+    - a path: must exist.
+    """
+    ckpt_dir = output_dir / "checkpoints"
+    if ckpt_path is None:
+        existing = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+        if existing:
+            raise RunDirectoryError(
+                f"run directory {output_dir} already holds checkpoints ({', '.join(existing[:3])}"
+                f"{', ...' if len(existing) > 3 else ''}). Resume it with ckpt_path=last, or start a new run "
+                "with run_name=<new name> (or hydra.run.dir=<new dir>); nothing was overwritten."
+            )
+        return None
+    if str(ckpt_path) == "last":
+        last = ckpt_dir / "last.ckpt"
+        if last.is_file():
+            log.info("Resuming from %s", last)
+            return str(last)
+        log.warning("ckpt_path=last: no checkpoint in %s yet, starting from scratch", ckpt_dir)
+        return None
+    path = Path(ckpt_path).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such file ({path}); pass an existing .ckpt or ckpt_path=last")
+    return str(path)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: stored -> current`` for every model/data key that differs (data location and
+    loader settings excluded)."""
+    diffs = []
+    for section in ("model", "data"):
+        a = _flatten(stored.get(section) or {})
+        b = _flatten(current.get(section) or {})
+        for key in sorted(set(a) | set(b)):
+            if section == "data" and key.split(".")[0] in DATA_KEYS_FREE_TO_CHANGE:
+                continue
+            if a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def keep_launch_config(output_dir: Path) -> Path | None:
+    """Copy Hydra's ``.hydra/`` files of this launch to ``.hydra/launches/<time>/`` so relaunches
+    (resumes) of one run directory keep every launch's config and overrides."""
+    hydra_dir = output_dir / ".hydra"
+    if not hydra_dir.is_dir():
+        return None
+    dest = hydra_dir / "launches" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{dest.name.split('+')[0]}+{n}")
+        n += 1
+    dest.mkdir(parents=True)
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml", "resolved_config.yaml"):
+        if (hydra_dir / name).is_file():
+            shutil.copy2(hydra_dir / name, dest / name)
+    return dest
