@@ -17,12 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dyconv.errors import ConfigError
 from dyconv.train import CONF_DIR, _route_lightning_logs, run_job
-from dyconv.utils.rebuild import load_trained_run, run_dir_of
+from dyconv.utils.rebuild import load_trained_run
 
 log = logging.getLogger("dyconv.eval")
 
-if not OmegaConf.has_resolver("dyconv.run_dir_of"):
-    OmegaConf.register_new_resolver("dyconv.run_dir_of", run_dir_of)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -24,8 +24,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.errors import ConfigError, DyconvError
+from dyconv.utils.resolvers import register_resolvers
 
 log = logging.getLogger("dyconv.train")
+register_resolvers()
 
 CONF_DIR = str(Path(__file__).parent / "conf")
 
@@ -262,8 +264,8 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not _is_user_error(e):
             log.exception("Job failed")
             raise
-        log.error("%s", e)
         if multirun:
+            log.error("%s", e)
             raise
         raise SystemExit(f"error: {e}") from None
 

@@ -1,6 +1,35 @@
 """LightningDataModules: download, verify, split, transform, load."""
 
 from dyconv.datamodules.base import BaseDataModule, EpochSeededRandomSampler
+from dyconv.datamodules.download import (
+    Archive,
+    ChecksumError,
+    DatasetNotFoundError,
+    DownloadError,
+    UnsafeArchiveError,
+)
+from dyconv.datamodules.imagenet import ImageNetDataModule
+from dyconv.datamodules.imagenette import ImagenetteDataModule
+from dyconv.datamodules.mnist import MNISTDataModule
 from dyconv.datamodules.mnist_offline import MNISTOfflineDataModule
+from dyconv.datamodules.segmentation_transforms import pad_collate
+from dyconv.datamodules.tinyimagenet import TinyImageNetDataModule
+from dyconv.datamodules.voc import VOCDataModule, VOCSBDDataModule
 
-__all__ = ["BaseDataModule", "EpochSeededRandomSampler", "MNISTOfflineDataModule"]
+__all__ = [
+    "Archive",
+    "BaseDataModule",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "EpochSeededRandomSampler",
+    "ImageNetDataModule",
+    "ImagenetteDataModule",
+    "MNISTDataModule",
+    "MNISTOfflineDataModule",
+    "TinyImageNetDataModule",
+    "UnsafeArchiveError",
+    "VOCDataModule",
+    "VOCSBDDataModule",
+    "pad_collate",
+]

@@ -10,7 +10,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-__all__ = ["BaseDataModule", "EpochSeededRandomSampler"]
+from dyconv.errors import ConfigError
+
+__all__ = ["BaseDataModule", "EpochSeededRandomSampler", "ShardedEvalSampler"]
 
 
 class EpochSeededRandomSampler(Sampler[int]):
@@ -35,6 +37,24 @@ class EpochSeededRandomSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ShardedEvalSampler(Sampler[int]):
+    """Rank ``r`` of ``world`` evaluates samples ``r, r + world, ...``: every sample exactly once.
+
+    ``DistributedSampler`` pads the last rank with repeated samples, which biases split-level
+    metrics (accuracy, mIoU); torchmetrics syncs uneven shards correctly.
+    """
+
+    def __init__(self, data_source: Sized, num_replicas: int, rank: int) -> None:
+        self.num_samples_total = len(data_source)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.num_samples_total, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples_total, self.num_replicas))
 
 
 class BaseDataModule(L.LightningDataModule):
@@ -71,9 +91,9 @@ class BaseDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
@@ -103,7 +123,7 @@ class BaseDataModule(L.LightningDataModule):
         """The per-process batch for a global batch; raises if it does not divide."""
         world = self.world_size
         if global_batch % world:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={global_batch} is the global batch and must divide by the world size "
                 f"{world} (devices x nodes); choose a multiple of {world}"
             )
@@ -117,15 +137,13 @@ class BaseDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() did not create the {split} split")
         world = self.world_size
         sampler: Sampler[int] | None
-        if world > 1:
+        if world > 1 and shuffle:
             sampler = DistributedSampler(
-                dataset,
-                num_replicas=world,
-                rank=self.global_rank,
-                shuffle=shuffle,
-                seed=self.seed,
-                drop_last=shuffle and self.drop_last,
+                dataset, num_replicas=world, rank=self.global_rank, shuffle=True, seed=self.seed,
+                drop_last=self.drop_last,
             )
+        elif world > 1:
+            sampler = ShardedEvalSampler(dataset, world, self.global_rank)
         elif shuffle:
             sampler = EpochSeededRandomSampler(dataset, seed=self.seed)
         else:
@@ -153,7 +171,7 @@ class BaseDataModule(L.LightningDataModule):
     def check_num_classes(self, found: int, where: str) -> None:
         """Fail early (with the fix) when the config's num_classes disagrees with the data."""
         if found != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"data.num_classes={self.num_classes} but {where} has {found} classes; "
                 f"set data.num_classes={found}"
             )

@@ -1,0 +1,46 @@
+"""Shared test helpers: run the real entry points in subprocesses, isolated from the repo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).parent
+
+
+def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m dyconv.<module> args...`` with logs and data under ``cwd``; returns the result."""
+    full_env = dict(os.environ)
+    full_env.update({
+        "DYCONV_LOG_DIR": str(cwd / "logs"),
+        "DYCONV_DATA_DIR": str(cwd / "datasets"),
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), full_env.get("PYTHONPATH", "")]),
+        "HYDRA_FULL_ERROR": "0",
+        "PYTHONUNBUFFERED": "1",
+    })
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", f"dyconv.{module}", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"dyconv.{module} {' '.join(args)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}"
+            f"\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli("train", "model=...")`` runs an entry point with tmp_path as its working dir."""
+
+    def _run(module: str, *args: str, **kwargs):
+        return run_cli(module, *args, cwd=tmp_path, **kwargs)
+
+    return _run

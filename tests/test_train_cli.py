@@ -1,0 +1,197 @@
+"""The real entry point, in subprocesses: default run, resume, sweeps, DDP, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyconv.layers import dynamic_layers
+
+pytestmark = pytest.mark.slow
+
+CONF = Path(__file__).parents[1] / "src" / "dyconv" / "conf"
+QUIET = ["callbacks.progress_bar=null"]
+SMALL_DATA = ["data.splits=[512,128,128]"]
+
+
+def _metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)  # plain types only
+
+
+def test_default_command_trains_offline_model(cli, tmp_path):
+    """`python -m dyconv.train` with no arguments: offline data, >= 95% test accuracy, and it says
+    where everything is."""
+    proc = cli("train")
+    run_dir = tmp_path / "logs" / "train" / "runs" / "dy_simple_cnn-mnist_offline-seed42"
+    assert _metrics(run_dir)["test/acc"] >= 0.95
+    for label in ("Run directory:", "Checkpoints:", "TensorBoardLogger:", "Resolved config:"):
+        assert label in proc.stdout
+    assert str(run_dir) in proc.stdout
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / ".hydra" / "resolved_config.yaml").is_file()
+    assert list((run_dir / ".hydra" / "launches").iterdir())
+    ckpt = _load(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["dyconv"]["config"]["model"]["name"] == "dy_simple_cnn"
+    assert all(not k.startswith("model._orig_mod") for k in ckpt["state_dict"])
+
+
+def test_resume_after_sigkill_is_exact(cli, tmp_path):
+    """Lightning's own recipe: one run straight; the same command in another directory killed
+    right after its first end-of-epoch checkpoint, relaunched with ckpt_path=last."""
+    common = [
+        *QUIET,
+        *SMALL_DATA,
+        "trainer.max_epochs=3",
+        "deterministic=true",
+        "callbacks.temperature.epochs=2",
+        "logger=many",
+    ]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    cli("train", *common, f"hydra.run.dir={straight}")
+    killed = cli(
+        "train",
+        *common,
+        f"hydra.run.dir={resumed}",
+        "ckpt_path=last",  # nothing there yet: starts fresh, with a message
+        "+callbacks.killer._target_=killer.KillAtEpoch",
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert "starting from scratch" in killed.stdout + killed.stderr
+    assert _load(resumed / "checkpoints" / "last.ckpt")["epoch"] == 0
+    again = cli("train", *common, f"hydra.run.dir={resumed}", "ckpt_path=last")
+    assert "Resuming from" in again.stdout + again.stderr
+
+    a, b = _load(straight / "checkpoints" / "last.ckpt"), _load(resumed / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"] == 2
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-7, msg=key)
+    ma, mb = _metrics(straight), _metrics(resumed)
+    assert ma == pytest.approx(mb, rel=1e-6, abs=1e-7)
+    assert ma["temperature"] == mb["temperature"] == 1.0
+    # The CSV history of the killed launch is kept, once: epochs 0, 1, 2 with no duplicates.
+    with open(resumed / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2]
+    assert len(list((resumed / ".hydra" / "launches").iterdir())) == 2
+
+    # Relaunching a finished run without ckpt_path refuses instead of overwriting.
+    refused = cli("train", *common, f"hydra.run.dir={resumed}", check=False)
+    assert refused.returncode != 0
+    assert "already holds checkpoints" in refused.stderr and "ckpt_path=last" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # Resuming with another model config refuses and names the difference.
+    changed = cli("train", *common, f"hydra.run.dir={resumed}", "ckpt_path=last", "model.width_mult=0.5",
+                  check=False)
+    assert changed.returncode != 0 and "model.width_mult: 1.0 -> 0.5" in changed.stderr
+
+
+def test_multirun_gives_each_job_its_own_complete_directory(cli, tmp_path):
+    """Two good jobs and two that fail at start: the sweep goes on and reports the failure."""
+    proc = cli(
+        "train",
+        "-m",
+        "model=simple_cnn,dy_simple_cnn",
+        "optimizer.lr=0.05,-1",
+        "data.splits=[256,64,64]",
+        "trainer.max_epochs=1",
+        *QUIET,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "optimizer.lr must be > 0" in proc.stdout + proc.stderr
+    sweep = tmp_path / "logs" / "train" / "multiruns" / "sweep"
+    done = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert [p.name.split("model=")[1].split(",")[0] for p in done] == ["dy_simple_cnn", "simple_cnn"]
+    for job in done:
+        assert "optimizer.lr=0.05" in job.name
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert (job / ".hydra" / "config.yaml").is_file()
+        assert "test/acc" in _metrics(job)
+
+
+def _classification_model_configs() -> list[str]:
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml") if "deeplab" not in p.stem)
+
+
+def test_fast_dev_run_every_classification_model(cli, tmp_path):
+    """One multirun process runs every model config on the offline data, resized to 32 px RGB."""
+    models = _classification_model_configs()
+    assert {"simple_cnn", "dy_simple_cnn", "dy_resnet10", "dy_mobilenetv2", "dy_mobilenetv3_small"} <= set(models)
+    cli(
+        "train",
+        "-m",
+        f"model={','.join(models)}",
+        "debug=fast_dev_run",
+        "data.image_size=32",
+        "data.in_channels=3",
+        "data.batch_size=4",
+        "data.splits=[8,8,8]",
+        *QUIET,
+        timeout=600,
+    )
+    jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model=*"))
+    assert len(jobs) == len(models)
+    for job in jobs:
+        m = _metrics(job)
+        # One SGD step leaves BatchNorm's running statistics far from the data, so eval-mode
+        # test losses of deep nets can overflow here; the training step itself must be finite.
+        assert 0.0 <= m["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(m["train/loss_step"]))
+
+
+def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
+    """Two gloo processes; the logged val/acc is the accuracy over the WHOLE val set, which each
+    rank only sees half of."""
+    run_dir = tmp_path / "ddp"
+    cli(
+        "train",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data.splits=[256,100,100]",
+        "data.batch_size=32",
+        *QUIET,
+        f"hydra.run.dir={run_dir}",
+        timeout=300,
+    )
+    from dyconv.utils.rebuild import load_trained_run
+
+    run = load_trained_run(run_dir / "checkpoints" / "last.ckpt")
+    dm = run.datamodule()
+    dm.setup("fit")
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in dm.val_dataloader():
+            correct += int((run.task(x).argmax(1) == y).sum())
+            total += len(y)
+    assert total == 100
+    assert _metrics(run_dir)["val/acc"] == pytest.approx(correct / total, abs=1e-6)
+    assert list(dynamic_layers(run.model))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model=resnet999"], ["Could not find 'model/resnet999'", "dy_resnet10"]),
+        (["optimizer.lr=-0.1"], ["optimizer.lr must be > 0"]),
+        (["data=tinyimagenet", "model=resnet10"], ["tiny-imagenet-200", "data.download=true"]),
+        (["data.batch_size=63", "trainer=ddp_cpu", "trainer.devices=2"], ["must divide by devices x nodes"]),
+    ],
+)
+def test_bad_input_fails_at_start_with_one_clear_message(cli, args, expected):
+    proc = cli("train", *args, *QUIET, check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in out, out[-3000:]
+    assert "Traceback" not in out
