@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dyconv.runtime import tune_malloc
+
 TESTS_DIR = Path(__file__).parent
 
 
@@ -34,6 +36,11 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
             f"\n--- stderr ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+# What the entry points do on CPU (see dyconv.runtime): fresh large allocations are very
+# expensive on some machines (this CI VM among them) and the in-process tests would crawl.
+tune_malloc()
 
 
 @pytest.fixture

