@@ -240,7 +240,8 @@ def _print_summary(output_dir: Path, trainer: Any, metrics: dict[str, float]) ->
     if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         lines.append(f"Checkpoints:     {ckpt_dir}  (resume: same command + ckpt_path=last)")
     for lg in trainer.loggers:
-        lines.append(f"{type(lg).__name__ + ':':<16} {lg.log_dir}")
+        if getattr(lg, "log_dir", None):
+            lines.append(f"{type(lg).__name__ + ':':<16} {lg.log_dir}")
     lines.append(f"Resolved config: {output_dir / '.hydra' / 'resolved_config.yaml'}")
     lines.append(f"Metrics:         {output_dir / 'metrics.json'}")
     shown = {k: v for k, v in metrics.items() if k.startswith("test/")} or {

@@ -103,7 +103,7 @@ class TemperatureScheduler(Callback):
     ) -> None:
         if self.interval == "step":
             self._apply(trainer, pl_module)
-        if self.log and self.current is not None:
+        if self.log and self.current is not None and trainer.loggers:
             pl_module.log("temperature", self.current, on_step=True, on_epoch=False, prog_bar=False, logger=True)
 
     def state_dict(self) -> dict[str, Any]:
