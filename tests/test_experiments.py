@@ -128,8 +128,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
 }
 REAL_NUM_CLASSES = {"tinyimagenet": 200, "voc": 21, "voc_sbd": 21, "imagenette": 10, "imagenet": 1000}
-# Keys an experiment may add beyond its groups' configs (constructor arguments the group file leaves out).
-EXTRA_KEYS = {"model.pretrained_backbone"}
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -212,8 +210,7 @@ def test_experiment_file_overrides_existing_keys_only(name):
     assert raw["run_name"] == f"{name}-seed${{seed}}"
     base = _compose([f"{g}={v}" for g, v in groups.items()])
     for leaf in _leaves(raw):
-        if leaf not in EXTRA_KEYS:
-            assert _has_key(base, leaf), f"{name}: {leaf} is not a key of its groups' configs (typo?)"
+        assert _has_key(base, leaf), f"{name}: {leaf} is not a key of its groups' configs (typo?)"
     # leave the device to trainer=gpu / accelerator auto, and precision to the recipe (none states one)
     assert not {"accelerator", "devices", "precision", "strategy"} & set(raw.get("trainer", {}))
 

@@ -239,7 +239,7 @@ class DynamicConv2d(nn.Module):
             num_kernels=self.num_kernels,
             reduction=self.reduction,
             min_hidden=self.min_hidden,
-            temperature=float(self.temperature),
+            temperature=30.0 if self.temperature.is_meta else float(self.temperature),
             path=self.path,
         )
 

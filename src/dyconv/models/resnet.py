@@ -1,0 +1,310 @@
+"""ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016), static and dynamic.
+
+The layout and module names are torchvision's, so a static ``resnet18/34/50`` loads
+torchvision's ``state_dict`` as is. One code path builds both forms: the dynamic builders
+(``dy_*``) pass a :class:`~dyconv.layers.DynamicConv2d` ``conv_layer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dyconv.layers import KernelSpec
+from dyconv.models.factory import (
+    ConvLayer,
+    LayerFactory,
+    apply_num_kernels,
+    check_static_kwargs,
+    dynamic_options,
+    get_conv_layer,
+    init_weights,
+)
+from dyconv.models.registry import register_model
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "dy_resnet10",
+    "dy_resnet18",
+    "dy_resnet34",
+    "dy_resnet50",
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+]
+
+STEMS = ("imagenet", "small")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs and an identity (or 1x1 ``downsample``) shortcut."""
+
+    expansion: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv_layer(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv_layer(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (stride here, ResNet v1.5 as torchvision), 1x1 expand x4."""
+
+    expansion: ClassVar[int] = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv_layer(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv_layer(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = conv_layer(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """Generic ResNet: a stem, four stages of ``block`` (``layers`` blocks each), GAP, linear.
+
+    Which convs are dynamic (``dy_*`` builders, as the reference implementation): every conv of
+    every block, the 1x1 ``downsample`` shortcuts included, is built by ``conv_layer``; the stem
+    conv uses ``stem_conv_layer`` (``nn.Conv2d`` by default: on a 3-channel input the attention's
+    global pool has almost nothing to work with) and the classifier stays a static linear layer.
+    With static convs and ``width_mult=1`` it is torchvision's ResNet, module for module.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        layers: blocks per stage, e.g. ``[2, 2, 2, 2]``.
+        num_classes: classifier outputs.
+        in_channels: input channels.
+        width_mult: multiplies the stage widths 64, 128, 256, 512 (``int(c * width_mult)``);
+            the stem has the first stage's width.
+        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max pool, torchvision's) or ``"small"``
+            (3x3/1 conv, no pooling; for 32-64 px images such as Tiny ImageNet).
+        zero_init_residual: zero the last BN of each block (torchvision's option).
+        conv_layer: builds the block convs (``nn.Conv2d`` default; a partial of
+            ``DynamicConv2d`` for the dynamic network).
+        stem_conv_layer: builds the stem conv (default ``nn.Conv2d``).
+        norm_layer: normalisation (default ``nn.BatchNorm2d``).
+        num_kernels: per-layer K for the dynamic convs (int, list in ``named_modules()`` order,
+            i.e. conv1, conv2, downsample per block, or a glob mapping); applied before init.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        *,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        stem: str = "imagenet",
+        zero_init_residual: bool = False,
+        conv_layer: ConvLayer | None = None,
+        stem_conv_layer: ConvLayer | None = None,
+        norm_layer: LayerFactory | None = None,
+        num_kernels: KernelSpec | None = None,
+    ) -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if len(layers) != 4:
+            raise ValueError(f"layers must give 4 stage depths, got {list(layers)}")
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        self._conv_layer = nn.Conv2d if conv_layer is None else conv_layer
+        self._norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        stem_conv_layer = nn.Conv2d if stem_conv_layer is None else stem_conv_layer
+        widths = [max(1, int(c * width_mult)) for c in (64, 128, 256, 512)]
+        self.inplanes = widths[0]
+        self.stem = stem
+
+        if stem == "imagenet":
+            self.conv1 = stem_conv_layer(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            self.conv1 = stem_conv_layer(in_channels, self.inplanes, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = self._norm_layer(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, widths[0], layers[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.num_features = widths[3] * block.expansion
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+        apply_num_kernels(self, num_kernels)
+        init_weights(self, conv_mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                self._conv_layer(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+                self._norm_layer(planes * block.expansion),
+            )
+        kw = dict(conv_layer=self._conv_layer, norm_layer=self._norm_layer)
+        layers = [block(self.inplanes, planes, stride, downsample, **kw)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, **kw) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's feature map."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.avgpool(self.forward_features(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _create_resnet(
+    name: str,
+    block: type[BasicBlock] | type[Bottleneck],
+    layers: Sequence[int],
+    dynamic: dict[str, Any] | None,
+    **kwargs: Any,
+) -> ResNet:
+    if dynamic is None:
+        check_static_kwargs(name, kwargs)
+    else:
+        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
+        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    return ResNet(block, layers, **kwargs)
+
+
+@register_model
+def resnet10(**kwargs: Any) -> ResNet:
+    """ResNet-10: BasicBlock, [1, 1, 1, 1]."""
+    return _create_resnet("resnet10", BasicBlock, [1, 1, 1, 1], None, **kwargs)
+
+
+@register_model
+def dy_resnet10(
+    *,
+    num_kernels: KernelSpec = 4,
+    reduction: int = 4,
+    min_hidden: int = 1,
+    temperature: float = 30.0,
+    path: str = "auto",
+    **kwargs: Any,
+) -> ResNet:
+    """DY-ResNet-10: every block conv and downsample dynamic, stem static (11 dynamic convs)."""
+    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
+    return _create_resnet("dy_resnet10", BasicBlock, [1, 1, 1, 1], dyn, **kwargs)
+
+
+@register_model
+def resnet18(**kwargs: Any) -> ResNet:
+    """ResNet-18: BasicBlock, [2, 2, 2, 2] (torchvision's ``resnet18``)."""
+    return _create_resnet("resnet18", BasicBlock, [2, 2, 2, 2], None, **kwargs)
+
+
+@register_model
+def dy_resnet18(
+    *,
+    num_kernels: KernelSpec = 4,
+    reduction: int = 4,
+    min_hidden: int = 1,
+    temperature: float = 30.0,
+    path: str = "auto",
+    **kwargs: Any,
+) -> ResNet:
+    """DY-ResNet-18: every block conv and downsample dynamic, stem static."""
+    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
+    return _create_resnet("dy_resnet18", BasicBlock, [2, 2, 2, 2], dyn, **kwargs)
+
+
+@register_model
+def resnet34(**kwargs: Any) -> ResNet:
+    """ResNet-34: BasicBlock, [3, 4, 6, 3] (torchvision's ``resnet34``)."""
+    return _create_resnet("resnet34", BasicBlock, [3, 4, 6, 3], None, **kwargs)
+
+
+@register_model
+def dy_resnet34(
+    *,
+    num_kernels: KernelSpec = 4,
+    reduction: int = 4,
+    min_hidden: int = 1,
+    temperature: float = 30.0,
+    path: str = "auto",
+    **kwargs: Any,
+) -> ResNet:
+    """DY-ResNet-34: every block conv and downsample dynamic, stem static."""
+    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
+    return _create_resnet("dy_resnet34", BasicBlock, [3, 4, 6, 3], dyn, **kwargs)
+
+
+@register_model
+def resnet50(**kwargs: Any) -> ResNet:
+    """ResNet-50: Bottleneck, [3, 4, 6, 3] (torchvision's ``resnet50``, v1.5)."""
+    return _create_resnet("resnet50", Bottleneck, [3, 4, 6, 3], None, **kwargs)
+
+
+@register_model
+def dy_resnet50(
+    *,
+    num_kernels: KernelSpec = 4,
+    reduction: int = 4,
+    min_hidden: int = 1,
+    temperature: float = 30.0,
+    path: str = "auto",
+    **kwargs: Any,
+) -> ResNet:
+    """DY-ResNet-50: every block conv and downsample dynamic, stem static."""
+    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
+    return _create_resnet("dy_resnet50", Bottleneck, [3, 4, 6, 3], dyn, **kwargs)

@@ -1,0 +1,370 @@
+"""Whole-model profile: every registered model, static next to dynamic, at its natural input size.
+
+    python -m dyconv.profile                                   # every registered model
+    python -m dyconv.profile models=resnet10,dy_resnet10 rounds=10
+    python -m dyconv.profile models=mobilenetv2 batch=32 threads=2 out=docs/profile.md
+
+Options (``key=value``): ``models`` (comma-separated names; a static or ``dy_`` name brings its
+twin along), ``batch`` (training-step batch; default 32, 8 for DeepLabV3+), ``rounds`` (timed
+rounds; default 5), ``threads`` (``torch.set_num_threads``), ``device``
+(``cpu`` or ``cuda``), ``size`` (override every input side), ``stat`` (``median``, default, or
+``min``: the least disturbed round on a shared machine), ``tune_malloc`` (default true;
+``--no-tune-malloc`` also turns it off, see :mod:`dyconv.runtime`), ``out`` (also write the
+table, with the command, to this Markdown file).
+
+Per model: parameters, forward FLOPs of one image (``torch.utils.flop_counter``, 2 per MAC),
+batch-1 eval latency, and one training step (forward, cross-entropy, backward, SGD step) at the
+training batch. Static and dynamic are timed interleaved in one process, the order alternating
+each round; a ratio is the median over rounds of that round's dynamic / static time (with
+``stat=min``: the ratio of the minima).
+Nothing here imports Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["NATURAL_INPUTS", "ModelInput", "main", "parse_args", "profile_models"]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """How a model family is profiled: builder kwargs, one input's (C, H, W), training batch."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    shape: tuple[int, int, int] = (3, 224, 224)
+    batch: int | None = None  # None: the global default
+    note: str = ""
+
+
+#: Natural input per family (the static name); dynamic twins use the same.
+NATURAL_INPUTS: dict[str, ModelInput] = {
+    "simple_cnn": ModelInput({"num_classes": 10, "in_channels": 1}, (1, 28, 28), note="MNIST"),
+    "resnet10": ModelInput({"num_classes": 200, "stem": "small"}, (3, 64, 64), note="Tiny ImageNet, small stem"),
+    "resnet18": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
+    "resnet34": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
+    "resnet50": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
+    "mobilenetv2": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
+    "mobilenetv3_small": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
+    "mobilenetv3_large": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
+    # VOC trains on 513 crops; 257 keeps a CPU run in minutes (FLOPs scale with the pixel count).
+    "deeplabv3plus": ModelInput({"num_classes": 21}, (3, 257, 257), batch=8, note="VOC, 21 classes"),
+}
+_ORDER = list(NATURAL_INPUTS)
+DEFAULT_BATCH = 32
+STATS: dict[str, Callable[[Sequence[float]], float]] = {"median": statistics.median, "min": min}
+DEFAULTS: dict[str, Any] = {
+    "models": None,
+    "batch": None,
+    "rounds": 5,
+    "threads": None,
+    "device": "cpu",
+    "size": None,
+    "tune_malloc": True,
+    "out": None,
+    "stat": "median",
+}
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` arguments (and ``--no-tune-malloc``) into an options dict."""
+    opts = dict(DEFAULTS)
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            raise SystemExit(0)
+        if arg == "--no-tune-malloc":
+            opts["tune_malloc"] = False
+            continue
+        key, sep, value = arg.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or key not in DEFAULTS:
+            raise SystemExit(f"dyconv.profile: bad argument {arg!r}; expected key=value with key in {sorted(DEFAULTS)}")
+        if key == "models":
+            opts[key] = [m for m in value.split(",") if m]
+        elif key in ("batch", "rounds", "threads", "size"):
+            opts[key] = int(value)
+            if opts[key] < 1:
+                raise SystemExit(f"dyconv.profile: {key} must be >= 1, got {value}")
+        elif key == "tune_malloc":
+            opts[key] = _bool(value)
+        elif key == "stat":
+            if value not in STATS:
+                raise SystemExit(f"dyconv.profile: stat must be one of {sorted(STATS)}, got {value!r}")
+            opts[key] = value
+        elif key == "device":
+            if value not in ("cpu", "cuda"):
+                raise SystemExit(f"dyconv.profile: device must be cpu or cuda, got {value!r}")
+            opts[key] = value
+        else:
+            opts[key] = value
+    return opts
+
+
+def _pairs(names: Sequence[str] | None) -> list[tuple[str, list[str]]]:
+    """Group model names into ``(family, [static, dynamic])``; a name brings its registered twin."""
+    from dyconv.models import get_model_builder, is_model, list_models
+
+    if names is None:
+        names = list_models()
+    for n in names:
+        get_model_builder(n)  # unknown name: ValueError with close matches
+    families: dict[str, list[str]] = {}
+    for n in names:
+        base = n[3:] if n.startswith("dy_") else n
+        families[base] = [m for m in (base, "dy_" + base) if is_model(m)]
+    order = sorted(families, key=lambda b: (_ORDER.index(b) if b in _ORDER else len(_ORDER), b))
+    return [(b, families[b]) for b in order]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, reps: int = 1) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
+@dataclass
+class _Bench:
+    name: str
+    model: nn.Module
+    x1: torch.Tensor
+    xb: torch.Tensor
+    target: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    params: int
+    flops: int
+    latency: list[float] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    reps: int = 1
+
+    def forward_b1(self) -> None:
+        self.model.eval()
+        with torch.inference_mode():
+            self.model(self.x1)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.xb), self.target)
+        loss.backward()
+        self.optimizer.step()
+
+
+def _build(name: str, spec: ModelInput, batch: int, size: int | None, device: torch.device) -> _Bench:
+    from dyconv.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, **spec.kwargs).to(device)
+    c, h, w = spec.shape
+    if size is not None:
+        h = w = size
+    x1 = torch.randn(1, c, h, w, device=device)
+    xb = torch.randn(batch, c, h, w, device=device)
+    model.eval()
+    with torch.no_grad():
+        out = model(x1)
+    num_classes = out.shape[1]
+    tshape = (batch, *out.shape[2:])
+    target = torch.randint(num_classes, tshape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x1)
+    # A tiny lr: the step costs the same, and the weights stay finite over many rounds.
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    params = sum(p.numel() for p in model.parameters())
+    return _Bench(name, model, x1, xb, target, opt, params, counter.get_total_flops())
+
+
+def profile_models(
+    models: Sequence[str] | None = None,
+    *,
+    batch: int | None = None,
+    rounds: int = 5,
+    device: str = "cpu",
+    size: int | None = None,
+    stat: str = "median",
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Profile ``models`` (default: every registered one) in static/dynamic pairs.
+
+    Returns one dict per family: ``family``, ``input``, ``batch``, per member name ``params``,
+    ``flops``, ``latency_ms``, ``train_ms`` (``stat`` over ``rounds``: ``median`` or ``min``),
+    and, for a pair with ``stat="median"``, ``ratios``: the median of the per-round dynamic /
+    static time ratios (each round times both back to back, so a ratio compares like with like
+    on a loaded machine). With ``stat="min"`` the ratios are those of the minima.
+    """
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {sorted(STATS)}, got {stat!r}")
+    reduce = STATS[stat]
+    dev = torch.device(device)
+    log = log or (lambda s: None)
+    results = []
+    for family, members in _pairs(models):
+        spec = NATURAL_INPUTS.get(family, ModelInput())
+        b = batch if batch is not None else (spec.batch or DEFAULT_BATCH)
+        benches = []
+        for name in members:
+            log(f"building {name}")
+            benches.append(_build(name, spec, b, size, dev))
+        for bench in benches:  # warm-up; size the batch-1 repetitions to ~0.2 s a round
+            t = _timed(bench.forward_b1, dev)
+            t = _timed(bench.forward_b1, dev)
+            bench.reps = max(1, min(50, int(0.2 / max(t, 1e-6))))
+            bench.train_step()
+        for r in range(rounds):
+            order = benches if r % 2 == 0 else benches[::-1]
+            for bench in order:
+                bench.latency.append(_timed(bench.forward_b1, dev, bench.reps))
+            for bench in order:
+                bench.train.append(_timed(bench.train_step, dev))
+            log(
+                f"{family} round {r + 1}/{rounds}: "
+                + ", ".join(f"{x.name} {x.train[-1] * 1e3:.0f} ms" for x in benches)
+            )
+        shape = tuple(benches[0].x1.shape[1:])
+        row: dict[str, Any] = {"family": family, "input": "x".join(map(str, shape)), "batch": b, "note": spec.note}
+        for bench in benches:
+            row[bench.name] = {
+                "params": bench.params,
+                "flops": bench.flops,
+                "latency_ms": reduce(bench.latency) * 1e3,
+                "train_ms": reduce(bench.train) * 1e3,
+            }
+            del bench.model, bench.optimizer
+        if len(benches) == 2 and stat == "median":
+            s_, d_ = benches
+            row["ratios"] = {
+                "latency_ms": statistics.median([d / s for s, d in zip(s_.latency, d_.latency)]),
+                "train_ms": statistics.median([d / s for s, d in zip(s_.train, d_.train)]),
+            }
+        results.append(row)
+    return results
+
+
+def _cells(
+    s: dict | None, d: dict | None, key: str, fmt: Callable[[float], str], ratio: float | None = None
+) -> tuple[str, str]:
+    """``"static / dynamic"`` and the dynamic / static ratio (``-`` if a member is missing)."""
+    values = [fmt(r[key]) for r in (s, d) if r is not None]
+    if ratio is None and s is not None and d is not None and s[key]:
+        ratio = d[key] / s[key]
+    return " / ".join(values), "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: ``static / dynamic`` per cell, then the dynamic / static ratio."""
+    lines = [
+        "| model (static / dynamic) | input | params (M) | x | GFLOPs (1 image) | x "
+        "| latency batch 1 (ms) | x | batch | train step (ms) | x |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results:
+        fam = row["family"]
+        s, d = row.get(fam), row.get("dy_" + fam)
+        names = " / ".join(n for n, r in ((fam, s), ("dy_" + fam, d)) if r is not None)
+        params = _cells(s, d, "params", lambda v: f"{v / 1e6:.2f}")
+        flops = _cells(s, d, "flops", lambda v: f"{v / 1e9:.3f}")
+        ratios = row.get("ratios", {})
+        lat = _cells(s, d, "latency_ms", lambda v: f"{v:.1f}", ratios.get("latency_ms"))
+        train = _cells(s, d, "train_ms", lambda v: f"{v:.0f}", ratios.get("train_ms"))
+        inp = row["input"] + (f" ({row['note']})" if row.get("note") else "")
+        lines.append(
+            f"| {names} | {inp} | {params[0]} | {params[1]} | {flops[0]} | {flops[1]} "
+            f"| {lat[0]} | {lat[1]} | {row['batch']} | {train[0]} | {train[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def _environment(opts: dict[str, Any], tuned: bool) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dev = opts["device"]
+    if dev == "cuda" and torch.cuda.is_available():
+        dev = f"cuda ({torch.cuda.get_device_name()})"
+    return (
+        f"torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads, CPU {cpu} "
+        f"({os.cpu_count()} cores), malloc tuning {'on' if tuned else 'off'}, {opts['stat']} of {opts['rounds']} rounds"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m dyconv.profile``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = parse_args(argv)
+    from dyconv.runtime import tune_malloc
+
+    tuned = tune_malloc() if opts["tune_malloc"] else False
+    if opts["threads"] is not None:
+        torch.set_num_threads(opts["threads"])
+    if opts["device"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("dyconv.profile: device=cuda but CUDA is not available")
+    env = _environment(opts, tuned)
+    print(f"malloc tuning: {'on' if tuned else 'off'} (tune_malloc=false or --no-tune-malloc to disable)", flush=True)
+    print(env, flush=True)
+    results = profile_models(
+        opts["models"],
+        batch=opts["batch"],
+        rounds=opts["rounds"],
+        device=opts["device"],
+        size=opts["size"],
+        stat=opts["stat"],
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    table = format_table(results)
+    print(table, flush=True)
+    if opts["out"]:
+        command = "python -m dyconv.profile " + " ".join(shlex.quote(a) for a in argv)
+        text = (
+            "# Whole-model profile\n\n"
+            "Static and dynamic (K=4) networks at their natural input size, timed interleaved in one process. "
+            "FLOPs: one image, forward, `torch.utils.flop_counter` (2 per multiply-add). Latency: batch 1, eval. "
+            "Train step: forward + cross-entropy + backward + SGD step. Ratios (x): dynamic / static"
+            + (", the median over rounds of each round's ratio" if opts["stat"] == "median" else ", of the minima")
+            + ". Generated by:\n\n"
+            f"```\n{command.strip()}\n```\n\n{env}.\n\n{table}\n"
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(opts["out"])), exist_ok=True)
+        with open(opts["out"], "w") as f:
+            f.write(text)
+        print(f"wrote {opts['out']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

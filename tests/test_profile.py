@@ -1,0 +1,61 @@
+"""``python -m dyconv.profile``: argument parsing and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dyconv.profile import format_table, parse_args
+
+
+def test_parse_args():
+    opts = parse_args(["models=resnet10,dy_resnet10", "batch=4", "rounds=2", "threads=1", "--no-tune-malloc"])
+    assert opts["models"] == ["resnet10", "dy_resnet10"]
+    assert (opts["batch"], opts["rounds"], opts["threads"], opts["tune_malloc"]) == (4, 2, 1, False)
+    assert parse_args(["tune_malloc=false"])["tune_malloc"] is False
+    assert parse_args([])["tune_malloc"] is True
+    for bad in (["batch"], ["colour=red"], ["batch=0"], ["device=tpu"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_format_table_ratios():
+    row = {
+        "family": "m",
+        "input": "3x8x8",
+        "batch": 2,
+        "m": {"params": 1e6, "flops": 2e9, "latency_ms": 2.0, "train_ms": 10.0},
+        "dy_m": {"params": 4e6, "flops": 3e9, "latency_ms": 3.0, "train_ms": 15.0},
+    }
+    line = format_table([row]).splitlines()[-1]
+    assert line.startswith("| m / dy_m | 3x8x8 | 1.00 / 4.00 | 4.00x | 2.000 / 3.000 | 1.50x | 2.0 / 3.0 | 1.50x | 2 |")
+
+
+def test_profile_cli_runs_without_lightning(tmp_path):
+    out = tmp_path / "profile.md"
+    code = (
+        "import sys; from dyconv.profile import main; "
+        f"main(['models=simple_cnn,dy_simple_cnn', 'rounds=1', 'batch=2', 'out={out}']); "
+        "assert 'lightning' not in sys.modules and 'hydra' not in sys.modules, 'profile imported lightning/hydra'"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "malloc tuning: on" in res.stdout
+    assert "| simple_cnn / dy_simple_cnn | 1x28x28" in res.stdout
+    text = out.read_text()
+    assert "python -m dyconv.profile models=simple_cnn,dy_simple_cnn rounds=1 batch=2" in text
+    assert "| simple_cnn / dy_simple_cnn |" in text
+
+
+def test_profile_module_entry_point():
+    res = subprocess.run(
+        [sys.executable, "-m", "dyconv.profile", "models=dy_simple_cnn", "rounds=1", "batch=2", "--no-tune-malloc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "malloc tuning: off" in res.stdout
+    assert "simple_cnn / dy_simple_cnn" in res.stdout  # a dynamic name brings its static twin
