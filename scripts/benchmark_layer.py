@@ -14,6 +14,7 @@ plus forward FLOPs (torch.utils.flop_counter) and bytes saved for backward.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -55,6 +56,10 @@ SHAPES = [
     Shape("r10s_128@32", 128, 128, 3, 32),
     Shape("r10s_256@16", 256, 256, 3, 16),
     Shape("r10s_512@8", 512, 512, 3, 8),
+    # Its strided 3x3 convs (first conv of stages 2-4), named by input map size.
+    Shape("r10s_64>128/2@64", 64, 128, 3, 64, stride=2),
+    Shape("r10s_128>256/2@32", 128, 256, 3, 32, stride=2),
+    Shape("r10s_256>512/2@16", 256, 512, 3, 16, stride=2),
     # MobileNetV2 at 224 px: 1x1 expand / depthwise / 1x1 project at 56x56 and 7x7.
     Shape("mnv2_expand@56", 24, 144, 1, 56),
     Shape("mnv2_dw@56", 144, 144, 3, 56, groups=144),
@@ -96,10 +101,8 @@ def build_candidates(shape: Shape, num_kernels: int, batch: int) -> dict[str, nn
         if path == "bmm" and shape.groups != 1:
             continue  # bmm falls back to grouped for grouped convs
         cands[path] = DynamicConv2d(*args, num_kernels=num_kernels, path=path, temperature=1.0)
-    try:
+    with contextlib.suppress(ImportError):  # timm is a dev extra
         cands["timm_condconv"] = CondConvPeer(cands["grouped"])
-    except ImportError:  # timm is a dev extra
-        pass
     return cands
 
 
@@ -174,37 +177,44 @@ def main(argv: list[str] | None = None) -> None:
         for backward in (False, True):
             mode = "fwd+bwd" if backward else "fwd"
             print(f"\n## batch {batch}, {mode}")
-            header = f"{'shape':<16} {'conv2d':>8} {'auto':>16} {'grouped':>14} {'mixture':>14} {'bmm':>14} {'timm':>14} {'auto/best':>9} {'timm/auto':>9}"
-            if not backward:
-                header += f" {'GFLOP conv':>10} {'GFLOP auto':>10}"
-            else:
+            header = (
+                f"{'shape':<18} {'conv2d':>8} {'auto':>16} {'grouped':>14} {'mixture':>14} {'bmm':>14} {'timm':>14}"
+                f" {'auto/best':>9} {'timm/auto':>9}"
+            )
+            if backward:
                 header += f" {'MB saved conv':>13} {'MB saved auto':>13}"
+            else:
+                header += f" {'GFLOP conv':>10} {'GFLOP auto':>10}"
             print(header)
             for shape in shapes:
-                cands = build_candidates(shape, args.num_kernels, batch)
-                x = torch.randn(batch, shape.cin, shape.size, shape.size)
-                t = time_interleaved(cands, x, backward, rounds)
-                base = t["conv2d"]
-                ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
-                chosen = choose_path(batch, shape.cin, shape.cout, shape.groups, (shape.kernel,) * 2, ho * ho, args.num_kernels)
-                best = min(v for k, v in t.items() if k in ("grouped", "mixture", "bmm"))
+                print(_row(shape, args.num_kernels, batch, backward, rounds), flush=True)
 
-                def cell(name: str, width: int = 14) -> str:
-                    if name not in t:
-                        return f"{'-':>{width}}"
-                    return f"{t[name] * 1e3:7.2f} ({t[name] / base:4.1f}x)".rjust(width)
 
-                auto_cell = f"{chosen[:3]} {cell('auto', 0)}".rjust(16)
-                timm_ratio = f"{t['timm_condconv'] / t['auto']:8.1f}x" if "timm_condconv" in t else f"{'-':>9}"
-                line = (
-                    f"{shape.name:<16} {base * 1e3:8.2f} {auto_cell} {cell('grouped')} {cell('mixture')} {cell('bmm')}"
-                    f" {cell('timm_condconv')} {t['auto'] / best:8.2f}x {timm_ratio}"
-                )
-                if not backward:
-                    line += f" {fwd_flops(cands['conv2d'], x) / 1e9:10.3f} {fwd_flops(cands['auto'], x) / 1e9:10.3f}"
-                else:
-                    line += f" {saved_bytes(cands['conv2d'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
-                print(line, flush=True)
+def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
+    if name not in t:
+        return f"{'-':>{width}}"
+    return f"{t[name] * 1e3:7.2f} ({t[name] / base:4.1f}x)".rjust(width)
+
+
+def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int) -> str:
+    cands = build_candidates(shape, num_kernels, batch)
+    x = torch.randn(batch, shape.cin, shape.size, shape.size)
+    t = time_interleaved(cands, x, backward, rounds)
+    base = t["conv2d"]
+    ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
+    chosen = choose_path(batch, shape.cin, shape.cout, shape.groups, (shape.kernel,) * 2, ho * ho, num_kernels)
+    best = min(v for k, v in t.items() if k in ("grouped", "mixture", "bmm"))
+    auto_cell = f"{chosen[:3]} {_cell(t, 'auto', base, 0)}".rjust(16)
+    timm_ratio = f"{t['timm_condconv'] / t['auto']:8.1f}x" if "timm_condconv" in t else f"{'-':>9}"
+    line = (
+        f"{shape.name:<18} {base * 1e3:8.2f} {auto_cell} {_cell(t, 'grouped', base)} {_cell(t, 'mixture', base)}"
+        f" {_cell(t, 'bmm', base)} {_cell(t, 'timm_condconv', base)} {t['auto'] / best:8.2f}x {timm_ratio}"
+    )
+    if not backward:
+        line += f" {fwd_flops(cands['conv2d'], x) / 1e9:10.3f} {fwd_flops(cands['auto'], x) / 1e9:10.3f}"
+    else:
+        line += f" {saved_bytes(cands['conv2d'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
+    return line
 
 
 if __name__ == "__main__":

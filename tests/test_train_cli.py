@@ -195,3 +195,14 @@ def test_bad_input_fails_at_start_with_one_clear_message(cli, args, expected):
     for text in expected:
         assert text in out, out[-3000:]
     assert "Traceback" not in out
+
+
+def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tmp_path):
+    """Lightning 2.6's save_last only rewrites last.ckpt when the monitored best improved; with a
+    learning rate of ~0 nothing improves after epoch 0, yet last.ckpt must hold the final epoch."""
+    run_dir = tmp_path / "flat"
+    cli("train", "optimizer.lr=1e-12", "trainer.max_epochs=3", "data.splits=[64,32,32]", "test=false", *QUIET,
+        f"hydra.run.dir={run_dir}")
+    assert _load(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
+    best = [p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt")]
+    assert [p.name for p in best] == ["epoch_000.ckpt"]

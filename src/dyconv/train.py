@@ -214,7 +214,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
 
     if cfg.get("test", True):
-        ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best = ckpt.best_model_path if ckpt is not None else ""
         if trainer.fast_dev_run or not best or not cfg.get("train", True):
             why = " under fast_dev_run" if trainer.fast_dev_run else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from dyconv.attention import AttentionSummary
@@ -36,8 +37,19 @@ class AttentionStatistics(Callback):
         layers = {name: layer.num_kernels for name, layer in dynamic_layers(pl_module)}
         if not layers or not self._active(trainer):
             return
-        self._summary = AttentionSummary(layers)
+        # Classification tasks: per-class means too (segmentation labels are per pixel).
+        num_classes = int(getattr(pl_module, "num_classes", 0)) if not hasattr(pl_module, "ignore_index") else 0
+        self._summary = AttentionSummary(layers, num_classes=num_classes)
         self._recorder = AttentionRecorder(pl_module, self._summary).__enter__()
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._summary is None:
+            return
+        labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        ok = isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point()
+        self._summary.set_labels(labels if ok else None)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._recorder is None or self._summary is None:

@@ -53,16 +53,26 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class RNGStateCallback(Callback):
     """Store this process's RNG states in each checkpoint and restore them on resume.
 
-    Under DDP each rank saves its own state; Lightning's checkpoint comes from rank 0, so the
-    other ranks restore rank 0's state offset by their rank (re-seeded deterministically).
+    Under DDP the states of all ranks are gathered into the checkpoint and each rank restores its
+    own; resuming on a different number of processes re-seeds the other ranks deterministically.
     """
 
     KEY = "rng_states"
+    KEY_PER_RANK = "rng_states_per_rank"
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[self.KEY] = get_rng_states()
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank builds the checkpoint dict; rank 0 writes it. Gather all ranks' states.
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, checkpoint[self.KEY])
+            checkpoint[self.KEY_PER_RANK] = gathered
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        per_rank = checkpoint.get(self.KEY_PER_RANK)
+        if per_rank is not None and len(per_rank) == trainer.world_size:
+            set_rng_states(per_rank[trainer.global_rank])  # each rank continues its own streams
+            return
         states = checkpoint.get(self.KEY)
         if states is None:
             return

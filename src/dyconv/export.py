@@ -1,0 +1,317 @@
+"""Export a trained model for deployment: ``python -m dyconv.export ckpt_path=PATH format=onnx|pt2``.
+
+    python -m dyconv.export ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt            # ONNX
+    python -m dyconv.export ckpt_path=... format=pt2                 # torch.export (ExportedProgram)
+    python -m dyconv.export ckpt_path=... format=onnx output=/srv/models/dy.onnx opset=18
+
+The network (any registered architecture) is rebuilt from the checkpoint, put in eval mode and
+exported with a dynamic batch dimension; the input shape ``(batch, in_channels, image_size,
+image_size)`` comes from the checkpoint's data config (``image_size=`` overrides it). Dynamic
+layers take their batch-independent export path (see ``DynamicConv2d._resolve_path``), so one
+graph serves every batch size. After writing, the file is loaded back (onnxruntime /
+``torch.export.load`` / ``torch.jit.load``) and its outputs are compared with PyTorch's at batch
+1 and 5; the export fails if they differ beyond ``atol + rtol * |expected|``.
+
+Next to the model (``<run dir>/export/model.<ext>`` by default) goes ``model.<ext>.json``: input name
+and shape, normalisation, class count, opset, versions and the measured differences.
+
+``format=torchscript`` is best effort: TorchScript is deprecated in torch 2.14; ``torch.jit.script``
+works for the dyconv layers, and the export fails with a clear message for a model it cannot script.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from dyconv.errors import ConfigError, DyconvError
+from dyconv.train import CONF_DIR, _route_lightning_logs, run_job
+
+__all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
+
+log = logging.getLogger("dyconv.export")
+
+#: format -> file extension
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+VERIFY_BATCHES = (1, 5)
+
+_MNIST = ((0.1307,), (0.3081,))
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: DataModule class name -> (mean, std) over pixel values in [0, 1], per channel.
+_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "MNISTOfflineDataModule": _MNIST,
+    "MNISTDataModule": _MNIST,
+    "ImagenetteDataModule": _IMAGENET,
+    "ImageNetDataModule": _IMAGENET,
+    "TinyImageNetDataModule": _IMAGENET,
+    "VOCDataModule": _IMAGENET,
+    "VOCSBDDataModule": _IMAGENET,
+}
+
+
+class ExportError(DyconvError):
+    """The model could not be exported, or the exported file computes something else."""
+
+
+def normalization_of(data_config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"mean": [...], "std": [...]}`` (per input channel, for pixels scaled to [0, 1]) the
+    run's data was normalised with, or None for a DataModule dyconv does not know."""
+    name = str(data_config.get("_target_", "")).rpartition(".")[2]
+    if name not in _NORMALIZATION:
+        return None
+    mean, std = _NORMALIZATION[name]
+    channels = int(data_config.get("in_channels") or len(mean))
+    if len(mean) == 1 and channels > 1:  # grayscale repeated to RGB
+        mean, std = mean * channels, std * channels
+    return {"mean": list(mean), "std": list(std)}
+
+
+def _input_size(data_config: Mapping[str, Any], image_size: int | None) -> tuple[int, int]:
+    if image_size is not None:
+        side = int(image_size)
+    else:
+        side = data_config.get("eval_size") or data_config.get("image_size")
+        if not side:
+            raise ConfigError("the checkpoint's data config has no image_size; pass image_size=<pixels>")
+    if side < 1:
+        raise ConfigError(f"image_size must be >= 1, got {side}")
+    return int(side), int(side)
+
+
+def _onnx_external_data(model: nn.Module) -> bool:
+    """Weights go into a side file only when one protobuf cannot hold them (2 GiB)."""
+    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    return size > 1.8 * 2**30
+
+
+def _quiet_onnx_loggers() -> None:
+    """The ONNX optimiser logs every pass at INFO; keep the console to what matters."""
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def export_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    fmt: str,
+    *,
+    opset: int | None = None,
+    max_batch: int = 1024,
+) -> dict[str, Any]:
+    """Write ``model`` (eval mode) to ``path`` in format ``fmt`` with a dynamic batch dimension
+    (``example`` fixes the other dimensions); returns format details for the metadata."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    info: dict[str, Any] = {}
+    try:
+        if fmt == "onnx":
+            _quiet_onnx_loggers()
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=_onnx_external_data(model),
+                verbose=False,
+            )
+            import onnx
+
+            proto = onnx.load(str(path), load_external_data=False)
+            info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        elif fmt == "pt2":
+            with torch.no_grad():
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+            torch.export.save(program, str(path))
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+                scripted = torch.jit.script(model)
+            scripted.save(str(path))
+    except (DyconvError, OSError):
+        raise
+    except Exception as e:
+        hint = "" if fmt == "onnx" else "; format=onnx or format=pt2 may still work"
+        raise ExportError(f"{fmt} export of {type(model).__name__} failed: {type(e).__name__}: {e}{hint}") from e
+    return info
+
+
+def _load_runner(path: Path, fmt: str) -> Any:
+    """A callable ``numpy/tensor batch -> tensor`` running the exported file."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ConfigError(
+                "verifying an ONNX export needs onnxruntime: pip install onnxruntime (or pass verify=false)"
+            ) from e
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+    if fmt == "pt2":
+        module = torch.export.load(str(path)).module()
+        return lambda x: module(x)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    return lambda x: scripted(x)
+
+
+def verify_export(
+    model: nn.Module,
+    path: Path,
+    fmt: str,
+    shape: tuple[int, int, int],
+    *,
+    batches: tuple[int, ...] = VERIFY_BATCHES,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Max abs difference between the exported file's and PyTorch's outputs per batch size;
+    raises :class:`ExportError` if any element differs beyond ``atol + rtol * |expected|``."""
+    run = _load_runner(path, fmt)
+    gen = torch.Generator().manual_seed(seed)
+    diffs: dict[int, float] = {}
+    for b in batches:
+        x = torch.randn((b, *shape), generator=gen)
+        with torch.no_grad():
+            expected = model(x)
+            got = run(x)
+        if got.shape != expected.shape:
+            raise ExportError(f"{path} returns shape {tuple(got.shape)} at batch {b}, PyTorch {tuple(expected.shape)}")
+        diff = (got.float() - expected.float()).abs()
+        diffs[b] = float(diff.max())
+        bound = atol + rtol * expected.float().abs()
+        if not bool((diff <= bound).all()) or not math.isfinite(diffs[b]):
+            raise ExportError(
+                f"{path} differs from PyTorch at batch {b}: max abs difference {diffs[b]:.3g} "
+                f"(allowed atol={atol} + rtol={rtol} x |output|); the export is not usable as is"
+            )
+    return diffs
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    fmt: str = "onnx",
+    output: str | Path | None = None,
+    *,
+    opset: int | None = None,
+    image_size: int | None = None,
+    verify: bool = True,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    max_batch: int = 1024,
+) -> dict[str, Any]:
+    """Export a checkpoint's network; returns the metadata also written to ``<output>.json``."""
+    import dyconv
+    from dyconv.utils.rebuild import load_trained_run, run_dir_of
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if opset is not None and fmt != "onnx":
+        raise ConfigError(f"opset applies to format=onnx only (got format={fmt})")
+    run = load_trained_run(ckpt_path)
+    model = run.model.float().eval()
+    data = run.config.get("data", {})
+    channels = int(data.get("in_channels") or 3)
+    h, w = _input_size(data, image_size)
+    path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / f"model{FORMATS[fmt]}"
+    path = path.expanduser().absolute()
+    example = torch.randn(2, channels, h, w)  # batch 2: a batch of 1 would be specialised
+    log.info("Exporting %s (%s) to %s", run.config.get("model", {}).get("name"), fmt, path)
+    if max_batch < 2:
+        raise ConfigError(f"max_batch must be >= 2 (the batch dimension is dynamic), got {max_batch}")
+    info = export_model(model, example, path, fmt, opset=opset, max_batch=max_batch)
+    diffs = verify_export(model, path, fmt, (channels, h, w), rtol=rtol, atol=atol) if verify else {}
+
+    segmentation = str(run.config.get("task", {}).get("_target_", "")).endswith("SegmentationTask")
+    num_classes = int(data.get("num_classes") or 0) or None
+    meta: dict[str, Any] = {
+        "format": fmt,
+        "file": path.name,
+        "checkpoint": str(run.ckpt_path),
+        "model": run.config.get("model", {}).get("name"),
+        "task": "segmentation" if segmentation else "classification",
+        "input": {"name": INPUT_NAME, "shape": ["batch", channels, h, w], "dtype": "float32"},
+        "max_batch": max_batch,
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", num_classes, h, w] if segmentation else ["batch", num_classes],
+        },
+        "num_classes": num_classes,
+        "normalization": normalization_of(data),
+        "opset": info.get("opset"),
+        "verified_max_abs_diff": {str(b): d for b, d in diffs.items()},
+        "dyconv_version": dyconv.__version__,
+        "torch_version": torch.__version__,
+    }
+    meta_path = path.with_name(path.name + ".json")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    meta["metadata_file"] = str(meta_path)
+    meta["path"] = str(path)
+    return meta
+
+
+def run_export(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra job: export ``cfg.ckpt_path`` and print where the files are."""
+    _route_lightning_logs()
+    fmt = str(cfg.format)
+    meta = export_checkpoint(
+        cfg.ckpt_path,
+        fmt,
+        cfg.get("output"),
+        opset=None if cfg.get("opset") is None else int(cfg.opset),
+        image_size=None if cfg.get("image_size") is None else int(cfg.image_size),
+        verify=bool(cfg.verify),
+        rtol=float(cfg.rtol),
+        atol=float(cfg.atol),
+        max_batch=int(cfg.max_batch),
+    )
+    shape = "x".join(str(s) for s in meta["input"]["shape"])
+    lines = [f"Exported {meta['model']} ({fmt}) to {meta['path']}", f"Input '{INPUT_NAME}': {shape} float32"]
+    if meta["normalization"]:
+        norm = meta["normalization"]
+        lines.append(f"Preprocess: pixels / 255, then (x - {norm['mean']}) / {norm['std']} per channel")
+    if meta["verified_max_abs_diff"]:
+        lines.append(
+            "Verified against PyTorch: max abs difference "
+            + ", ".join(f"{d:.2e} at batch {b}" for b, d in meta["verified_max_abs_diff"].items())
+        )
+    lines.append(f"Metadata: {meta['metadata_file']}")
+    print("\n".join(lines), flush=True)
+    return meta
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def _main(cfg: DictConfig) -> Any:
+    return run_job(run_export, cfg)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

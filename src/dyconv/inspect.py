@@ -1,0 +1,309 @@
+"""Inspect the learned attention of a checkpoint: ``python -m dyconv.inspect ckpt_path=PATH``.
+
+    python -m dyconv.inspect ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+    python -m dyconv.inspect ckpt_path=... split=test max_batches=20 temperatures=[1,10]
+    python -m dyconv.inspect ckpt_path=... output_dir=/tmp/attn data.root=/new/place
+
+The model and data are rebuilt from the checkpoint alone (``data.<key>=...`` overrides the stored
+data config). Forward hooks (:class:`~dyconv.layers.recorder.AttentionRecorder`) collect the
+attention ``pi(x)`` of every dynamic layer over the split, and per layer the tool reports the
+mean entropy against its maximum log K (1 = uniform, 0 = one kernel per sample), the mean
+weight of each kernel, how often each kernel wins (argmax), and the mean attention per class.
+It then re-runs the first ``temperature_batches`` batches at several temperatures (the trained
+one included, restored afterwards) to show how sharp the attention is at each.
+
+Segmentation runs: labels are per pixel while the attention is per image, so there are no
+per-class means (``per_class.csv`` is not written).
+
+Writes to ``<run dir>/inspect/<split>/`` (``output_dir=`` overrides): ``layers.csv`` (one row
+per layer), ``per_class.csv`` (layer x class), ``temperature.csv`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dyconv.attention import AttentionSummary
+from dyconv.errors import ConfigError
+from dyconv.layers import dynamic_layers
+from dyconv.layers.recorder import AttentionRecorder
+from dyconv.train import CONF_DIR, _route_lightning_logs, run_job
+
+__all__ = ["Inspection", "format_report", "inspect_checkpoint", "main", "temperature_sweep", "write_outputs"]
+
+log = logging.getLogger("dyconv.inspect")
+
+
+@dataclass
+class Inspection:
+    """What :func:`inspect_checkpoint` found (also what it writes to disk)."""
+
+    ckpt_path: Path
+    split: str
+    summary: AttentionSummary
+    #: ``{temperature: {layer: mean entropy / log K}}`` over the first batches of the split.
+    sweep: dict[float, dict[str, float]] = field(default_factory=dict)
+    #: Each layer's temperature as trained (the checkpoint's buffers).
+    trained_temperatures: dict[str, float] = field(default_factory=dict)
+    per_class: bool = False
+    #: Why there are no per-class means (when ``per_class`` is False).
+    per_class_note: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu or cuda[:N]") from e
+
+
+def _batches(loader: Iterable[Any], max_batches: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            return
+        if isinstance(batch, (list, tuple)):
+            yield batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            yield batch, None
+
+
+def _ratio(entropy: float, num_kernels: int) -> float:
+    return entropy / math.log(num_kernels) if num_kernels > 1 else 1.0
+
+
+def temperature_sweep(
+    model: torch.nn.Module, inputs: Sequence[torch.Tensor], temperatures: Sequence[float]
+) -> dict[float, dict[str, float]]:
+    """Mean entropy / log K of every dynamic layer on ``inputs`` with all layers set to each
+    temperature in turn; every layer's own temperature is restored afterwards, even on error."""
+    layers = dict(dynamic_layers(model))
+    original = {name: layer.temperature.detach().clone() for name, layer in layers.items()}
+    out: dict[float, dict[str, float]] = {}
+    try:
+        for t in temperatures:
+            if not t > 0:
+                raise ConfigError(f"temperatures must all be > 0, got {t}")
+            for layer in layers.values():
+                layer.temperature.fill_(float(t))
+            summary = AttentionSummary({name: layer.num_kernels for name, layer in layers.items()})
+            with torch.no_grad(), AttentionRecorder(model, summary):
+                for x in inputs:
+                    model(x)
+            out[float(t)] = {name: _ratio(la.mean_entropy, la.num_kernels) for name, la in summary.layers.items()}
+    finally:
+        for name, layer in layers.items():
+            layer.temperature.copy_(original[name])
+    return out
+
+
+def inspect_checkpoint(
+    ckpt_path: str | Path,
+    split: str = "val",
+    *,
+    max_batches: int | None = None,
+    temperatures: Sequence[float] = (1.0, 5.0, 30.0),
+    temperature_batches: int = 4,
+    data_overrides: Mapping[str, Any] | None = None,
+    device: str = "auto",
+) -> Inspection:
+    """Collect the attention of every dynamic layer of a checkpoint's model over ``split``.
+
+    ``temperatures`` (plus each layer's trained value) are swept over the first
+    ``temperature_batches`` batches; nothing of the model is changed in the end.
+    """
+    from dyconv.utils.rebuild import load_trained_run
+
+    if split not in ("val", "test"):
+        raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
+    if max_batches is not None and max_batches < 1:
+        raise ConfigError(f"max_batches must be >= 1 (or null for the whole split), got {max_batches}")
+    bad = [t for t in temperatures if not float(t) > 0]
+    if bad or temperature_batches < 0:
+        raise ConfigError(f"temperatures must all be > 0 and temperature_batches >= 0, got {list(temperatures)}, "
+                          f"{temperature_batches}")
+    run = load_trained_run(ckpt_path)
+    model = run.model
+    layers = dict(dynamic_layers(model))
+    if not layers:
+        name = run.config.get("model", {}).get("name", type(model).__name__)
+        raise ConfigError(
+            f"{run.ckpt_path} holds the static model {name!r}: it has no dynamic convolutions, so there is no "
+            "attention to inspect. Inspect the checkpoint of a dynamic model (dy_*)."
+        )
+    dev = _device(device)
+    model.to(dev).eval()
+    datamodule = run.datamodule({k: v for k, v in (data_overrides or {}).items() if v is not None})
+    datamodule.prepare_data()
+    datamodule.setup("validate" if split == "val" else "test")
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+
+    segmentation = getattr(datamodule, "task", "classification") == "segmentation"
+    num_classes = 0 if segmentation else int(run.config.get("data", {}).get("num_classes") or 0)
+    summary = AttentionSummary({name: layer.num_kernels for name, layer in layers.items()}, num_classes)
+    kept: list[torch.Tensor] = []
+    with torch.no_grad(), AttentionRecorder(model, summary):
+        for x, y in _batches(loader, max_batches):
+            x = x.to(dev)
+            summary.set_labels(None if segmentation else y)
+            model(x)
+            if len(kept) < temperature_batches:
+                kept.append(x)
+    if not next(iter(summary.layers.values())).count:
+        raise ConfigError(f"the {split} split of {run.ckpt_path}'s data is empty: nothing to inspect")
+
+    trained = {name: float(layer.temperature) for name, layer in layers.items()}
+    temps = sorted({float(t) for t in temperatures} | set(trained.values()))
+    sweep = temperature_sweep(model, kept, temps) if temps and kept else {}
+    note = (
+        "segmentation labels are per pixel, the attention per image"
+        if segmentation
+        else "the data config has no num_classes"
+    )
+    return Inspection(run.ckpt_path, split, summary, sweep, trained, per_class=num_classes > 0, per_class_note=note)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
+    rows = []
+    for name, la in summary.layers.items():
+        means = la.class_mean_pi
+        for c in range(la.num_classes):
+            row: dict[str, Any] = {"layer": name, "class": c, "samples": int(la.class_count[c])}
+            row.update({f"mean_pi_{k}": float(means[c, k]) for k in range(la.num_kernels)})
+            rows.append(row)
+    return rows
+
+
+def write_outputs(result: Inspection, output_dir: str | Path) -> list[Path]:
+    """Write the CSV tables and PNG figures of ``result`` into ``output_dir``; returns the files."""
+    from dyconv.plots import attention_figures, temperature_figure
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [_write_csv(out / "layers.csv", result.summary.rows())]
+    if result.per_class:
+        files.append(_write_csv(out / "per_class.csv", _per_class_rows(result.summary)))
+    if result.sweep:
+        rows = [
+            {"temperature": t, "layer": name, "entropy_ratio": r}
+            for t, by_layer in result.sweep.items()
+            for name, r in by_layer.items()
+        ]
+        files.append(_write_csv(out / "temperature.csv", rows))
+    figures = attention_figures(result.summary)
+    if result.sweep:
+        temps = list(result.sweep)
+        figures["temperature"] = temperature_figure(
+            temps, [sum(v.values()) / len(v) for v in result.sweep.values()]
+        )
+    for tag, fig in figures.items():
+        path = out / (tag.replace("/", "_") + ".png")
+        fig.savefig(path, dpi=120)
+        files.append(path)
+    result.files = files
+    return files
+
+
+def format_report(result: Inspection, max_classes: int = 20) -> str:
+    """The human-readable table printed by the CLI (at most ``max_classes`` per-class rows)."""
+    summary = result.summary
+    first = next(iter(summary.layers.values()))
+    temps = sorted(set(result.trained_temperatures.values()))
+    lines = [
+        f"Attention of {result.ckpt_path} on {result.split} ({int(first.count)} images, "
+        f"trained temperature {', '.join(f'{t:g}' for t in temps)})",
+        "entropy/logK: 1 = uniform over the K kernels, 0 = one kernel per image; "
+        "wins: how often each kernel is the argmax",
+    ]
+    width = max(len("layer"), *(len(n) for n in summary.layers))
+    pi_width = 6 * max(la.num_kernels for la in summary.layers.values()) - 1
+    lines.append(f"{'layer':<{width}}  {'K':>2}  {'entropy':>7}  {'/logK':>5}  {'mean pi':<{pi_width}}  wins")
+    for name, la in summary.layers.items():
+        pis = " ".join(f"{float(p):.3f}" for p in la.mean_pi)
+        wins = " ".join(f"{float(w):.3f}" for w in la.win_rate)
+        ratio = _ratio(la.mean_entropy, la.num_kernels)
+        lines.append(
+            f"{name:<{width}}  {la.num_kernels:>2}  {la.mean_entropy:>7.4f}  {ratio:>5.3f}  {pis:<{pi_width}}  {wins}"
+        )
+    if result.per_class:
+        # The most class-dependent layer: largest deviation of a class's mean attention from the layer's.
+        spread = {n: float((la.class_mean_pi - la.mean_pi).abs().max()) for n, la in summary.layers.items()}
+        name = max(spread, key=spread.get)
+        la = summary.layers[name]
+        deviation = (la.class_mean_pi - la.mean_pi).abs().amax(dim=1)
+        classes = [c for c in range(la.num_classes) if la.class_count[c] > 0]
+        shown = sorted(sorted(classes, key=lambda c: -float(deviation[c]))[:max_classes])
+        which = "" if len(shown) == len(classes) else f", the {len(shown)} classes furthest from the layer mean"
+        lines.append(f"Per-class mean attention of {name} (most class-dependent layer{which}; all in per_class.csv):")
+        for c in shown:
+            pis = " ".join(f"{float(p):.3f}" for p in la.class_mean_pi[c])
+            lines.append(f"  class {c:>4} ({int(la.class_count[c]):>5} images): {pis}")
+    else:
+        lines.append(f"Per-class means: not computed ({result.per_class_note})")
+    if result.sweep:
+        lines.append("Mean entropy/logK over layers vs temperature (first batches of the split):")
+        lines.append("  " + "  ".join(f"T={t:g}: {sum(v.values()) / len(v):.3f}" for t, v in result.sweep.items()))
+    if result.files:
+        lines.append(f"Files in {result.files[0].parent}: " + ", ".join(p.name for p in result.files))
+    return "\n".join(lines)
+
+
+def run_inspection(cfg: DictConfig) -> Inspection:
+    """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report."""
+    _route_lightning_logs()
+    if cfg.get("tune_malloc", True):
+        from dyconv.runtime import tune_malloc
+
+        tune_malloc()
+    torch.manual_seed(int(cfg.seed))
+    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
+    max_batches = cfg.get("max_batches")
+    result = inspect_checkpoint(
+        cfg.ckpt_path,
+        cfg.split,
+        max_batches=None if max_batches is None else int(max_batches),
+        temperatures=[float(t) for t in (cfg.get("temperatures") or [])],
+        temperature_batches=int(cfg.temperature_batches),
+        data_overrides=overrides,
+        device=str(cfg.device),
+    )
+    write_outputs(result, Path(cfg.output_dir).expanduser().absolute())
+    print(format_report(result), flush=True)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="inspect")
+def _main(cfg: DictConfig) -> Any:
+    return run_job(run_inspection, cfg)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

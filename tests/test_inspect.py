@@ -1,0 +1,156 @@
+"""`python -m dyconv.inspect`: numbers checked against hand-computed attention, the CLI on a real run,
+static models refused with one message, segmentation runs without per-class means."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyconv.inspect import inspect_checkpoint, temperature_sweep, write_outputs
+from dyconv.layers import dynamic_layers
+from trained import make_checkpoint, real_run
+
+SMALL_RESNET = ["model=dy_resnet10", "data.image_size=32", "data.in_channels=3", "model.width_mult=0.25",
+                "data.splits=[8,40,8]", "data.batch_size=16"]
+UNIFORM, FORCED = "layer1.0.conv1", "layer4.0.downsample.0"  # first and last dynamic conv of dy_resnet10
+K_UNIFORM, K_FORCED = 4, 5  # 1/4 is exact in the float32 softmax: entropy is log 4 to float64 rounding
+FORCED_LOGIT = 50.0
+
+
+def _force_attention(model: torch.nn.Module) -> None:
+    """UNIFORM: attention logits all 0 whatever the input -> pi = 1/K exactly. FORCED: logits
+    (50, 0, ..., 0) at temperature 1 -> kernel 0 with probability 1 - 4e-22."""
+    layers = dict(dynamic_layers(model))
+    for name in (UNIFORM, FORCED):
+        layers[name].attn_fc2.weight.zero_()
+        layers[name].attn_fc2.bias.zero_()
+    layers[FORCED].attn_fc2.bias[0] = FORCED_LOGIT
+    layers[FORCED].temperature.fill_(1.0)
+
+
+@pytest.fixture(scope="module")
+def forced_ckpt(tmp_path_factory) -> Path:
+    kernels = [K_UNIFORM] + [4] * 9 + [K_FORCED]
+    return make_checkpoint(
+        tmp_path_factory.mktemp("forced") / "checkpoints" / "last.ckpt",
+        [*SMALL_RESNET, f"model.num_kernels=[{','.join(map(str, kernels))}]"],
+        _force_attention,
+    )
+
+
+def _entropy(p: list[float]) -> float:
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_hand_computed_attention(forced_ckpt, tmp_path):
+    result = inspect_checkpoint(forced_ckpt, "val", temperatures=[1.0, 30.0], temperature_batches=3)
+    layers = result.summary.layers
+    assert len(layers) == 11 and all(int(la.count) == 40 for la in layers.values())
+
+    uni = layers[UNIFORM]
+    assert uni.num_kernels == K_UNIFORM
+    assert uni.mean_entropy == pytest.approx(math.log(K_UNIFORM), abs=1e-12)
+    torch.testing.assert_close(uni.mean_pi, torch.full((K_UNIFORM,), 1 / K_UNIFORM, dtype=torch.float64))
+
+    forced = layers[FORCED]
+    assert forced.num_kernels == K_FORCED
+    assert forced.mean_entropy < 1e-18
+    torch.testing.assert_close(forced.win_rate, torch.tensor([1.0, 0, 0, 0, 0], dtype=torch.float64))
+    assert float(forced.mean_pi[0]) == pytest.approx(1.0, abs=1e-15)
+
+    # Per-class: every class's mean is 1/K for the uniform layer; counts are the split's labels.
+    from dyconv.utils.rebuild import load_trained_run
+
+    dm = load_trained_run(forced_ckpt).datamodule()
+    dm.setup("validate")
+    labels = torch.cat([y for _, y in dm.val_dataloader()])
+    counts = torch.bincount(labels, minlength=10).to(torch.float64)
+    torch.testing.assert_close(uni.class_count, counts)
+    seen = counts > 0
+    torch.testing.assert_close(uni.class_mean_pi[seen], torch.full((int(seen.sum()), K_UNIFORM), 1 / K_UNIFORM,
+                                                                    dtype=torch.float64))
+
+    # Temperature sweep: the uniform layer stays uniform; the forced one follows softmax(50/T).
+    assert sorted(result.sweep) == [1.0, 30.0]  # the trained temperatures (30 and 1) are in the list
+    assert all(result.sweep[t][UNIFORM] == pytest.approx(1.0, abs=1e-9) for t in result.sweep)
+    z = math.exp(FORCED_LOGIT / 30.0)
+    p = [z / (z + K_FORCED - 1)] + [1 / (z + K_FORCED - 1)] * (K_FORCED - 1)
+    assert result.sweep[30.0][FORCED] == pytest.approx(_entropy(p) / math.log(K_FORCED), rel=1e-6)
+    assert result.sweep[1.0][FORCED] < 1e-18
+    assert result.trained_temperatures[FORCED] == 1.0 and result.trained_temperatures[UNIFORM] == 30.0
+
+    # The files hold the same numbers.
+    files = write_outputs(result, tmp_path / "out")
+    rows = {r["layer"]: r for r in csv.DictReader((tmp_path / "out" / "layers.csv").open())}
+    assert float(rows[UNIFORM]["entropy"]) == pytest.approx(math.log(K_UNIFORM), abs=1e-12)
+    assert float(rows[UNIFORM]["entropy_ratio"]) == pytest.approx(1.0, abs=1e-12)
+    assert float(rows[FORCED]["win_rate_0"]) == 1.0 and rows[FORCED]["mean_pi_4"] != ""
+    assert rows[UNIFORM]["mean_pi_4"] == ""  # K = 4: no such column value
+    per_class = [r for r in csv.DictReader((tmp_path / "out" / "per_class.csv").open()) if r["layer"] == UNIFORM]
+    assert sum(int(r["samples"]) for r in per_class) == 40
+    sweep_rows = list(csv.DictReader((tmp_path / "out" / "temperature.csv").open()))
+    assert len(sweep_rows) == 2 * 11
+    names = {p.name for p in files}
+    assert {"entropy.png", "mean_pi.png", "win_rate.png", "temperature.png"} <= names
+    for png in (p for p in files if p.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_temperature_sweep_restores_every_layer(forced_ckpt):
+    from dyconv.utils.rebuild import load_trained_run
+
+    model = load_trained_run(forced_ckpt).model
+    before = {n: float(layer.temperature) for n, layer in dynamic_layers(model)}
+    assert len(set(before.values())) == 2
+    x = torch.randn(2, 3, 32, 32)
+    sweep = temperature_sweep(model, [x], [0.5, 100.0])
+    assert {n: float(layer.temperature) for n, layer in dynamic_layers(model)} == before
+    assert sweep[100.0][FORCED] > sweep[0.5][FORCED]
+    with pytest.raises(ValueError, match="temperatures must all be > 0"):
+        temperature_sweep(model, [x], [2.0, 0.0])
+    assert {n: float(layer.temperature) for n, layer in dynamic_layers(model)} == before  # even on error
+
+
+def test_cli_on_a_real_run_writes_tables_and_plots(cli, tmp_path_factory):
+    run_dir = real_run(tmp_path_factory.getbasetemp())
+    proc = cli("inspect", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "temperatures=[1,5]")
+    out_dir = run_dir / "inspect" / "val"
+    for name in ("layers.csv", "per_class.csv", "temperature.csv", "entropy.png", "mean_pi.png", "win_rate.png",
+                 "temperature.png", "class_mean_pi_features.2.0.png"):
+        assert (out_dir / name).is_file(), name
+    (row,) = list(csv.DictReader((out_dir / "layers.csv").open()))
+    assert row["layer"] == "features.2.0" and int(row["samples"]) == 64  # the val split
+    assert 0.0 <= float(row["entropy"]) <= math.log(4) + 1e-9
+    assert sum(float(row[f"mean_pi_{k}"]) for k in range(4)) == pytest.approx(1.0, abs=1e-6)
+    assert sum(float(row[f"win_rate_{k}"]) for k in range(4)) == pytest.approx(1.0, abs=1e-9)
+    temps = {float(r["temperature"]) for r in csv.DictReader((out_dir / "temperature.csv").open())}
+    assert {1.0, 5.0} < temps  # plus the trained temperature
+    assert "features.2.0" in proc.stdout and "entropy/logK" in proc.stdout and str(out_dir) in proc.stdout
+
+
+def test_static_model_is_refused_with_one_message(cli, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "static" / "checkpoints" / "last.ckpt", ["model=simple_cnn"])
+    proc = cli("inspect", f"ckpt_path={ckpt}", check=False)
+    assert proc.returncode != 0
+    assert "static model 'simple_cnn'" in proc.stderr and "no dynamic convolutions" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_segmentation_run_has_no_per_class_means(tmp_path):
+    from fakedata import make_voc
+
+    make_voc(tmp_path / "data", n_val=3)
+    ckpt = make_checkpoint(
+        tmp_path / "seg" / "checkpoints" / "last.ckpt",
+        ["data=voc", "model=dy_deeplabv3plus", f"data.root={tmp_path / 'data'}", "data.image_size=64",
+         "model.width_mult=0.25", "model.backbone_width_mult=0.25", "data.batch_size=2", "data.num_workers=0"],
+    )
+    result = inspect_checkpoint(ckpt, "val", temperatures=[1.0], temperature_batches=1)
+    assert not result.per_class
+    assert all(int(la.count) == 3 for la in result.summary.layers.values())
+    names = {p.name for p in write_outputs(result, tmp_path / "out")}
+    assert "layers.csv" in names and "per_class.csv" not in names

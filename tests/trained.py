@@ -1,0 +1,75 @@
+"""Trained runs for the tool tests (``from trained import make_checkpoint``; tests/ is on sys.path).
+
+- :func:`make_checkpoint`: a checkpoint in exactly the format ``python -m dyconv.train`` writes,
+  built in-process without training: the real ``conf/train.yaml`` composed with the overrides,
+  reduced to the run config ``train`` stores (``checkpoint["dyconv"]["config"]``), and the
+  task's state dict (``model.`` prefix).
+- :func:`real_run`: one real short offline run, shared by the tests of a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["compose_run_config", "make_checkpoint", "real_run"]
+
+
+def compose_run_config(overrides: Sequence[str] = ()) -> dict:
+    """The plain run config ``train`` would store for these command-line overrides."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig
+
+    from dyconv.train import CONF_DIR, _plain
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
+    config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get("temperature")
+    return config
+
+
+def make_checkpoint(
+    path: Path,
+    overrides: Sequence[str] = (),
+    edit: Callable[[nn.Module], None] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Build the model of ``overrides``, let ``edit(model)`` change it, save a train-format checkpoint."""
+    from hydra.utils import instantiate
+
+    config = compose_run_config(overrides)
+    torch.manual_seed(seed)
+    model = instantiate(config["model"])
+    make_task = instantiate(config["task"], _partial_=True, _convert_="all")
+    task = make_task(model=model, run_config=config)
+    if edit is not None:
+        with torch.no_grad():
+            edit(task.model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": task.state_dict(), "dyconv": {"version": 1, "config": config}}, path)
+    return path
+
+
+def real_run(base: Path, timeout: float = 300) -> Path:
+    """A real 1-epoch offline run of the default model (``python -m dyconv.train``, ~10 s), made
+    once per ``base`` directory (pass the session's ``tmp_path_factory.getbasetemp()``)."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = base / "real_default_run"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():
+        return run_dir
+    env = dict(os.environ, DYCONV_LOG_DIR=str(base / "logs"), DYCONV_DATA_DIR=str(base / "datasets"))
+    args = ["data.splits=[256,64,64]", "trainer.max_epochs=1", "callbacks.progress_bar=null", "logger=[]",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "-m", "dyconv.train", *args], cwd=base, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0 or not ckpt.is_file():
+        raise AssertionError(f"dyconv.train {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return run_dir
