@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
+    parser.add_argument("--markdown", metavar="PATH", help="also write a compact Markdown summary table to PATH")
     args = parser.parse_args(argv)
     tuned = False if args.no_tune_malloc else tune_malloc()
     if args.threads:
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         f" median of {rounds} interleaved rounds, tune_malloc={tuned}"
     )
     print("# times in ms; (x) = ratio to nn.Conv2d; auto -> the path it chose; best = fastest dynamic path")
+    results: dict[tuple[str, int, bool], tuple[dict[str, float], str]] = {}
     for batch in args.batch:
         for backward in (False, True):
             mode = "fwd+bwd" if backward else "fwd"
@@ -187,7 +190,38 @@ def main(argv: list[str] | None = None) -> None:
                 header += f" {'GFLOP conv':>10} {'GFLOP auto':>10}"
             print(header)
             for shape in shapes:
-                print(_row(shape, args.num_kernels, batch, backward, rounds), flush=True)
+                line, t, chosen = _row(shape, args.num_kernels, batch, backward, rounds)
+                results[(shape.name, batch, backward)] = (t, chosen)
+                print(line, flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text(_markdown(shapes, results, argv, rounds, tuned))
+        print(f"\nwrote {args.markdown}")
+
+
+def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds: int, tuned: bool) -> str:
+    """Ratios to nn.Conv2d per shape: auto (and its path), timm's CondConv2d, per batch/mode."""
+    cmd = " ".join(["python scripts/benchmark_layer.py", *(argv if argv is not None else sys.argv[1:])])
+    cols = sorted({(b, bw) for _, b, bw in results}, key=lambda c: (-c[0], c[1]))
+    head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / timm" for b, bw in cols)
+    lines = [
+        f"`{cmd}` (torch {torch.__version__}, {torch.get_num_threads()} threads, K=4, median of {rounds}"
+        f" interleaved rounds, tune_malloc={tuned}). Ratios of time to `nn.Conv2d` on the same input;"
+        " the path auto chose in brackets.",
+        "",
+        f"| shape (Cin>Cout, /stride, @input) | {head} |",
+        "| --- |" + " ---: |" * len(cols),
+    ]
+    for shape in shapes:
+        cells = []
+        for b, bw in cols:
+            if (shape.name, b, bw) not in results:
+                cells.append("")
+                continue
+            t, chosen = results[(shape.name, b, bw)]
+            timm = f"{t['timm_condconv'] / t['conv2d']:.1f}x" if "timm_condconv" in t else "-"
+            cells.append(f"{t['auto'] / t['conv2d']:.2f}x ({chosen}) / {timm}")
+        lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
@@ -196,7 +230,7 @@ def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
     return f"{t[name] * 1e3:7.2f} ({t[name] / base:4.1f}x)".rjust(width)
 
 
-def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int) -> str:
+def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int) -> tuple[str, dict, str]:
     cands = build_candidates(shape, num_kernels, batch)
     x = torch.randn(batch, shape.cin, shape.size, shape.size)
     t = time_interleaved(cands, x, backward, rounds)
@@ -214,7 +248,7 @@ def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int
         line += f" {fwd_flops(cands['conv2d'], x) / 1e9:10.3f} {fwd_flops(cands['auto'], x) / 1e9:10.3f}"
     else:
         line += f" {saved_bytes(cands['conv2d'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
-    return line
+    return line, t, chosen
 
 
 if __name__ == "__main__":

@@ -45,34 +45,25 @@ FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 VERIFY_BATCHES = (1, 5)
 
-_MNIST = ((0.1307,), (0.3081,))
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-#: DataModule class name -> (mean, std) over pixel values in [0, 1], per channel.
-_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "MNISTOfflineDataModule": _MNIST,
-    "MNISTDataModule": _MNIST,
-    "ImagenetteDataModule": _IMAGENET,
-    "ImageNetDataModule": _IMAGENET,
-    "TinyImageNetDataModule": _IMAGENET,
-    "VOCDataModule": _IMAGENET,
-    "VOCSBDDataModule": _IMAGENET,
-}
-
-
 class ExportError(DyconvError):
     """The model could not be exported, or the exported file computes something else."""
 
 
 def normalization_of(data_config: Mapping[str, Any]) -> dict[str, Any] | None:
     """``{"mean": [...], "std": [...]}`` (per input channel, for pixels scaled to [0, 1]) the
-    run's data was normalised with, or None for a DataModule dyconv does not know."""
-    name = str(data_config.get("_target_", "")).rpartition(".")[2]
-    if name not in _NORMALIZATION:
+    run's data was normalised with (the DataModule's ``mean``/``std``), or None if unknown."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(data_config.get("_target_", "")))
+    except Exception:  # a DataModule that is not importable here
         return None
-    mean, std = _NORMALIZATION[name]
+    mean, std = getattr(cls, "mean", None), getattr(cls, "std", None)
+    if mean is None or std is None:
+        return None
     channels = int(data_config.get("in_channels") or len(mean))
     if len(mean) == 1 and channels > 1:  # grayscale repeated to RGB
-        mean, std = mean * channels, std * channels
+        mean, std = tuple(mean) * channels, tuple(std) * channels
     return {"mean": list(mean), "std": list(std)}
 
 

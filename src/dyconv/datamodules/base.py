@@ -74,6 +74,9 @@ class BaseDataModule(L.LightningDataModule):
 
     #: ``classification`` or ``segmentation``: which task a data config selects.
     task: str = "classification"
+    #: Per-channel normalisation of pixels in [0, 1] (exported with models for serving).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __init__(
         self,

@@ -52,6 +52,9 @@ class ImageNetDataModule(BaseDataModule):
         **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ...).
     """
 
+    mean = tuple(IMAGENET_MEAN)
+    std = tuple(IMAGENET_STD)
+
     def __init__(
         self,
         *,

@@ -73,6 +73,9 @@ class ImagenetteDataModule(BaseDataModule):
         **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ...).
     """
 
+    mean = tuple(IMAGENET_MEAN)
+    std = tuple(IMAGENET_STD)
+
     ARCHIVES = IMAGENETTE_ARCHIVES
 
     def __init__(

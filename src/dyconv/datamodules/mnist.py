@@ -78,6 +78,9 @@ class MNISTDataModule(BaseDataModule):
         **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ...).
     """
 
+    mean = (MNIST_MEAN,)
+    std = (MNIST_STD,)
+
     FILES = MNIST_FILES
 
     def __init__(

@@ -47,6 +47,9 @@ class MNISTOfflineDataModule(BaseDataModule):
         **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ...).
     """
 
+    mean = (MNIST_MEAN,)
+    std = (MNIST_STD,)
+
     def __init__(
         self,
         *,

@@ -143,6 +143,9 @@ class TinyImageNetDataModule(BaseDataModule):
         **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ...).
     """
 
+    mean = tuple(IMAGENET_MEAN)
+    std = tuple(IMAGENET_STD)
+
     ARCHIVE = TINY_IMAGENET_ARCHIVE
 
     def __init__(

@@ -41,6 +41,7 @@ from dyconv.datamodules.segmentation_transforms import (
     SegmentationTrainTransform,
     segmentation_collate,
 )
+from dyconv.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "SBD_ARCHIVE",
@@ -175,6 +176,9 @@ class VOCDataModule(BaseDataModule):
         image_size: side of the square training crop (513 in DeepLab).
         **kwargs: :class:`BaseDataModule` arguments (global ``batch_size``, workers, ``drop_last``, ...).
     """
+
+    mean = tuple(IMAGENET_MEAN)
+    std = tuple(IMAGENET_STD)
 
     task = "segmentation"
     VOC_ARCHIVE = VOC_ARCHIVE
