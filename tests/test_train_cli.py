@@ -206,3 +206,11 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tm
     assert _load(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
     best = [p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt")]
     assert [p.name for p in best] == ["epoch_000.ckpt"]
+
+
+def test_multirun_with_in_process_ddp_is_refused(cli):
+    """Lightning's DDP launcher would re-run each worker with the whole sweep's arguments."""
+    proc = cli("train", "-m", "trainer=ddp_cpu", "trainer.devices=2", "seed=1,2", *QUIET, check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "basic launcher is not supported" in out and "hydra/launcher=slurm" in out

@@ -22,10 +22,9 @@ from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
+    apply_dynamic_options,
     apply_num_kernels,
-    check_static_kwargs,
     dynamic_options,
-    get_conv_layer,
     init_weights,
     make_divisible,
 )
@@ -280,14 +279,9 @@ class DeepLabV3Plus(nn.Module):
 def _create_deeplabv3plus(
     name: str, dynamic: dict[str, Any] | None, dynamic_backbone: bool = False, **kwargs: Any
 ) -> DeepLabV3Plus:
-    if dynamic is None:
-        check_static_kwargs(name, kwargs)
-    else:
-        conv_layer = get_conv_layer(True, **dynamic)
-        kwargs.setdefault("conv_layer", conv_layer)
-        if dynamic_backbone:
-            kwargs.setdefault("backbone_conv_layer", conv_layer)
-        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    apply_dynamic_options(name, dynamic, kwargs)
+    if dynamic is not None and dynamic_backbone:
+        kwargs.setdefault("backbone_conv_layer", kwargs["conv_layer"])
     return DeepLabV3Plus(**kwargs)
 
 

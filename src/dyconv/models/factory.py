@@ -22,6 +22,7 @@ __all__ = [
     "ConvLayer",
     "ConvNormAct",
     "LayerFactory",
+    "apply_dynamic_options",
     "apply_num_kernels",
     "check_static_kwargs",
     "dynamic_options",
@@ -95,6 +96,18 @@ def check_static_kwargs(model_name: str, kwargs: Mapping[str, Any]) -> None:
             f"{model_name} is a static model and takes no {', '.join(bad)}; "
             f"use dy_{model_name} for a dynamic one (or pass conv_layer=... explicitly)"
         )
+
+
+def apply_dynamic_options(model_name: str, dynamic: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What every ``_create_<family>`` helper does first: a static build (``dynamic`` None)
+    rejects dynamic-only options; a dynamic one injects the dynamic conv factory and the K spec.
+    Updates and returns ``kwargs``."""
+    if dynamic is None:
+        check_static_kwargs(model_name, kwargs)
+    else:
+        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
+        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    return kwargs
 
 
 def apply_num_kernels(model: nn.Module, num_kernels: KernelSpec | None) -> None:

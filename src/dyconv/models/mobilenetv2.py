@@ -17,10 +17,9 @@ from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
+    apply_dynamic_options,
     apply_num_kernels,
-    check_static_kwargs,
     dynamic_options,
-    get_conv_layer,
     init_weights,
     make_divisible,
 )
@@ -183,11 +182,7 @@ class MobileNetV2(nn.Module):
 
 
 def _create_mobilenetv2(name: str, dynamic: dict[str, Any] | None, **kwargs: Any) -> MobileNetV2:
-    if dynamic is None:
-        check_static_kwargs(name, kwargs)
-    else:
-        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
-        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    apply_dynamic_options(name, dynamic, kwargs)
     return MobileNetV2(**kwargs)
 
 

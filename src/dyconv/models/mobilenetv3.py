@@ -20,10 +20,9 @@ from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
+    apply_dynamic_options,
     apply_num_kernels,
-    check_static_kwargs,
     dynamic_options,
-    get_conv_layer,
     init_weights,
     make_divisible,
 )
@@ -284,11 +283,7 @@ def _create_mobilenetv3(
     dilated: bool = False,
     **kwargs: Any,
 ) -> MobileNetV3:
-    if dynamic is None:
-        check_static_kwargs(name, kwargs)
-    else:
-        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
-        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    apply_dynamic_options(name, dynamic, kwargs)
     if not width_mult > 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult}")
     cfgs, last_channel = mobilenetv3_config(arch, width_mult, reduced_tail, dilated)

@@ -17,10 +17,9 @@ from dyconv.layers import KernelSpec
 from dyconv.models.factory import (
     ConvLayer,
     LayerFactory,
+    apply_dynamic_options,
     apply_num_kernels,
-    check_static_kwargs,
     dynamic_options,
-    get_conv_layer,
     init_weights,
 )
 from dyconv.models.registry import register_model
@@ -218,11 +217,7 @@ def _create_resnet(
     dynamic: dict[str, Any] | None,
     **kwargs: Any,
 ) -> ResNet:
-    if dynamic is None:
-        check_static_kwargs(name, kwargs)
-    else:
-        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
-        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    apply_dynamic_options(name, dynamic, kwargs)
     return ResNet(block, layers, **kwargs)
 
 

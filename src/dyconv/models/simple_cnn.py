@@ -12,10 +12,9 @@ from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
+    apply_dynamic_options,
     apply_num_kernels,
-    check_static_kwargs,
     dynamic_options,
-    get_conv_layer,
     init_weights,
 )
 from dyconv.models.registry import register_model
@@ -77,11 +76,7 @@ class SimpleCNN(nn.Module):
 
 
 def _create_simple_cnn(name: str, dynamic: dict[str, Any] | None, **kwargs: Any) -> SimpleCNN:
-    if dynamic is None:
-        check_static_kwargs(name, kwargs)
-    else:
-        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
-        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
+    apply_dynamic_options(name, dynamic, kwargs)
     return SimpleCNN(**kwargs)
 
 
