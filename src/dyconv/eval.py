@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.errors import ConfigError
-from dyconv.train import CONF_DIR, _route_lightning_logs, run_job
+from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 from dyconv.utils.rebuild import load_trained_run
 
 log = logging.getLogger("dyconv.eval")
@@ -63,6 +63,7 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point (``dyconv-eval``)."""
+    require_ckpt_path("python -m dyconv.eval ckpt_path=PATH [split=test|val] [data.root=DIR] [trainer=gpu]")
     _main()
 
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dyconv.errors import ConfigError, DyconvError
-from dyconv.train import CONF_DIR, _route_lightning_logs, run_job
+from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
 
@@ -301,6 +301,7 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point."""
+    require_ckpt_path("python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N]")
     _main()
 
 

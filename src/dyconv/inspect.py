@@ -37,7 +37,7 @@ from dyconv.attention import AttentionSummary
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
 from dyconv.layers.recorder import AttentionRecorder
-from dyconv.train import CONF_DIR, _route_lightning_logs, run_job
+from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 
 __all__ = ["Inspection", "format_report", "inspect_checkpoint", "main", "temperature_sweep", "write_outputs"]
 
@@ -302,6 +302,7 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point."""
+    require_ckpt_path("python -m dyconv.inspect ckpt_path=PATH [split=val|test] [output_dir=DIR] [max_batches=N]")
     _main()
 
 

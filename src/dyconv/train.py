@@ -281,6 +281,15 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, DatasetNotFoundError)
 
 
+def require_ckpt_path(usage: str) -> None:
+    """Checkpoint tools: exit with their usage line (not Hydra's interpolation error) when the
+    command line names no ``ckpt_path``."""
+    args = sys.argv[1:]
+    if any(a.startswith(("ckpt_path=", "--", "-c", "-h")) for a in args):
+        return
+    sys.exit(f"usage: {usage}\n(ckpt_path is required: a checkpoint written by python -m dyconv.train)")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _main(cfg: DictConfig) -> Any:
     return run_job(train, cfg)
