@@ -186,6 +186,7 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         (["optimizer.lr=-0.1"], ["optimizer.lr must be > 0"]),
         (["data=tinyimagenet", "model=resnet10"], ["tiny-imagenet-200", "data.download=true"]),
         (["data.batch_size=63", "trainer=ddp_cpu", "trainer.devices=2"], ["must divide by devices x nodes"]),
+        (["model=resnet10", "+model.stme=small"], ["unexpected keyword argument 'stme'"]),
     ],
 )
 def test_bad_input_fails_at_start_with_one_clear_message(cli, args, expected):

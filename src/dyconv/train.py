@@ -274,6 +274,10 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 def _is_user_error(e: BaseException) -> bool:
     if isinstance(e, DyconvError):
         return True
+    from hydra.errors import InstantiationException
+
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError)):
+        return True  # a config value or key the target rejected (Hydra's message names both)
     try:
         from dyconv.datamodules.download import DatasetNotFoundError
     except ImportError:  # pragma: no cover

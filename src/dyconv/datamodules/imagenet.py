@@ -21,6 +21,7 @@ from dyconv.datamodules.transforms import (
     classification_eval_transform,
     classification_train_transform,
 )
+from dyconv.errors import ConfigError
 
 __all__ = ["ImageNetDataModule"]
 
@@ -72,12 +73,12 @@ class ImageNetDataModule(BaseDataModule):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
         if download:
-            raise ValueError(
+            raise ConfigError(
                 "ImageNet cannot be downloaded automatically (it needs an image-net.org account); "
                 f"set data.download=false and provide it yourself: {_HOW}"
             )
         if in_channels != 3:
-            raise ValueError(f"data.in_channels must be 3 for ImageNet (RGB), got {in_channels}")
+            raise ConfigError(f"data.in_channels must be 3 for ImageNet (RGB), got {in_channels}")
         self.root = resolve_root(root)
         self.wnids: list[str] = []
         self.train_transform = classification_train_transform(

@@ -31,6 +31,7 @@ from dyconv.datamodules.transforms import (
     classification_eval_transform,
     classification_train_transform,
 )
+from dyconv.errors import ConfigError
 
 __all__ = ["IMAGENETTE_ARCHIVES", "ImagenetteDataModule"]
 
@@ -96,9 +97,9 @@ class ImagenetteDataModule(BaseDataModule):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
         if size not in self.ARCHIVES:
-            raise ValueError(f"data.size must be one of {list(self.ARCHIVES)}, got {size!r}")
+            raise ConfigError(f"data.size must be one of {list(self.ARCHIVES)}, got {size!r}")
         if in_channels != 3:
-            raise ValueError(f"data.in_channels must be 3 for Imagenette (RGB), got {in_channels}")
+            raise ConfigError(f"data.in_channels must be 3 for Imagenette (RGB), got {in_channels}")
         self.root = resolve_root(root)
         self.download = bool(download)
         self.size = size

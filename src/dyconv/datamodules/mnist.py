@@ -29,6 +29,7 @@ from dyconv.datamodules.download import (
     write_marker,
 )
 from dyconv.datamodules.mnist_offline import MNIST_MEAN, MNIST_STD
+from dyconv.errors import ConfigError
 
 __all__ = ["MNIST_FILES", "MNISTDataModule"]
 
@@ -97,9 +98,9 @@ class MNISTDataModule(BaseDataModule):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
         if in_channels not in (1, 3):
-            raise ValueError(f"data.in_channels must be 1 or 3 for MNIST, got {in_channels}")
+            raise ConfigError(f"data.in_channels must be 1 or 3 for MNIST, got {in_channels}")
         if val_size < 1:
-            raise ValueError(f"data.val_size must be >= 1, got {val_size}")
+            raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
         self.root = resolve_root(root)
         self.download = bool(download)
         self.val_size = int(val_size)
@@ -167,7 +168,7 @@ class MNISTDataModule(BaseDataModule):
         self.check_num_classes(int(train.targets.max()) + 1, f"MNIST in {self.raw_dir}")
         n = len(train.targets)
         if self.val_size >= n:
-            raise ValueError(f"data.val_size={self.val_size} must be smaller than the {n} training images")
+            raise ConfigError(f"data.val_size={self.val_size} must be smaller than the {n} training images")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         idx_val, idx_train = perm[: self.val_size], perm[self.val_size :]
         transform = self._transform()

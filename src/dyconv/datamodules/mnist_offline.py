@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from dyconv.datamodules.base import BaseDataModule
+from dyconv.errors import ConfigError
 
 __all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTOfflineDataModule"]
 
@@ -63,9 +64,9 @@ class MNISTOfflineDataModule(BaseDataModule):
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
         splits = tuple(int(s) for s in splits)
         if len(splits) != 3 or min(splits) < 1 or sum(splits) > 5000:
-            raise ValueError(f"data.splits must be three positive sizes summing to at most 5000, got {list(splits)}")
+            raise ConfigError(f"data.splits must be three positive sizes summing to at most 5000, got {list(splits)}")
         if in_channels not in (1, 3):
-            raise ValueError(f"data.in_channels must be 1 or 3 for MNIST, got {in_channels}")
+            raise ConfigError(f"data.in_channels must be 1 or 3 for MNIST, got {in_channels}")
         self.splits = splits
         self.split_seed = int(split_seed)
 

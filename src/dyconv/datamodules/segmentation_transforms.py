@@ -22,6 +22,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from dyconv.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dyconv.errors import ConfigError
 
 __all__ = [
     "SegmentationEvalTransform",
@@ -77,7 +78,7 @@ class SegmentationTrainTransform:
     ) -> None:
         low, high = (float(s) for s in scale_range)
         if not 0 < low <= high:
-            raise ValueError(f"scale_range must be 0 < low <= high, got {list(scale_range)}")
+            raise ConfigError(f"data.scale_range must be 0 < low <= high, got {list(scale_range)}")
         self.crop_size = int(crop_size)
         self.scale_range = (low, high)
         self.hflip = bool(hflip)

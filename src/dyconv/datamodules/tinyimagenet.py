@@ -37,6 +37,7 @@ from dyconv.datamodules.transforms import (
     classification_eval_transform,
     classification_train_transform,
 )
+from dyconv.errors import ConfigError
 
 __all__ = ["TINY_IMAGENET_ARCHIVE", "ImageListDataset", "TinyImageNetDataModule", "load_rgb", "read_tinyimagenet"]
 
@@ -166,9 +167,9 @@ class TinyImageNetDataModule(BaseDataModule):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
         if in_channels != 3:
-            raise ValueError(f"data.in_channels must be 3 for Tiny ImageNet (RGB), got {in_channels}")
+            raise ConfigError(f"data.in_channels must be 3 for Tiny ImageNet (RGB), got {in_channels}")
         if holdout < 0:
-            raise ValueError(f"data.holdout must be >= 0, got {holdout}")
+            raise ConfigError(f"data.holdout must be >= 0, got {holdout}")
         self.root = resolve_root(root)
         self.download = bool(download)
         self.train_transform = classification_train_transform(
@@ -216,7 +217,7 @@ class TinyImageNetDataModule(BaseDataModule):
         official_val = ImageListDataset(val, self.eval_transform)
         if self.holdout:
             if self.holdout >= len(train):
-                raise ValueError(f"data.holdout={self.holdout} must be smaller than the {len(train)} training images")
+                raise ConfigError(f"data.holdout={self.holdout} must be smaller than the {len(train)} training images")
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
             held = [train[i] for i in sorted(perm[: self.holdout])]
             train = [train[i] for i in sorted(perm[self.holdout :])]

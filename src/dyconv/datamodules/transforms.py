@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from dyconv.errors import ConfigError
+
 __all__ = [
     "AUGMENTATIONS",
     "IMAGENET_MEAN",
@@ -44,7 +46,7 @@ def classification_eval_transform(
         geometry: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
     else:
         if not 0.0 < crop_ratio <= 1.0:
-            raise ValueError(f"eval crop_ratio must be in (0, 1], got {crop_ratio}")
+            raise ConfigError(f"eval crop_ratio must be in (0, 1], got {crop_ratio}")
         geometry = [v2.Resize(round(image_size / crop_ratio), antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose([v2.ToImage(), *geometry, *_finish(mean, std)])
 
@@ -80,7 +82,7 @@ def classification_train_transform(
             v2.RandomCrop(image_size, padding=padding, pad_if_needed=True),
         ]
     else:
-        raise ValueError(f"data.augment must be one of {list(AUGMENTATIONS)}, got {augment!r}")
+        raise ConfigError(f"data.augment must be one of {list(AUGMENTATIONS)}, got {augment!r}")
     if hflip:
         geometry.append(v2.RandomHorizontalFlip())
     return v2.Compose([v2.ToImage(), *geometry, *_finish(mean, std)])

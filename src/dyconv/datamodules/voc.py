@@ -42,6 +42,7 @@ from dyconv.datamodules.segmentation_transforms import (
     segmentation_collate,
 )
 from dyconv.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dyconv.errors import ConfigError
 
 __all__ = [
     "SBD_ARCHIVE",
@@ -199,7 +200,7 @@ class VOCDataModule(BaseDataModule):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
         if in_channels != 3:
-            raise ValueError(f"data.in_channels must be 3 for VOC (RGB), got {in_channels}")
+            raise ConfigError(f"data.in_channels must be 3 for VOC (RGB), got {in_channels}")
         self.root = resolve_root(root)
         self.download = bool(download)
         self.ignore_index = int(ignore_index)
