@@ -276,13 +276,8 @@ def _is_user_error(e: BaseException) -> bool:
         return True
     from hydra.errors import InstantiationException
 
-    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError)):
-        return True  # a config value or key the target rejected (Hydra's message names both)
-    try:
-        from dyconv.datamodules.download import DatasetNotFoundError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(e, DatasetNotFoundError)
+    # A config value or key the target rejected (Hydra's message names both).
+    return isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError))
 
 
 def require_ckpt_path(usage: str) -> None:

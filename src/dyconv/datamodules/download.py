@@ -35,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from dyconv.errors import DyconvError
+
 __all__ = [
     "COMPLETE_MARKER",
     "EXTRACTING_MARKER",
@@ -63,7 +65,7 @@ _CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------- errors
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DyconvError, FileNotFoundError):
     """A dataset is missing or incomplete; the message says where, what layout, and how to get it.
 
     Build it with :meth:`for_dataset` so every dataset words the three parts the same way.
@@ -88,7 +90,7 @@ class DatasetNotFoundError(FileNotFoundError):
         )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DyconvError, RuntimeError):
     """A download failed (network, HTTP error) or produced the wrong file."""
 
 
@@ -96,7 +98,7 @@ class ChecksumError(DownloadError):
     """A downloaded file's checksum does not match the published one."""
 
 
-class UnsafeArchiveError(RuntimeError):
+class UnsafeArchiveError(DyconvError, RuntimeError):
     """An archive holds a member that would land outside the destination (absolute path, ``..``)."""
 
 
