@@ -261,3 +261,42 @@ def test_autocast_bf16_cpu():
         assert y.dtype == torch.bfloat16
         torch.testing.assert_close(y.float(), ref, rtol=5e-2, atol=5e-2)
         assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=lambda g: "-".join(map(str, g)))
+def test_recompute_kernels_matches_reference_and_saves_memory(geometry):
+    cin, cout, k, s, p, d, g = geometry
+    torch.manual_seed(0)
+    for padding_mode, bias, batch in itertools.product(["zeros", "reflect"], [True, False], [1, 3]):
+        layer = DynamicConv2d(
+            cin, cout, k, s, p, d, g, bias, padding_mode, num_kernels=3, path="grouped", temperature=0.7,
+            recompute_kernels=True,
+        ).double()
+        x = torch.randn(batch, cin, 9, 10, dtype=torch.float64, requires_grad=True)
+        y, ref = layer(x), naive_forward(layer, x)
+        torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+        wrt = [x, layer.weight, layer.attn_fc1.weight] + ([layer.bias] if bias else [])
+        for a, b in zip(torch.autograd.grad((y * y.detach().sin()).sum(), wrt),
+                        torch.autograd.grad((ref * ref.detach().sin()).sum(), wrt)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradcheck(layer, (x[:2].detach().requires_grad_(True),))
+
+    def saved_bytes(m: nn.Module, inp: torch.Tensor) -> int:
+        params = {q.data_ptr() for q in m.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(inp)
+        return sum(seen.values())
+
+    big = torch.randn(16, 64, 8, 8)
+    plain = DynamicConv2d(64, 64, 3, padding=1, path="grouped")
+    lean = DynamicConv2d(64, 64, 3, padding=1, path="grouped", recompute_kernels=True)
+    # The 16 per-sample kernels (16 x 64 x 64 x 9 floats = 2.4 MB) are not kept for backward.
+    assert saved_bytes(plain, big) - saved_bytes(lean, big) >= 16 * 64 * 64 * 9 * 4
+    assert "recompute_kernels=True" in repr(lean)

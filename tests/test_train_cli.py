@@ -160,6 +160,7 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         "trainer.max_epochs=1",
         "data.splits=[256,100,100]",
         "data.batch_size=32",
+        "recompute_kernels=true",  # the memory-saving autograd Function, under DDP
         *QUIET,
         f"hydra.run.dir={run_dir}",
         timeout=300,

@@ -183,6 +183,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     log.info("Instantiating model <%s> %s", cfg.model._target_, cfg.model.get("name", ""))
     model = instantiate(cfg.model)
+    if cfg.get("recompute_kernels", False):
+        from dyconv.layers import set_recompute_kernels
+
+        log.info("recompute_kernels: %d dynamic layers recompute their kernels in backward",
+                 set_recompute_kernels(model, True))
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("scheduler") else None
     make_task = instantiate(cfg.task, _partial_=True, _convert_="all")

@@ -8,6 +8,7 @@ from dyconv.layers.convert import (
     get_temperature,
     resolve_num_kernels,
     set_num_kernels,
+    set_recompute_kernels,
     set_temperature,
 )
 from dyconv.layers.dynamic_conv import PATHS, DynamicConv2d, choose_path
@@ -23,5 +24,6 @@ __all__ = [
     "get_temperature",
     "resolve_num_kernels",
     "set_num_kernels",
+    "set_recompute_kernels",
     "set_temperature",
 ]

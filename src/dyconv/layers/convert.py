@@ -20,6 +20,7 @@ __all__ = [
     "get_temperature",
     "resolve_num_kernels",
     "set_num_kernels",
+    "set_recompute_kernels",
     "set_temperature",
 ]
 
@@ -45,6 +46,16 @@ def set_temperature(module: nn.Module, value: float) -> int:
     n = 0
     for _, layer in dynamic_layers(module):
         layer.temperature.fill_(value)
+        n += 1
+    return n
+
+
+def set_recompute_kernels(module: nn.Module, enabled: bool = True) -> int:
+    """Trade a matmul per backward for activation memory in every dynamic layer (see
+    ``DynamicConv2d(recompute_kernels=...)``); returns how many layers were set."""
+    n = 0
+    for _, layer in dynamic_layers(module):
+        layer.recompute_kernels = bool(enabled)
         n += 1
     return n
 
