@@ -208,6 +208,12 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tm
     assert _load(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
     best = [p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt")]
     assert [p.name for p in best] == ["epoch_000.ckpt"]
+    # dyconv.eval rebuilds everything from the checkpoint alone; data overrides apply.
+    proc = cli("eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "split=val", "data.batch_size=8")
+    (result,) = (run_dir / "eval").glob("val_*/metrics.json")
+    record = json.loads(result.read_text())
+    assert record["split"] == "val" and 0.0 <= record["metrics"]["val/acc"] <= 1.0
+    assert str(result) in proc.stdout
 
 
 def test_multirun_with_in_process_ddp_is_refused(cli):

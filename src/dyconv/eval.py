@@ -39,7 +39,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run = load_trained_run(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     datamodule = run.datamodule(overrides)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_model_summary=False)
     fn = trainer.test if cfg.split == "test" else trainer.validate

@@ -145,7 +145,7 @@ def inspect_checkpoint(
         )
     dev = _device(device)
     model.to(dev).eval()
-    datamodule = run.datamodule({k: v for k, v in (data_overrides or {}).items() if v is not None})
+    datamodule = run.datamodule(data_overrides)
     datamodule.prepare_data()
     datamodule.setup("validate" if split == "val" else "test")
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()

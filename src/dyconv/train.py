@@ -162,8 +162,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     run_config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
     run_config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get("temperature")
+    resume_step = 0
     if ckpt_path is not None:
-        stored = checkpoint_config(load_checkpoint(ckpt_path), ckpt_path)
+        resumed = load_checkpoint(ckpt_path)
+        resume_step = int(resumed.get("global_step", 0))
+        stored = checkpoint_config(resumed, ckpt_path)
+        del resumed
         diffs = config_differences(stored, run_config)
         if diffs:
             raise ConfigError(
@@ -201,10 +205,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("No logger configured: dropping LearningRateMonitor")
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if ckpt_path is not None:
-        step = int(load_checkpoint(ckpt_path).get("global_step", 0))
         for lg in loggers:
             if hasattr(lg, "truncate_after"):
-                lg.truncate_after(step)
+                lg.truncate_after(resume_step)
 
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]

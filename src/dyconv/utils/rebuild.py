@@ -39,10 +39,12 @@ class TrainedRun:
         return self.task.model
 
     def datamodule(self, overrides: Mapping[str, Any] | None = None) -> Any:
-        """The run's DataModule, with ``overrides`` (e.g. ``{"root": ...}``) merged in."""
+        """The run's DataModule, with ``overrides`` (e.g. ``{"root": ...}``) merged in; ``None``
+        values keep the checkpoint's setting (the tools' CLI defaults)."""
         from hydra.utils import instantiate
 
-        data_cfg = OmegaConf.merge(OmegaConf.create(self.config["data"]), OmegaConf.create(dict(overrides or {})))
+        kept = {k: v for k, v in (overrides or {}).items() if v is not None}
+        data_cfg = OmegaConf.merge(OmegaConf.create(self.config["data"]), OmegaConf.create(kept))
         return instantiate(data_cfg)
 
 
