@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     log.info("Instantiating model <%s> %s", cfg.model._target_, cfg.model.get("name", ""))
     model = instantiate(cfg.model)
+    model_stats = _model_stats(model, datamodule)
     if cfg.get("recompute_kernels", False):
         from dyconv.layers import set_recompute_kernels
 
@@ -217,9 +219,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for lg in trainer.loggers:
             lg.log_hyperparams(hparams)
 
+    fit_s = 0.0
     if cfg.get("train", True):
+        start = time.perf_counter()
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_s = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+    metrics.update(model_stats)
+    metrics["time/fit_s"] = fit_s
 
     if cfg.get("test", True):
         ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
@@ -240,6 +247,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         os.replace(tmp, metrics_path)
         _print_summary(output_dir, trainer, metrics)
     return metrics
+
+
+def _model_stats(model: Any, datamodule: Any) -> dict[str, float]:
+    """Parameters and GFLOPs (one input at the data's size) that every run reports in metrics.json."""
+    from dyconv.utils.model_stats import count_flops, count_params
+
+    stats: dict[str, float] = {"model/params": float(count_params(model))}
+    size, channels = getattr(datamodule, "image_size", None), getattr(datamodule, "in_channels", None)
+    if size and channels:
+        stats["model/gflops"] = count_flops(model, (1, channels, size, size)) / 1e9
+    return stats
 
 
 def _print_summary(output_dir: Path, trainer: Any, metrics: dict[str, float]) -> None:

@@ -8,6 +8,7 @@ from dyconv.datamodules.download import (
     DownloadError,
     UnsafeArchiveError,
 )
+from dyconv.datamodules.fashion_mnist import FashionMNISTDataModule
 from dyconv.datamodules.imagenet import ImageNetDataModule
 from dyconv.datamodules.imagenette import ImagenetteDataModule
 from dyconv.datamodules.mnist import MNISTDataModule
@@ -23,6 +24,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "EpochSeededRandomSampler",
+    "FashionMNISTDataModule",
     "ImageNetDataModule",
     "ImagenetteDataModule",
     "MNISTDataModule",

@@ -69,6 +69,10 @@ class _DigitDataset(Dataset):
 class MNISTDataModule(BaseDataModule):
     """Full MNIST (10 classes), 55k/5k/10k train/val/test.
 
+    Subclasses for other datasets in the same idx format (Fashion-MNIST) set the class attributes
+    ``NAME`` (the torchvision folder), ``DATASET`` (the torchvision class), ``FILES``, ``LAYOUT``,
+    ``SIZE`` and ``mean``/``std``.
+
     Args:
         root: folder that holds ``MNIST/raw`` (relative paths are taken from the current directory).
         download: fetch the four files (11 MB) if missing.
@@ -82,7 +86,11 @@ class MNISTDataModule(BaseDataModule):
     mean = (MNIST_MEAN,)
     std = (MNIST_STD,)
 
+    NAME = "MNIST"
+    DATASET: type[MNIST] = MNIST
     FILES = MNIST_FILES
+    LAYOUT = _LAYOUT
+    SIZE = "11 MB"
 
     def __init__(
         self,
@@ -108,19 +116,18 @@ class MNISTDataModule(BaseDataModule):
 
     @property
     def raw_dir(self) -> Path:
-        return self.root / "MNIST" / "raw"
+        return self.root / self.NAME / "raw"
 
     def _missing(self) -> list[str]:
         return [f.filename[:-3] for f in self.FILES if not (self.raw_dir / f.filename[:-3]).is_file()]
 
-    def _not_found(self, problem: str) -> DatasetNotFoundError:
+    def _how(self) -> str:
         urls = ", ".join(f.url for f in self.FILES)
+        return f"set data.download=true (fetches {self.SIZE}: {urls}), or copy the four files into {self.raw_dir}"
+
+    def _not_found(self, problem: str) -> DatasetNotFoundError:
         return DatasetNotFoundError.for_dataset(
-            "MNIST",
-            where=self.raw_dir,
-            problem=problem,
-            layout=_LAYOUT,
-            how=f"set data.download=true (fetches 11 MB: {urls}), or copy the four files into {self.raw_dir}",
+            self.NAME, where=self.raw_dir, problem=problem, layout=self.LAYOUT, how=self._how()
         )
 
     def prepare_data(self) -> None:
@@ -149,7 +156,7 @@ class MNISTDataModule(BaseDataModule):
         ops: list[v2.Transform] = [
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([MNIST_MEAN], [MNIST_STD]),
+            v2.Normalize(list(self.mean), list(self.std)),
         ]
         if self.image_size != 28:
             ops.append(v2.Resize((self.image_size, self.image_size), antialias=True))
@@ -163,9 +170,9 @@ class MNISTDataModule(BaseDataModule):
         missing = self._missing()
         if missing:
             raise self._not_found(f"missing {', '.join(missing)}")
-        train = MNIST(str(self.root), train=True, download=False)
-        test = MNIST(str(self.root), train=False, download=False)
-        self.check_num_classes(int(train.targets.max()) + 1, f"MNIST in {self.raw_dir}")
+        train = self.DATASET(str(self.root), train=True, download=False)
+        test = self.DATASET(str(self.root), train=False, download=False)
+        self.check_num_classes(int(train.targets.max()) + 1, f"{self.NAME} in {self.raw_dir}")
         n = len(train.targets)
         if self.val_size >= n:
             raise ConfigError(f"data.val_size={self.val_size} must be smaller than the {n} training images")

@@ -1,0 +1,195 @@
+"""Sweep summaries: one table per multirun (``summary.csv`` + ``summary.md`` at the top of its
+sweep directory), written by a Hydra callback when the multirun ends.
+
+Each job's directory holds ``.hydra/overrides.yaml`` (what defines it), ``metrics.json`` (what
+``dyconv.train`` measured: final val/test metrics, ``model/params``, ``model/gflops``,
+``time/fit_s``) and ``job_status.json`` (written by the callback when the job ends: completed or
+failed, with the error). :func:`collect_jobs` reads them back, so a summary can also be rebuilt
+later for any sweep directory (``python -m dyconv.report <dir>`` does when it is missing).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+__all__ = ["SweepSummary", "collect_jobs", "write_summary"]
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "job_status.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+#: Metrics shown in summary.md (summary.csv has every metric).
+_MD_METRICS = ("test/acc", "test/miou", "test/loss", "val/acc", "val/miou", "model/params", "model/gflops",
+               "time/fit_s")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _overrides(job_dir: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    except Exception:
+        return []
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def collect_jobs(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One record per job directory under ``sweep_dir``: ``job`` (its folder), ``num``, ``status``
+    (``completed``, ``failed``, or ``incomplete`` when it never reported: killed or running),
+    ``overrides`` (list), ``error`` and ``metrics`` (dict)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        status = _read_json(job_dir / STATUS_FILE)
+        metrics = _read_json(job_dir / "metrics.json")
+        jobs.append({
+            "job": job_dir.name,
+            "num": status.get("num"),
+            "status": status.get("status", "incomplete"),
+            "overrides": status.get("overrides") or _overrides(job_dir),
+            "error": status.get("error", ""),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        })
+    jobs.sort(key=lambda j: (j["num"] is None, j["num"] if j["num"] is not None else 0, j["job"]))
+    return jobs
+
+
+def _metric_columns(jobs: Sequence[dict[str, Any]]) -> list[str]:
+    keys = {k for j in jobs for k in j["metrics"]}
+    order = ("test/", "val/", "train/", "model/", "time/")
+    return sorted(keys, key=lambda k: (next((i for i, p in enumerate(order) if k.startswith(p)), len(order)), k))
+
+
+def _override_columns(jobs: Sequence[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for j in jobs:
+        for o in j["overrides"]:
+            key = _split(o)[0]
+            if key not in cols:
+                cols.append(key)
+    return cols
+
+
+def summary_rows(jobs: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows of the summary table: job, status, one column per override key, the
+    override string, every metric, the error."""
+    okeys, mkeys = _override_columns(jobs), _metric_columns(jobs)
+    columns = ["job", "status", *okeys, "overrides", *mkeys, "error"]
+    rows = []
+    for j in jobs:
+        values = dict(_split(o) for o in j["overrides"])
+        row: dict[str, Any] = {"job": j["job"], "status": j["status"], "overrides": " ".join(j["overrides"]),
+                               "error": j["error"]}
+        row.update({k: values.get(k, "") for k in okeys})
+        row.update({k: j["metrics"].get(k, "") for k in mkeys})
+        rows.append(row)
+    return columns, rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``summary.csv`` (every column) and ``summary.md`` (the main ones) into ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir)
+    columns, rows = summary_rows(jobs)
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
+    _atomic_write(csv_path, buf.getvalue())
+
+    shown = [c for c in columns if c not in ("overrides", "error") and (c not in _metric_columns(jobs)
+                                                                         or c in _MD_METRICS)]
+    failed = [r for r in rows if r["status"] != "completed"]
+    lines = [f"# Sweep summary: {sweep_dir}", "",
+             f"{len(rows)} jobs, {len(rows) - len(failed)} completed, {len(failed)} failed or incomplete "
+             f"(written {time.strftime('%Y-%m-%d %H:%M:%S')}; every column: {SUMMARY_CSV}).", "",
+             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in shown) + " |" for r in rows]
+    if failed:
+        lines += ["", "Failed or incomplete jobs:", ""]
+        lines += [f"- `{r['job']}` ({r['status']}): {_fmt(r['error']) or 'no error recorded'}" for r in failed]
+    _atomic_write(md_path, "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+class SweepSummary(Callback):
+    """Hydra callback: each job records its status and refreshes the sweep's summary; the end of
+    the multirun writes it once more."""
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        try:
+            out = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
+            status = "completed" if job_return.status == JobStatus.COMPLETED else "failed"
+            error = ""
+            if status == "failed":
+                err = job_return._return_value
+                error = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+            record = {"status": status, "num": job_return.hydra_cfg.hydra.job.get("num"),
+                      "overrides": list(job_return.overrides or []), "error": error.strip().splitlines()[0:1],
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            record["error"] = record["error"][0] if record["error"] else ""
+            if out.is_dir():
+                _atomic_write(out / STATUS_FILE, json.dumps(record, indent=1))
+            # Hydra skips on_multirun_end when a job failed (and a killed sweep never gets there):
+            # the summary is brought up to date after every job, and once more at the end.
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            hc = HydraConfig.get()  # attached to the whole config: its interpolations resolve
+            if hc.mode == RunMode.MULTIRUN:
+                write_summary(Path(str(hc.sweep.dir)))
+        except Exception as e:  # a summary problem must never fail the job
+            log.warning("could not record the job status or the sweep summary: %s", e)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        try:
+            csv_path, md_path = write_summary(sweep_dir)
+        except Exception as e:
+            log.warning("could not write the sweep summary in %s: %s", sweep_dir, e)
+            return
+        log.info("Sweep summary: %s (and %s); report: python -m dyconv.report %s", csv_path, md_path.name, sweep_dir)
