@@ -47,9 +47,9 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
     Image.DecompressionBombError,
 )
 
-_FIX = (
-    "replace it with an intact copy from the dataset's archive (or delete the dataset folder and fetch it "
-    "again with data.download=true); data.verify=true decodes every file at startup and lists all bad ones"
+_REPLACE = (
+    "with an intact copy from the dataset's archive (re-extract it, or delete the dataset folder and download "
+    "again: data.download=true where the dataset supports it)"
 )
 # torch's ExceptionWrapper.reraise: "Caught <Type> in DataLoader worker process N.\nOriginal Traceback ...
 # <module>.<Type>: <our message>"
@@ -86,7 +86,11 @@ class CorruptImageError(DyconvError, OSError):
     @classmethod
     def for_file(cls, path: str | os.PathLike[str], error: BaseException) -> CorruptImageError:
         """The error for one file that failed to decode with ``error``."""
-        return cls(f"cannot decode {path}: {_describe(error)}. Fix: {_FIX}", paths=[str(path)])
+        return cls(
+            f"cannot decode {path}: {_describe(error)}. Fix: replace it {_REPLACE}; "
+            "data.verify=true decodes every file at startup and lists all bad ones",
+            paths=[str(path)],
+        )
 
     @classmethod
     def for_files(cls, dataset: str, bad: Sequence[tuple[str, str]], total: int) -> CorruptImageError:
@@ -97,8 +101,7 @@ class CorruptImageError(DyconvError, OSError):
         return cls(
             f"{dataset}: {len(bad)} of {total} files cannot be decoded (truncated or corrupt):\n"
             + "\n".join(lines)
-            + "\nFix: replace each with an intact copy from the dataset's archive (or delete the dataset "
-            "folder and fetch it again with data.download=true), then run again",
+            + f"\nFix: replace each {_REPLACE}, then run again",
             paths=[p for p, _ in bad],
         )
 
