@@ -184,7 +184,7 @@ class BaseDataModule(L.LightningDataModule):
         """Every file of every split with the reader that decodes it (datasets of image files override)."""
         raise NotImplementedError
 
-    def verify_files(self) -> None:
+    def verify_data(self) -> None:
         """With ``data.verify=true``: decode every file once and list all bad ones (called by ``prepare_data``)."""
         if self.verify:
             verify_files(self.files_to_verify(), dataset=type(self).__name__.removesuffix("DataModule"))

@@ -128,7 +128,7 @@ class ImageNetDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         self._check()
-        self.verify_files()
+        self.verify_data()
 
     def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
         self._check()

@@ -170,7 +170,7 @@ class ImagenetteDataModule(BaseDataModule):
         if self.download:
             download_and_extract(self.archive, download_dir=self.root, extract_dir=self.root, dataset_dir=self.folder)
         self._check()
-        self.verify_files()
+        self.verify_data()
 
     def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
         index = {w: i for i, w in enumerate(self._check())}

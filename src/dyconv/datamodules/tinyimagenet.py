@@ -208,7 +208,7 @@ class TinyImageNetDataModule(BaseDataModule):
         if self.download:
             download_and_extract(self.ARCHIVE, download_dir=self.root, extract_dir=self.root, dataset_dir=self.folder)
         self._read()
-        self.verify_files()
+        self.verify_data()
 
     def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
         _, train, val = self._read()

@@ -267,7 +267,7 @@ class VOCDataModule(BaseDataModule):
                 self.VOC_ARCHIVE, download_dir=self.root, extract_dir=self.root, dataset_dir=self.voc_dir
             )
         self._voc_samples()
-        self.verify_files()
+        self.verify_data()
 
     def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
         voc = self._voc_samples()
