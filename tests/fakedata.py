@@ -46,6 +46,7 @@ __all__ = [
     "md5",
     "pack_archive",
     "pack_official",
+    "truncate",
     "voc_palette",
 ]
 
@@ -421,6 +422,14 @@ def make_voc_sbd(root: Path, *, seed: int = 0) -> dict[str, Any]:
     for i in sbd_only:
         expected[i] = ("sbd", {**sbd["train"], **sbd["val"]}[i])
     return {"voc": voc, "sbd": sbd, "voc_val_ids": set(voc_val), "expected_train": expected}
+
+
+def truncate(path: str | os.PathLike[str], keep: float = 0.5) -> Path:
+    """Cut a file to the first ``keep`` fraction of its bytes, like an interrupted copy; returns the path."""
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
 
 
 # ---------------------------------------------------------------------------------------- archives

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from dyconv.datamodules.images import verify_files
 from dyconv.errors import ConfigError
 
 __all__ = ["BaseDataModule", "EpochSeededRandomSampler", "ShardedEvalSampler"]
@@ -70,6 +71,9 @@ class BaseDataModule(L.LightningDataModule):
             ``in_channels``/``image_size`` in their transforms.
         eval_batch_size: global batch for val/test (default: ``batch_size``).
         drop_last: drop the last incomplete training batch.
+        verify: decode every file of every split once in ``prepare_data`` and raise one
+            :class:`~dyconv.datamodules.images.CorruptImageError` listing all that fail (datasets
+            that read image files; they implement :meth:`files_to_verify`).
     """
 
     #: ``classification`` or ``segmentation``: which task a data config selects.
@@ -91,6 +95,7 @@ class BaseDataModule(L.LightningDataModule):
         image_size: int,
         eval_batch_size: int | None = None,
         drop_last: bool = False,
+        verify: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -107,6 +112,9 @@ class BaseDataModule(L.LightningDataModule):
         self.in_channels = int(in_channels)
         self.image_size = int(image_size)
         self.drop_last = bool(drop_last)
+        self.verify = bool(verify)
+        if self.verify and type(self).files_to_verify is BaseDataModule.files_to_verify:
+            raise ConfigError(f"data.verify=true is not supported by {type(self).__name__}; set data.verify=false")
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -170,6 +178,16 @@ class BaseDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", shuffle=False)
+
+    # ------------------------------------------------------------------ verification
+    def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
+        """Every file of every split with the reader that decodes it (datasets of image files override)."""
+        raise NotImplementedError
+
+    def verify_data(self) -> None:
+        """With ``data.verify=true``: decode every file once and list all bad ones (called by ``prepare_data``)."""
+        if self.verify:
+            verify_files(self.files_to_verify(), dataset=type(self).__name__.removesuffix("DataModule"))
 
     def check_num_classes(self, found: int, where: str) -> None:
         """Fail early (with the fix) when the config's num_classes disagrees with the data."""

@@ -7,14 +7,15 @@ ImageFolder layout ``root/{train,val}/<wnid>/*.JPEG``. The official validation a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import DatasetNotFoundError, resolve_root
-from dyconv.datamodules.tinyimagenet import load_rgb
+from dyconv.datamodules.images import load_image
 from dyconv.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -127,14 +128,23 @@ class ImageNetDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         self._check()
+        self.verify_data()
+
+    def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
+        self._check()
+        files = []
+        for split in ("train", "val"):
+            d = str(self.root / split)
+            files += [(path, load_image) for path, _ in make_dataset(d, find_classes(d)[1], extensions=IMG_EXTENSIONS)]
+        return files
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         self._check()
-        train = ImageFolder(str(Path(self.root, "train")), transform=self.train_transform, loader=load_rgb)
+        train = ImageFolder(str(Path(self.root, "train")), transform=self.train_transform, loader=load_image)
         self.check_num_classes(len(train.classes), f"{self.root / 'train'}")
         self.wnids = train.classes
         self.train_set = train
-        self.val_set = ImageFolder(str(Path(self.root, "val")), transform=self.eval_transform, loader=load_rgb)
+        self.val_set = ImageFolder(str(Path(self.root, "val")), transform=self.eval_transform, loader=load_image)
         self.test_set = self.val_set

@@ -12,10 +12,11 @@ Layout ``root/imagenette2-320/{train,val}/<wnid>/*.JPEG``. dyconv downloads and 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torchvision.datasets import Imagenette
+from torchvision.datasets.folder import make_dataset
 
 from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
@@ -25,6 +26,7 @@ from dyconv.datamodules.download import (
     download_and_extract,
     resolve_root,
 )
+from dyconv.datamodules.images import load_image
 from dyconv.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -168,6 +170,15 @@ class ImagenetteDataModule(BaseDataModule):
         if self.download:
             download_and_extract(self.archive, download_dir=self.root, extract_dir=self.root, dataset_dir=self.folder)
         self._check()
+        self.verify_data()
+
+    def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
+        index = {w: i for i, w in enumerate(self._check())}
+        return [
+            (path, load_image)
+            for split in ("train", "val")
+            for path, _ in make_dataset(str(self.folder / split), index, extensions=".jpeg")
+        ]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -176,6 +187,8 @@ class ImagenetteDataModule(BaseDataModule):
         self.check_num_classes(len(wnids), f"{self.folder / 'train'}")
         self.wnids = wnids
         root = str(self.root)
-        self.train_set = Imagenette(root, split="train", size=self.size, transform=self.train_transform)
-        self.val_set = Imagenette(root, split="val", size=self.size, transform=self.eval_transform)
+        self.train_set = Imagenette(
+            root, split="train", size=self.size, transform=self.train_transform, loader=load_image
+        )
+        self.val_set = Imagenette(root, split="val", size=self.size, transform=self.eval_transform, loader=load_image)
         self.test_set = self.val_set

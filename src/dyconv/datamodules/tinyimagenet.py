@@ -31,6 +31,7 @@ from dyconv.datamodules.download import (
     download_and_extract,
     resolve_root,
 )
+from dyconv.datamodules.images import load_image
 from dyconv.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -60,9 +61,9 @@ _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image as RGB (Tiny ImageNet and ImageNet hold a few grayscale / CMYK JPEGs)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """Open an image as RGB (Tiny ImageNet and ImageNet hold a few grayscale / CMYK JPEGs); raises
+    :class:`~dyconv.datamodules.images.CorruptImageError` naming a file that does not decode."""
+    return load_image(path, "RGB")
 
 
 class ImageListDataset(Dataset):
@@ -207,6 +208,11 @@ class TinyImageNetDataModule(BaseDataModule):
         if self.download:
             download_and_extract(self.ARCHIVE, download_dir=self.root, extract_dir=self.root, dataset_dir=self.folder)
         self._read()
+        self.verify_data()
+
+    def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
+        _, train, val = self._read()
+        return [(path, load_rgb) for path, _ in train + val]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

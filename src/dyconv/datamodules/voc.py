@@ -36,6 +36,7 @@ from dyconv.datamodules.download import (
     download_and_extract,
     resolve_root,
 )
+from dyconv.datamodules.images import decoding, load_image
 from dyconv.datamodules.segmentation_transforms import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
@@ -97,20 +98,24 @@ _SBD_LAYOUT = """\
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """A class-index mask as uint8 (H, W): a VOC palette (or grayscale) PNG, or an SBD ``.mat`` file."""
+    """A class-index mask as uint8 (H, W): a VOC palette (or grayscale) PNG, or an SBD ``.mat`` file.
+
+    Raises :class:`~dyconv.datamodules.images.CorruptImageError` naming a file that does not decode.
+    """
     path = Path(path)
     if path.suffix == ".mat":
         from scipy.io import loadmat
 
-        gt = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"]
-        return np.ascontiguousarray(gt.Segmentation, dtype=np.uint8)
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(
-                f"{path} is a {im.mode} image; segmentation masks must be palette (P) or grayscale (L) PNGs "
-                "holding class indices (VOC's SegmentationClass), not colour renderings"
-            )
-        return np.array(im, dtype=np.uint8)
+        with decoding(path):
+            gt = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"]
+            return np.ascontiguousarray(gt.Segmentation, dtype=np.uint8)
+    im = load_image(path, mode=None)
+    if im.mode not in ("P", "L"):
+        raise ValueError(
+            f"{path} is a {im.mode} image; segmentation masks must be palette (P) or grayscale (L) PNGs "
+            "holding class indices (VOC's SegmentationClass), not colour renderings"
+        )
+    return np.array(im, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,7 @@ class SegmentationDataset(Dataset):
     def load(self, i: int) -> tuple[Image.Image, np.ndarray]:
         """The untransformed pair (image converted to RGB)."""
         s = self.samples[i]
-        with Image.open(s.image) as im:
-            image = im.convert("RGB")
+        image = load_image(s.image, "RGB")
         mask = read_mask(s.mask)
         if mask.shape != (image.height, image.width):
             raise ValueError(f"mask {s.mask} is {mask.shape[::-1]} but image {s.image} is {image.size} (W, H)")
@@ -263,6 +267,12 @@ class VOCDataModule(BaseDataModule):
                 self.VOC_ARCHIVE, download_dir=self.root, extract_dir=self.root, dataset_dir=self.voc_dir
             )
         self._voc_samples()
+        self.verify_data()
+
+    def files_to_verify(self) -> list[tuple[str, Callable[[str], object]]]:
+        voc = self._voc_samples()
+        samples = self._train_samples(voc) + voc["val"]
+        return [(s.image, load_image) for s in samples] + [(s.mask, read_mask) for s in samples]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -345,5 +355,5 @@ class VOCSBDDataModule(VOCDataModule):
                 dataset_dir=self.sbd_root,
                 strip_prefix=SBD_ARCHIVE_FOLDER,
             )
+        self._sbd_ids()  # checked before VOC's prepare_data verifies the files of both
         super().prepare_data()
-        self._sbd_ids()
