@@ -12,6 +12,7 @@ and the best), ``tensorboard/``, ``metrics.json`` and the log file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.errors import ConfigError, DyconvError
+from dyconv.errors import ConfigError, DyconvError, RunStopped
 from dyconv.utils.resolvers import register_resolvers
 
 log = logging.getLogger("dyconv.train")
@@ -133,120 +134,278 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one training job from a composed config; returns the final metrics."""
-    import lightning as L
-    import torch
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def _world_size(cfg: DictConfig) -> int:
+    """devices x nodes as far as the config says (``auto`` and accelerator-chosen counts: 1)."""
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    if isinstance(devices, int) and devices > 0:
+        return devices * int(nodes)
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return max(1, len(devices)) * int(nodes)
+    return int(nodes)
 
-    from dyconv.runtime import tune_malloc
-    from dyconv.utils.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
-    from dyconv.utils.run_dir import (
-        checkpoint_config,
-        config_differences,
-        keep_launch_config,
-        load_checkpoint,
-        resolve_ckpt_path,
-    )
+
+def check_trainable(datamodule: Any, world: int) -> None:
+    """Refuse a run whose training split gives no batch (a drop_last batch larger than the data,
+    or fewer images than processes): it would "finish" untrained and report untrained metrics."""
+    train_set = getattr(datamodule, "train_set", None)
+    batch = getattr(datamodule, "batch_size", None)
+    if train_set is None or not batch:
+        return
+    n = len(train_set)
+    drop_last = bool(getattr(datamodule, "drop_last", False))
+    per_rank = n // world if drop_last else -(-n // world)
+    per_device = max(1, batch // world)
+    batches = per_rank // per_device if drop_last else -(-per_rank // per_device)
+    if n < world or batches < 1:
+        raise ConfigError(
+            f"the training split has {n} images: with data.batch_size={batch} (global) over {world} device(s)"
+            f"{' and drop_last' if drop_last else ''} no training batch is left. Use a smaller data.batch_size "
+            f"(<= {max(1, n // max(world, 1)) * world}), fewer devices, or more data"
+        )
+
+
+def _prepare_data(datamodule: Any, cfg: DictConfig, rank: int) -> None:
+    """Download/verify/split the data before anything else is built, so a missing or broken
+    dataset is reported first (Lightning calls these again in fit; they are idempotent)."""
+    if not cfg.get("train", True) and not cfg.get("test", True):
+        return
+    if rank == 0 and hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    if hasattr(datamodule, "setup") and cfg.get("train", True):
+        datamodule.setup("fit")
+        check_trainable(datamodule, _world_size(cfg))
+
+
+def _already_finished(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
+    """``ckpt_path=last`` on a run that finished asking no more epochs/steps: its metrics, unchanged."""
+    from dyconv.utils.run_state import read_completed
+
+    if str(cfg.get("ckpt_path")) != "last" or not cfg.get("train", True):
+        return None
+    done = read_completed(output_dir)
+    if done is None:
+        return None
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if max_epochs is not None and max_epochs != -1 and done.get("max_epochs") not in (None, -1) \
+            and max_epochs > done["max_epochs"]:
+        return None  # asked to train longer: resume
+    if max_steps not in (None, -1) and done.get("max_steps") not in (None, -1) and max_steps > done["max_steps"]:
+        return None
+    try:
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    print(f"Run {output_dir} already finished ({done.get('finished', '?')}, epoch {done.get('epochs', '?')}); "
+          f"nothing to do. Metrics: {output_dir / 'metrics.json'}. To train longer raise trainer.max_epochs; "
+          "to train again start a new run (run_name=<new name>).", flush=True)
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job from a composed config; returns the final metrics.
+
+    Order: check the config, the run directory and the data (nothing is built or written if they
+    are wrong; a launch that fails there removes the directory Hydra made for it), take the run
+    directory's lock, then build, fit and test.
+    """
+    from dyconv.utils.run_state import LOCK_FILE, RunLock
 
     _route_lightning_logs()
-    validate_config(cfg)
-    _check_multirun_ddp(cfg)
-    if cfg.get("tune_malloc", True):
-        tune_malloc()
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-
     output_dir = Path(cfg.paths.output_dir)
     rank = _process_rank()
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    run_config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
-    run_config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get("temperature")
-    resume_step = 0
-    if ckpt_path is not None:
-        resumed = load_checkpoint(ckpt_path)
-        resume_step = int(resumed.get("global_step", 0))
-        stored = checkpoint_config(resumed, ckpt_path)
-        del resumed
-        diffs = config_differences(stored, run_config)
-        if diffs:
-            raise ConfigError(
-                f"refusing to resume {ckpt_path} with a different model/data config:\n  " + "\n  ".join(diffs)
-                + "\nresume with the original settings, or start a new run (run_name=<new name>)"
-            )
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(output_dir / "checkpoints")
-        (output_dir / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(cfg, output_dir / ".hydra" / "resolved_config.yaml", resolve=True)
-        keep_launch_config(output_dir)
+    stub_files = (f"{cfg.get('task_name', 'train')}.log",)
+    with _remove_stub_on_error(output_dir, rank, stub_files):
+        validate_config(cfg)
+        _check_multirun_ddp(cfg)
+        finished = _already_finished(cfg, output_dir)
+        if finished is not None:
+            return finished
+    # Only the launching process (rank 0) locks: the ranks it starts share the directory.
+    with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
+        run = _Run(cfg, output_dir, rank)
+        with _remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
+            run.check_and_load()  # resume checks, data, model: nothing written yet
+        return run.fit_and_test()
 
-    L.seed_everything(cfg.seed, workers=True)
 
-    log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    log.info("Instantiating model <%s> %s", cfg.model._target_, cfg.model.get("name", ""))
-    model = instantiate(cfg.model)
-    model_stats = _model_stats(model, datamodule)
-    if cfg.get("recompute_kernels", False):
-        from dyconv.layers import set_recompute_kernels
+@contextlib.contextmanager
+def _remove_stub_on_error(output_dir: Path, rank: int, stub_files: tuple[str, ...]) -> Any:
+    """A single run that fails before it starts leaves no directory behind (Hydra creates it,
+    with its config files and the log, before the job runs). Sweeps keep it: the sweep summary
+    lists failed jobs from their directories."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-        log.info("recompute_kernels: %d dynamic layers recompute their kernels in backward",
-                 set_recompute_kernels(model, True))
-    optimizer = instantiate(cfg.optimizer)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("scheduler") else None
-    make_task = instantiate(cfg.task, _partial_=True, _convert_="all")
-    task: L.LightningModule = make_task(model=model, optimizer=optimizer, scheduler=scheduler, run_config=run_config)
+    from dyconv.utils.run_state import remove_stub
 
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
-    loggers = _instantiate_dict(cfg.get("logger"))
-    if not loggers:
-        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
-        if dropped:
-            log.info("No logger configured: dropping LearningRateMonitor")
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if ckpt_path is not None:
-        for lg in loggers:
-            if hasattr(lg, "truncate_after"):
-                lg.truncate_after(resume_step)
+    try:
+        yield
+    except BaseException:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if rank == 0 and not multirun and remove_stub(output_dir, stub_files):
+            log.debug("removed the stub run directory %s", output_dir)
+        raise
 
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+
+class _Run:
+    """One launch of a run: resume checks, data, model, trainer; then fit, test, results."""
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, rank: int) -> None:
+        self.cfg, self.output_dir, self.rank = cfg, output_dir, rank
+
+    def check_and_load(self) -> None:
+        import lightning as L
+        import torch
+        from hydra.utils import instantiate
+
+        from dyconv.runtime import tune_malloc
+        from dyconv.utils.run_dir import checkpoint_config, config_differences, load_checkpoint, resolve_ckpt_path
+
+        cfg = self.cfg
+        if cfg.get("tune_malloc", True):
+            tune_malloc()
+        if cfg.get("float32_matmul_precision"):
+            torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+        self.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), self.output_dir)
+        self.run_config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
+        self.run_config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get(
+            "temperature")
+        self.resume_step = 0
+        if self.ckpt_path is not None:
+            resumed = load_checkpoint(self.ckpt_path)
+            self.resume_step = int(resumed.get("global_step", 0))
+            stored = checkpoint_config(resumed, self.ckpt_path)
+            del resumed
+            diffs = config_differences(stored, self.run_config)
+            if diffs:
+                raise ConfigError(
+                    f"refusing to resume {self.ckpt_path} with a different model/data config:\n  "
+                    + "\n  ".join(diffs)
+                    + "\nresume with the original settings, or start a new run (run_name=<new name>)"
+                )
+
+        L.seed_everything(cfg.seed, workers=True)
+        log.info("Instantiating datamodule <%s>", cfg.data._target_)
+        self.datamodule: L.LightningDataModule = instantiate(cfg.data)
+        _prepare_data(self.datamodule, cfg, self.rank)
+        log.info("Instantiating model <%s> %s", cfg.model._target_, cfg.model.get("name", ""))
+        self.model = instantiate(cfg.model)
+        if cfg.get("recompute_kernels", False):
+            from dyconv.layers import set_recompute_kernels
+
+            log.info("recompute_kernels: %d dynamic layers recompute their kernels in backward",
+                     set_recompute_kernels(self.model, True))
+        self.model_stats = _model_stats(self.model, self.datamodule)
+
+    def _write_run_files(self) -> None:
+        from dyconv.utils.checkpoint_io import remove_stale_temp_files
+        from dyconv.utils.run_dir import keep_launch_config
+
+        if self.rank != 0:
+            return
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out / "checkpoints")
+        (out / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(self.cfg, out / ".hydra" / "resolved_config.yaml", resolve=True)
+        launch = keep_launch_config(out)
+        # A resumed run that trains further replaces its results: the previous ones stay with
+        # the launch that made them.
+        for name in ("metrics.json", "completed.json"):
+            if (out / name).is_file() and launch is not None:
+                os.replace(out / name, launch / f"previous_{name}")
+
+    def fit_and_test(self) -> dict[str, float]:
+        import lightning as L
+        import torch
+        from hydra.utils import instantiate
+        from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+        from dyconv.utils.run_state import write_completed
+
+        cfg, output_dir = self.cfg, self.output_dir
+        self._write_run_files()
+        optimizer = instantiate(cfg.optimizer)
+        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("scheduler") else None
+        make_task = instantiate(cfg.task, _partial_=True, _convert_="all")
+        task: L.LightningModule = make_task(model=self.model, optimizer=optimizer, scheduler=scheduler,
+                                            run_config=self.run_config)
+
+        callbacks = _instantiate_dict(cfg.get("callbacks"))
+        loggers = _instantiate_dict(cfg.get("logger"))
+        if not loggers:
+            dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+            if dropped:
+                log.info("No logger configured: dropping LearningRateMonitor")
+                callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if self.ckpt_path is not None:
+            for lg in loggers:
+                if hasattr(lg, "truncate_after"):
+                    lg.truncate_after(self.resume_step)
+
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        )
+        if loggers:
+            hparams = OmegaConf.to_container(cfg, resolve=True)
+            for lg in trainer.loggers:
+                lg.log_hyperparams(hparams)
+
+        datamodule = self.datamodule
+        fit_s = 0.0
+        try:
+            if cfg.get("train", True):
+                start = time.perf_counter()
+                trainer.fit(task, datamodule=datamodule, ckpt_path=self.ckpt_path)
+                fit_s = time.perf_counter() - start
+        except SIGTERMException:
+            raise _stopped(trainer, output_dir) from None
+        if trainer.received_sigterm:
+            raise _stopped(trainer, output_dir)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        metrics.update(self.model_stats)
+        metrics["time/fit_s"] = fit_s
+
+        if cfg.get("test", True):
+            ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor),
+                        None)
+            best = ckpt.best_model_path if ckpt is not None else ""
+            try:
+                if trainer.fast_dev_run or not best or not cfg.get("train", True):
+                    why = " under fast_dev_run" if trainer.fast_dev_run else ""
+                    log.info("Testing the current weights (no best checkpoint%s)", why)
+                    trainer.test(task, datamodule=datamodule)
+                else:
+                    log.info("Testing the best checkpoint %s", best)
+                    trainer.test(task, datamodule=datamodule, ckpt_path=best)
+            except SIGTERMException:
+                raise _stopped(trainer, output_dir) from None
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
+                            if torch.as_tensor(v).numel() == 1})
+
+        if trainer.is_global_zero:
+            metrics_path = output_dir / "metrics.json"
+            tmp = metrics_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+            os.replace(tmp, metrics_path)
+            if cfg.get("train", True) and not trainer.fast_dev_run:
+                write_completed(output_dir, epochs=trainer.current_epoch, global_step=trainer.global_step,
+                                max_epochs=trainer.max_epochs, max_steps=trainer.max_steps)
+            _print_summary(output_dir, trainer, metrics)
+        return metrics
+
+
+def _stopped(trainer: Any, output_dir: Path) -> RunStopped:
+    last = output_dir / "checkpoints" / "last.ckpt"
+    saved = f"the last checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+    return RunStopped(
+        f"run stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}; {saved}. "
+        "Resume with the same command + ckpt_path=last"
     )
-    if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        for lg in trainer.loggers:
-            lg.log_hyperparams(hparams)
-
-    fit_s = 0.0
-    if cfg.get("train", True):
-        start = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        fit_s = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
-    metrics.update(model_stats)
-    metrics["time/fit_s"] = fit_s
-
-    if cfg.get("test", True):
-        ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
-        best = ckpt.best_model_path if ckpt is not None else ""
-        if trainer.fast_dev_run or not best or not cfg.get("train", True):
-            why = " under fast_dev_run" if trainer.fast_dev_run else ""
-            log.info("Testing the current weights (no best checkpoint%s)", why)
-            trainer.test(task, datamodule=datamodule)
-        else:
-            log.info("Testing the best checkpoint %s", best)
-            trainer.test(task, datamodule=datamodule, ckpt_path=best)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1})
-
-    if trainer.is_global_zero:
-        metrics_path = output_dir / "metrics.json"
-        tmp = metrics_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
-        os.replace(tmp, metrics_path)
-        _print_summary(output_dir, trainer, metrics)
-    return metrics
 
 
 def _model_stats(model: Any, datamodule: Any) -> dict[str, float]:
@@ -287,6 +446,10 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return fn(cfg)
+    except RunStopped as e:  # a signal stops the whole launch (a sweep too), with a non-zero code
+        log.error("%s", e)
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
     except Exception as e:
         if not _is_user_error(e):
             log.exception("Job failed")

@@ -1,7 +1,17 @@
-"""Lightning callbacks: temperature annealing, attention statistics, RNG state in checkpoints."""
+"""Lightning callbacks: temperature annealing, attention statistics, RNG state in checkpoints, divergence stop,
+the last checkpoint before validation."""
 
 from dyconv.callbacks.attention import AttentionStatistics
+from dyconv.callbacks.finite import NonFiniteGuard
+from dyconv.callbacks.last import LastCheckpoint
 from dyconv.callbacks.rng import RNGStateCallback
 from dyconv.callbacks.temperature import TemperatureScheduler, temperature_at
 
-__all__ = ["AttentionStatistics", "RNGStateCallback", "TemperatureScheduler", "temperature_at"]
+__all__ = [
+    "AttentionStatistics",
+    "LastCheckpoint",
+    "NonFiniteGuard",
+    "RNGStateCallback",
+    "TemperatureScheduler",
+    "temperature_at",
+]

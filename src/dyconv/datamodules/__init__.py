@@ -11,6 +11,7 @@ from dyconv.datamodules.download import (
 from dyconv.datamodules.fashion_mnist import FashionMNISTDataModule
 from dyconv.datamodules.imagenet import ImageNetDataModule
 from dyconv.datamodules.imagenette import ImagenetteDataModule
+from dyconv.datamodules.images import CorruptImageError, load_image
 from dyconv.datamodules.mnist import MNISTDataModule
 from dyconv.datamodules.mnist_offline import MNISTOfflineDataModule
 from dyconv.datamodules.segmentation_transforms import pad_collate
@@ -21,6 +22,7 @@ __all__ = [
     "Archive",
     "BaseDataModule",
     "ChecksumError",
+    "CorruptImageError",
     "DatasetNotFoundError",
     "DownloadError",
     "EpochSeededRandomSampler",
@@ -33,5 +35,6 @@ __all__ = [
     "UnsafeArchiveError",
     "VOCDataModule",
     "VOCSBDDataModule",
+    "load_image",
     "pad_collate",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "remove_stale_temp_files"]
+from dyconv.errors import DiskFullError, DivergenceError
+
+__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "is_disk_full", "remove_stale_temp_files"]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -24,6 +28,31 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True if ``error`` (or an exception it was raised from) is "no space left" / "quota exceeded".
+    ``torch.save`` reports a full disk as ``RuntimeError: ... unexpected pos`` with the OSError as
+    its context."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full_error(path: Path, error: BaseException) -> DiskFullError:
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free)"
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left on device: {path}{free}. The previous {path.name} (if any) is intact; free some space "
+        "and resume with the same command + ckpt_path=last",
+    )
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -44,9 +73,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(e):
+            raise disk_full_error(path, e) from None
         raise
     _fsync_dir(path.parent)
 
@@ -68,12 +99,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own ``_atomic_save`` stages the bytes in the system temp dir, so the final move
     is a plain copy when that is another filesystem. Remote paths (s3://, ...) fall back to
-    Lightning's writer.
+    Lightning's writer. A checkpoint whose weights or optimizer state hold NaN/inf is refused
+    (:class:`DivergenceError`): a resume must never continue from a diverged state.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not support storage_options, got {storage_options!r}")
+        from dyconv.callbacks.finite import divergence_message, non_finite_tensors
+
+        bad = non_finite_tensors({"state_dict": checkpoint.get("state_dict", {}),
+                                  "optimizer_states": checkpoint.get("optimizer_states", [])})
+        if bad:
+            raise DivergenceError(divergence_message(f"non-finite values in {', '.join(bad)}", None)
+                                  + f" ({Path(str(path)).name} was not written)")
         if not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
