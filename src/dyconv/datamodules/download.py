@@ -320,8 +320,9 @@ def _plan(archive: Path, members: Iterable[tuple[str, str, int, object]], strip_
         if reason:
             raise _refusal(archive, name, reason)
         if kind in ("symlink", "hardlink"):
-            raise _refusal(archive, name, f"is a {kind.replace('link', ' link')}; dyconv extracts no links "
-                           "(the supported datasets contain none)")
+            what = "symbolic" if kind == "symlink" else "hard"
+            raise _refusal(archive, name, f"is a {what} link; dyconv extracts no links (the supported datasets "
+                           "contain none)")
         if kind == "other":
             raise _refusal(archive, name, "is a device, fifo or other special file, which no dataset holds")
         if size < 0:
