@@ -495,11 +495,18 @@ def safe_extract(
 
 
 def _extract(archive: Path, dest: Path, entries: Sequence[_Entry], open_member: object) -> None:
+    made: dict[tuple[str, ...], Path] = {}  # directories this call created or checked (no re-lstat per file)
+
+    def directory(parts: tuple[str, ...], name: str) -> Path:
+        if parts not in made:
+            made[parts] = _safe_dir(dest, parts, archive, name)
+        return made[parts]
+
     for entry in entries:
         if entry.is_dir:
-            _safe_dir(dest, entry.parts, archive, entry.name)
+            directory(entry.parts, entry.name)
             continue
-        parent = _safe_dir(dest, entry.parts[:-1], archive, entry.name)
+        parent = directory(entry.parts[:-1], entry.name)
         with open_member(entry.member) as src:  # type: ignore[operator]
             _write_file(src, parent, entry.parts[-1], archive, entry.name, entry.size)
 
