@@ -6,9 +6,11 @@ The project's own replacement for ``torchvision.datasets.utils.download_and_extr
 * downloads go to ``<file>.part`` (resumed with an HTTP ``Range`` request when the server allows)
   and are renamed into place only after the md5/sha256 checksum matched, so a truncated or
   corrupted file is never mistaken for the archive;
-* archives are checked member by member before anything is written: an absolute path or a ``..``
-  component refuses the whole archive; tar members are then extracted with ``filter="data"``
-  (no links out of the tree, no device files, no setuid bits) as a second line of defence;
+* archives are checked member by member before anything is written: an absolute path, a ``..``
+  component, any symbolic or hard link, a device or fifo, or more members/bytes than any dataset
+  has refuses the whole archive; files are then written by dyconv itself (never through an
+  existing link, via temp file and rename), so extraction is safe on every Python, with or
+  without tarfile's ``data`` filter and its fixes (CVE-2025-4517);
 * a ``.dyconv-extracting`` marker is written before extraction and the ``.dyconv-complete``
   marker last, so a half-extracted tree (killed job, full disk) is never taken as complete.
 
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import time
 import urllib.error
@@ -40,6 +43,8 @@ from dyconv.errors import DyconvError
 __all__ = [
     "COMPLETE_MARKER",
     "EXTRACTING_MARKER",
+    "MAX_MEMBERS",
+    "MAX_TOTAL_SIZE",
     "Archive",
     "ChecksumError",
     "DatasetNotFoundError",
@@ -99,7 +104,8 @@ class ChecksumError(DownloadError):
 
 
 class UnsafeArchiveError(DyconvError, RuntimeError):
-    """An archive holds a member that would land outside the destination (absolute path, ``..``)."""
+    """An archive holds a member that could land outside the destination (absolute path, ``..``,
+    a link, a special file) or exceeds the size/count limits."""
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -233,37 +239,44 @@ def download_file(
 
 
 # ---------------------------------------------------------------------------------------- extraction
+#: Default limits of :func:`safe_extract`: far above any supported dataset (ImageNet's train tar is
+#: ~140 GB in 1.28M files), far below what would fill a disk by surprise or exhaust memory.
+MAX_TOTAL_SIZE = 512 * 1024**3
+MAX_MEMBERS = 5_000_000
+
+
+def _refusal(archive: Path, member: str, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"refusing to extract {archive.name}: member {member!r} {why}. Nothing was extracted; "
+        "the archive is not trustworthy."
+    )
+
+
 def _unsafe_reason(name: str) -> str | None:
     """Why a member name would escape the destination, or None if it is safe."""
     if not name:
         return None
+    if "\0" in name:
+        return "has a NUL byte in its name"
     posix = name.replace("\\", "/")
     if posix.startswith("/") or PureWindowsPath(name).drive or PureWindowsPath(name).is_absolute():
-        return "absolute path"
+        return "has an absolute path and would be written outside the destination"
     if ".." in PurePosixPath(posix).parts:
-        return "'..' component"
+        return "has a '..' component and would be written outside the destination"
     return None
 
 
 def _strip(name: str, prefix: str | None) -> str | None:
-    """``name`` relative to ``prefix`` (a folder inside the archive), or None if it lies outside it."""
-    if not prefix:
-        return name
-    prefix = prefix.rstrip("/") + "/"
-    name = name.replace("\\", "/")
-    if not name.startswith(prefix):
+    """``name`` (``./`` and empty parts dropped) relative to ``prefix`` (a folder inside the
+    archive), or None if it lies outside it or is that folder itself."""
+
+    def parts(text: str) -> list[str]:
+        return [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+
+    rel, head = parts(name), parts(prefix or "")
+    if rel[: len(head)] != head:
         return None
-    return name[len(prefix) :] or None
-
-
-def _check_members(archive: Path, names: Iterable[str]) -> None:
-    for name in names:
-        reason = _unsafe_reason(name)
-        if reason:
-            raise UnsafeArchiveError(
-                f"refusing to extract {archive.name}: member {name!r} has an {reason} and would be written "
-                f"outside the destination. Nothing was extracted; the archive is not trustworthy."
-            )
+    return "/".join(rel[len(head) :]) or None
 
 
 def _is_zip(archive: Path) -> bool:
@@ -275,67 +288,227 @@ def _looks_tar(archive: Path) -> bool:
     return name.endswith((".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"))
 
 
-def safe_extract(archive: Path, dest: Path, *, strip_prefix: str | None = None) -> None:
-    """Extract a tar or zip ``archive`` into ``dest`` after checking every member name.
+@dataclass(frozen=True)
+class _Entry:
+    """One member to write: its path under ``dest`` (parts), whether a directory, its size, its handle."""
+
+    parts: tuple[str, ...]
+    is_dir: bool
+    size: int
+    member: object
+    name: str
+
+
+def _plan(archive: Path, members: Iterable[tuple[str, str, int, object]], strip_prefix: str | None,
+          max_total_size: int, max_members: int) -> list[_Entry]:
+    """Check every member before anything is written; return what to extract.
+
+    ``members`` yields ``(name, kind, size, handle)`` with kind ``"file"``, ``"dir"``, ``"symlink"``,
+    ``"hardlink"`` or ``"other"`` (devices, fifos, ...). Links are refused outright: none of the
+    supported datasets holds one, and a link is how extraction escapes the destination
+    (CVE-2025-4517 and its relatives), so nothing in an archive can redirect a later write.
+    """
+    entries: list[_Entry] = []
+    total = 0
+    for count, (name, kind, size, handle) in enumerate(members, start=1):
+        if count > max_members:
+            raise UnsafeArchiveError(
+                f"refusing to extract {archive.name}: it has more than {max_members:,} members, more than any "
+                "supported dataset (raise max_members if this archive is genuine). Nothing was extracted."
+            )
+        reason = _unsafe_reason(name)
+        if reason:
+            raise _refusal(archive, name, reason)
+        if kind in ("symlink", "hardlink"):
+            what = "symbolic" if kind == "symlink" else "hard"
+            raise _refusal(archive, name, f"is a {what} link; dyconv extracts no links (the supported datasets "
+                           "contain none)")
+        if kind == "other":
+            raise _refusal(archive, name, "is a device, fifo or other special file, which no dataset holds")
+        if size < 0:
+            raise _refusal(archive, name, "declares a negative size")
+        total += size
+        if total > max_total_size:
+            raise UnsafeArchiveError(
+                f"refusing to extract {archive.name}: its members add up to more than {max_total_size:,} bytes, "
+                "more than any supported dataset (raise max_total_size if this archive is genuine). "
+                "Nothing was extracted."
+            )
+        rel = _strip(name, strip_prefix)
+        if rel is None:
+            continue
+        entries.append(_Entry(tuple(rel.split("/")), kind == "dir", size, handle, name))
+    return entries
+
+
+def _safe_dir(dest: Path, parts: tuple[str, ...], archive: Path, name: str) -> Path:
+    """``dest/parts`` as a real directory, created one level at a time without following any link."""
+    path = dest
+    for part in parts:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # created meanwhile: checked below like any existing entry
+                st = os.lstat(path)
+            else:
+                continue
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeArchiveError(
+                f"refusing to extract {archive.name}: {path} already exists as a symbolic link and member "
+                f"{name!r} would be written through it; dyconv never extracts through links (remove the link, "
+                "or point data.root at its target)"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchiveError(
+                f"refusing to extract {archive.name}: member {name!r} needs {path} to be a directory, but a file "
+                "is there (a conflicting archive, or a stale file: remove it)"
+            )
+    return path
+
+
+def _write_file(src: object, parent: Path, filename: str, archive: Path, name: str, limit: int) -> int:
+    """Copy at most ``limit`` bytes of the stream ``src`` into ``parent/filename`` via a temp file
+    in ``parent`` (created exclusively, never through a link) and a rename; return the bytes written."""
+    target = parent / filename
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchiveError(f"refusing to extract {archive.name}: member {name!r} would replace the "
+                                     f"directory {target}")
+    tmp = parent / f".{filename[:200]}.{os.getpid()}.{time.monotonic_ns()}.dyconv-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):  # type: ignore[attr-defined]
+                written += len(chunk)
+                if written > limit:
+                    raise UnsafeArchiveError(f"refusing to extract {archive.name}: member {name!r} holds more data "
+                                             "than its header declares")
+                dst.write(chunk)
+        os.replace(tmp, target)  # replaces a link at `target` itself, never what it points to
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    if m.issym():
+        return "symlink"
+    if m.islnk():
+        return "hardlink"
+    if m.isdir():
+        return "dir"
+    if m.isreg():
+        return "file"
+    return "other"
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored no Unix file type
+    if kind == stat.S_IFLNK:
+        return "symlink"
+    if info.is_dir():
+        return "dir"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "other"
+    return "file"
+
+
+def safe_extract(
+    archive: Path,
+    dest: Path,
+    *,
+    strip_prefix: str | None = None,
+    max_total_size: int = MAX_TOTAL_SIZE,
+    max_members: int = MAX_MEMBERS,
+) -> None:
+    """Extract a tar or zip ``archive`` into ``dest``; nothing can be written outside ``dest``.
+
+    Safe by construction on every Python (no reliance on ``tarfile``'s ``data`` filter): every
+    member is checked before anything is written (no absolute path, no ``..``, no symbolic or hard
+    link, no device or fifo, limits on member count and total size), then directories are created
+    one level at a time without following any existing link and each file is written to a fresh
+    temp file inside its directory and renamed into place.
 
     Args:
         archive: ``.tar``/``.tgz``/``.tar.gz``/... or ``.zip``.
         dest: destination folder (created).
         strip_prefix: extract only the members under this archive folder, with it removed from their
             paths (SBD's ``benchmark_RELEASE/dataset/`` becomes ``dest/``).
+        max_total_size: refuse archives whose members add up to more bytes (default 512 GiB).
+        max_members: refuse archives with more members (default 5 million).
 
     Raises:
-        UnsafeArchiveError: a member has an absolute path or a ``..`` component (nothing is written),
-            or the tar ``data`` filter refused a member (a link out of the tree, a device file).
+        UnsafeArchiveError: a member would escape ``dest`` or is a link/special file, a limit is
+            exceeded (nothing is written in these cases), or a path under ``dest`` is a link.
+        DownloadError: the file is not a readable archive.
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    dest = dest.resolve()  # dest itself may be reached through the user's own links; nothing below it is
     if _is_zip(archive):
-        with zipfile.ZipFile(archive) as zf:
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DownloadError(f"{archive} is not a readable zip archive ({e}); delete it and download again") from e
+        with zf:
             infos = zf.infolist()
-            _check_members(archive, (i.filename for i in infos))
-            root = dest.resolve()
-            for info in infos:
-                rel = _strip(info.filename, strip_prefix)
-                if rel is None:
-                    continue
-                target = (dest / rel).resolve()
-                if root != target and root not in target.parents:  # belt and braces after the name check
-                    raise UnsafeArchiveError(f"refusing to extract {archive.name}: {info.filename!r} leaves {dest}")
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+            members = ((i.filename, _zip_kind(i), i.file_size, i) for i in infos)
+            entries = _plan(archive, members, strip_prefix, max_total_size, max_members)
+            _extract(archive, dest, entries, zf.open)
         return
-    if not hasattr(tarfile, "data_filter"):  # pragma: no cover - Python < 3.10.12 / 3.11.4
-        raise RuntimeError("safe tar extraction needs tarfile's filter='data' (Python >= 3.10.12, 3.11.4, 3.12)")
     try:
         tf = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - closed by the `with` below
     except tarfile.TarError as e:
         raise DownloadError(f"{archive} is not a readable tar archive ({e}); delete it and download again") from e
     with tf:
-        members = tf.getmembers()
-        _check_members(archive, (m.name for m in members))
-        _check_members(archive, (m.linkname for m in members if m.islnk()))
 
-        def _filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-            name = _strip(member.name, strip_prefix)
-            if name is None:
-                return None
-            changes: dict[str, str] = {"name": name}
-            if member.islnk():
-                link = _strip(member.linkname, strip_prefix)
-                if link is None:
-                    return None
-                changes["linkname"] = link
-            return tarfile.data_filter(member.replace(**changes, deep=False), path)
+        def _members() -> Iterable[tuple[str, str, int, object]]:
+            while True:  # one member at a time, so the count limit holds before memory runs out
+                try:
+                    m = tf.next()
+                except tarfile.TarError as e:
+                    raise DownloadError(f"{archive} is a damaged tar archive ({e}); delete it and download "
+                                        "again") from e
+                if m is None:
+                    return
+                yield m.name, _tar_kind(m), m.size, m
 
-        try:
-            tf.extractall(dest, members=members, filter=_filter)
-        except tarfile.FilterError as e:
-            raise UnsafeArchiveError(f"refusing to extract {archive.name}: {e}") from e
+        entries = _plan(archive, _members(), strip_prefix, max_total_size, max_members)
+        tf.members = []  # the plan holds what is needed; tarfile need not keep its own list
+
+        def _open(m: object) -> object:
+            f = tf.extractfile(m)  # type: ignore[arg-type]
+            if f is None:  # pragma: no cover - regular files always have a stream
+                raise UnsafeArchiveError(f"refusing to extract {archive.name}: no data for {m!r}")
+            return f
+
+        _extract(archive, dest, entries, _open)
+
+
+def _extract(archive: Path, dest: Path, entries: Sequence[_Entry], open_member: object) -> None:
+    made: dict[tuple[str, ...], Path] = {}  # directories this call created or checked (no re-lstat per file)
+
+    def directory(parts: tuple[str, ...], name: str) -> Path:
+        if parts not in made:
+            made[parts] = _safe_dir(dest, parts, archive, name)
+        return made[parts]
+
+    for entry in entries:
+        if entry.is_dir:
+            directory(entry.parts, entry.name)
+            continue
+        parent = directory(entry.parts[:-1], entry.name)
+        with open_member(entry.member) as src:  # type: ignore[operator]
+            _write_file(src, parent, entry.parts[-1], archive, entry.name, entry.size)
 
 
 def ensure_gunzipped(gz: Path, dest: Path) -> Path:

@@ -117,3 +117,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
         return None
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loader, always with ``weights_only=True``: a resumed checkpoint is data
+        (plain types and tensors), whatever a caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says."""
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=True)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from dyconv.errors import ConfigError
 from dyconv.utils.run_dir import checkpoint_config, load_checkpoint
+from dyconv.utils.safe_config import check_section
 
 __all__ = ["TrainedRun", "load_trained_run", "run_dir_of"]
 
@@ -44,24 +45,36 @@ class TrainedRun:
         from hydra.utils import instantiate
 
         kept = {k: v for k, v in (overrides or {}).items() if v is not None}
-        data_cfg = OmegaConf.merge(OmegaConf.create(self.config["data"]), OmegaConf.create(kept))
+        merged = OmegaConf.merge(OmegaConf.create(self.config["data"]), OmegaConf.create(kept))
+        data_cfg = OmegaConf.to_container(merged, resolve=False)
+        check_section("data", data_cfg, self.ckpt_path)  # what gets built is still one of dyconv's datamodules
         return instantiate(data_cfg)
 
 
 def load_trained_run(ckpt_path: str | os.PathLike) -> TrainedRun:
-    """Load a dyconv checkpoint (``weights_only=True``) and rebuild its task with the weights."""
+    """Load a dyconv checkpoint (``weights_only=True``) and rebuild its task with the weights.
+
+    The stored config is checked first (:func:`~dyconv.utils.run_dir.checkpoint_config`): only
+    dyconv's own models, datamodules and tasks are ever instantiated from a checkpoint."""
     from hydra.utils import instantiate
 
     path = Path(ckpt_path).expanduser().absolute()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such file ({path})")
     checkpoint = load_checkpoint(path)
-    config = checkpoint_config(checkpoint, path)
+    config = checkpoint_config(checkpoint, path)  # every _target_ checked before anything is built
     model = instantiate(config["model"])
     task_cfg = dict(config["task"])
     task_cfg["compile"] = False
     make_task = instantiate(task_cfg, _partial_=True, _convert_="all")
     task = make_task(model=model, run_config=config)
-    task.load_state_dict(checkpoint["state_dict"])
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{path}: its weights do not fit the model its config describes ({first}); the checkpoint is damaged "
+            "or was edited"
+        ) from None
     task.eval()
     return TrainedRun(path, checkpoint, config, task)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import torch
 from dyconv.errors import ConfigError, RunDirectoryError
 
 __all__ = [
+    "NotACheckpointError",
     "checkpoint_config",
     "config_differences",
     "keep_launch_config",
@@ -28,20 +31,77 @@ log = logging.getLogger(__name__)
 DATA_KEYS_FREE_TO_CHANGE = ("root", "sbd_root", "download", "num_workers", "pin_memory", "persistent_workers")
 
 
+class NotACheckpointError(ConfigError):
+    """A file given as a checkpoint is not one ``python -m dyconv.train`` (Lightning) wrote."""
+
+
+_EXPECTED = ("expected a file written by `python -m dyconv.train`: a torch.save'd dict with a 'state_dict' of "
+             "tensors and dyconv's run config")
+
+
+def _not_a_checkpoint(path: str | os.PathLike, reason: str) -> NotACheckpointError:
+    return NotACheckpointError(f"{path} is not a dyconv/Lightning checkpoint ({reason}); {_EXPECTED}")
+
+
+def _load_failure(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (never torch's advice)."""
+    text = str(error)
+    refused = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+    if refused:
+        return f"it pickles {refused.group(1)}, an object a checkpoint never holds"
+    if isinstance(error, EOFError) or "Ran out of input" in text:
+        return "the file is empty or truncated"
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return "a damaged or foreign zip archive"
+    return "not a torch.save file"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (dyconv checkpoints hold plain types only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load`` with ``weights_only=True`` (dyconv checkpoints hold plain types only).
+
+    Raises:
+        NotACheckpointError: the file is not a torch checkpoint, pickles anything but plain
+            types and tensors, or is not a dict with a ``state_dict`` of tensors (one line, no
+            traceback; ``weights_only`` is never relaxed).
+    """
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol notes about a foreign file
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # permission denied, a directory, ...
+        raise ConfigError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ValueError, ... from a foreign file
+        raise _not_a_checkpoint(path, _load_failure(e)) from None
+    if type(ckpt) is not dict:
+        raise _not_a_checkpoint(path, f"it holds a {type(ckpt).__name__}, not a dict")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise _not_a_checkpoint(path, "it has no 'state_dict'")
+    bad = next((k for k, v in state.items() if type(k) is not str or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise _not_a_checkpoint(path, f"its state_dict entry {str(bad)[:80]!r} is not a tensor")
+    for key in ("global_step", "epoch"):
+        if key in ckpt and type(ckpt[key]) is not int:
+            raise _not_a_checkpoint(path, f"its {key!r} is a {type(ckpt[key]).__name__}, not an int")
+    return ckpt
 
 
 def checkpoint_config(ckpt: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> dict[str, Any]:
-    """The resolved run config a dyconv checkpoint carries (model, data, task, ...)."""
+    """The run config a dyconv checkpoint carries (model, data, task, ...), checked.
+
+    A checkpoint is data: its config is refused (:class:`~dyconv.utils.safe_config.UnsafeConfigError`)
+    unless every ``_target_`` in it is one of dyconv's own models, datamodules, tasks (see
+    :mod:`dyconv.utils.safe_config`), before anything is instantiated from it.
+    """
+    from dyconv.utils.safe_config import check_run_config
+
     meta = ckpt.get("dyconv")
-    if not meta or "config" not in meta:
+    if type(meta) is not dict or "config" not in meta:
         raise ConfigError(
             f"{path} holds no dyconv run config (was it written by `python -m dyconv.train`?); "
             "dyconv tools rebuild the model and data from that config"
         )
-    return meta["config"]
+    return check_run_config(meta["config"], path)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
