@@ -43,9 +43,9 @@ from dyconv.models.factory import (
 from dyconv.models.registry import register_model
 
 __all__ = [
+    "RefBottleneck",
     "RefMobileNetV3",
     "RefSqueezeExcitation",
-    "RefBottleneck",
     "dy_mobilenetv3_large_ref",
     "dy_mobilenetv3_small_ref",
     "mobilenetv3_large_ref",
@@ -216,13 +216,20 @@ class RefMobileNetV3(nn.Module):
         channels = 16  # the stem is not scaled
         layers: list[nn.Module] = [
             ConvNormAct(
-                in_channels, channels, stride=2, conv_layer=stem_conv_layer, norm_layer=norm_layer, act_layer=nn.Hardswish
+                in_channels,
+                channels,
+                stride=2,
+                conv_layer=stem_conv_layer,
+                norm_layer=norm_layer,
+                act_layer=nn.Hardswish,
             )
         ]
         for b in blocks:
             out = round_up(b.out * width_mult)
             layers.append(
-                RefBottleneck(channels, round_up(b.expanded * width_mult), out, b.kernel, b.stride, b.se, b.hswish, **cn)
+                RefBottleneck(
+                    channels, round_up(b.expanded * width_mult), out, b.kernel, b.stride, b.se, b.hswish, **cn
+                )
             )
             channels = out
         last = round_up(last_conv * width_mult)
