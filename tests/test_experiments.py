@@ -66,67 +66,80 @@ REF_TEMPERATURE = ("epoch", 9)  # the reference: T(e) = 30 - 29 (min(e, 10) - 1)
 PAPER_TEMPERATURE = ("step", 10)  # the paper: 30 -> 1 linearly over the first 10 epochs
 PER_LAYER_K = [2, 2, 2, 3, 2, 3, 6, 3, 6, 9, 6]
 
+TINY_MOBILENETV3 = dict(
+    data="tinyimagenet", epochs=200, batch=256, lr=0.1, wd=3e-5, momentum=0.9, sched=("cosine",), image_size=64
+)
+
 RECIPES: dict[str, dict[str, Any]] = {
-    # Tiny ImageNet table: params are the published ones (200 classes, millions, truncated to 2 decimals)
-    "tinyimagenet_resnet10": dict(TINY_RESNET, model="resnet10", width=1.0, params="5.00"),
-    "tinyimagenet_dy_resnet10": dict(
-        TINY_RESNET, model="dy_resnet10", width=1.0, params="19.80", k=4, temperature=REF_TEMPERATURE
-    ),
-    "tinyimagenet_resnet10_x05": dict(TINY_RESNET, model="resnet10", width=0.5, params="1.27"),
-    "tinyimagenet_dy_resnet10_x05": dict(
-        TINY_RESNET, model="dy_resnet10", width=0.5, params="4.97", k=4, temperature=REF_TEMPERATURE
-    ),
     "tinyimagenet_dy_resnet10_x05_smooth": dict(
-        TINY_RESNET,
-        model="dy_resnet10",
-        width=0.5,
-        params="4.97",
-        k=4,
-        temperature=REF_TEMPERATURE,
-        label_smoothing=0.1,
-    ),
-    "tinyimagenet_resnet10_x025": dict(TINY_RESNET, model="resnet10", width=0.25, params="0.33"),
-    "tinyimagenet_dy_resnet10_x025": dict(
-        TINY_RESNET, model="dy_resnet10", width=0.25, params="1.25", k=4, temperature=REF_TEMPERATURE
+        TINY_RESNET, model="dy_resnet10", width=0.5, k=4, temperature=REF_TEMPERATURE, label_smoothing=0.1
     ),
     "tinyimagenet_dy_resnet10_x05_per_layer_k": dict(
         TINY_RESNET, model="dy_resnet10", width=0.5, k=PER_LAYER_K, temperature=REF_TEMPERATURE
     ),
-    "tinyimagenet_mobilenetv2": dict(TINY_MOBILENET, model="mobilenetv2", width=1.0),
-    "tinyimagenet_dy_mobilenetv2": dict(
-        TINY_MOBILENET, model="dy_mobilenetv2", width=1.0, k=4, temperature=REF_TEMPERATURE
-    ),
-    # VOC table: exact published counts (21 classes)
-    "voc_deeplabv3plus": dict(VOC, data="voc", model="deeplabv3plus", width=1.0, exact_params=5_816_053),
+    "voc_deeplabv3plus": dict(VOC, data="voc", model="deeplabv3plus", width=1.0),
     "voc_dy_deeplabv3plus": dict(
-        VOC, data="voc", model="dy_deeplabv3plus", width=1.0, exact_params=18_381_907, k=4, temperature=REF_TEMPERATURE
+        VOC, data="voc", model="dy_deeplabv3plus", width=1.0, k=4, temperature=REF_TEMPERATURE
     ),
     "voc_sbd_deeplabv3plus_x05": dict(VOC, data="voc_sbd", model="deeplabv3plus", width=0.5),
     "voc_sbd_dy_deeplabv3plus_x05": dict(
         VOC, data="voc_sbd", model="dy_deeplabv3plus", width=0.5, k=4, temperature=REF_TEMPERATURE
     ),
-    "imagenette_mobilenetv3_small": dict(IMAGENETTE, model="mobilenetv3_small", width=1.0),
-    "imagenette_dy_mobilenetv3_small": dict(
-        IMAGENETTE, model="dy_mobilenetv3_small", width=1.0, k=4, temperature=REF_TEMPERATURE
-    ),
-    # The paper's ImageNet recipes
-    "imagenet_resnet10": dict(IMAGENET_RESNET, model="resnet10", width=1.0),
-    "imagenet_dy_resnet10": dict(IMAGENET_RESNET, model="dy_resnet10", width=1.0, k=4, temperature=PAPER_TEMPERATURE),
-    "imagenet_resnet18": dict(IMAGENET_RESNET, model="resnet18", width=1.0, exact_params=11_689_512),
-    "imagenet_dy_resnet18": dict(IMAGENET_RESNET, model="dy_resnet18", width=1.0, k=4, temperature=PAPER_TEMPERATURE),
-    "imagenet_mobilenetv2": dict(IMAGENET_MOBILE, model="mobilenetv2", width=1.0, exact_params=3_504_872),
-    "imagenet_dy_mobilenetv2": dict(
-        IMAGENET_MOBILE, model="dy_mobilenetv2", width=1.0, k=4, temperature=PAPER_TEMPERATURE
-    ),
-    "imagenet_mobilenetv2_x05": dict(IMAGENET_MOBILE, model="mobilenetv2", width=0.5),
-    "imagenet_dy_mobilenetv2_x05": dict(
-        IMAGENET_MOBILE, model="dy_mobilenetv2", width=0.5, k=4, temperature=PAPER_TEMPERATURE
-    ),
-    "imagenet_mobilenetv3_small": dict(IMAGENET_MOBILE, model="mobilenetv3_small", width=1.0, exact_params=2_542_856),
-    "imagenet_dy_mobilenetv3_small": dict(
-        IMAGENET_MOBILE, model="dy_mobilenetv3_small", width=1.0, k=4, temperature=PAPER_TEMPERATURE
-    ),
 }
+
+
+def _pair(name: str, recipe: dict[str, Any], model: str, width: float, temperature: tuple[str, int]) -> None:
+    """Register the static experiment ``name`` and its ``dy_`` twin."""
+    RECIPES[name] = dict(recipe, model=model, width=width)
+    dy = name.replace("_", "_dy_", 1)
+    RECIPES[dy] = dict(recipe, model=f"dy_{model}", width=width, k=4, temperature=temperature)
+
+
+for _w, _sfx in [(1.0, ""), (0.5, "_x05"), (0.25, "_x025")]:
+    _pair(f"tinyimagenet_resnet10{_sfx}", TINY_RESNET, "resnet10", _w, REF_TEMPERATURE)
+for _w, _sfx in [(1.0, ""), (0.35, "_x035")]:
+    _pair(f"tinyimagenet_mobilenetv2{_sfx}", TINY_MOBILENET, "mobilenetv2", _w, REF_TEMPERATURE)
+for _w, _sfx in [(1.0, ""), (0.5, "_x05")]:
+    _pair(f"tinyimagenet_mobilenetv3_small{_sfx}", TINY_MOBILENETV3, "mobilenetv3_small_ref", _w, REF_TEMPERATURE)
+for _w, _sfx in [(1.0, ""), (0.5, "_x05"), (0.25, "_x025")]:
+    _pair(f"imagenette_mobilenetv3_small{_sfx}", IMAGENETTE, "mobilenetv3_small_ref", _w, REF_TEMPERATURE)
+for _m in ["resnet10", "resnet18"]:
+    _pair(f"imagenet_{_m}", IMAGENET_RESNET, _m, 1.0, PAPER_TEMPERATURE)
+_pair("imagenet_mobilenetv2", IMAGENET_MOBILE, "mobilenetv2", 1.0, PAPER_TEMPERATURE)
+_pair("imagenet_mobilenetv2_x05", IMAGENET_MOBILE, "mobilenetv2", 0.5, PAPER_TEMPERATURE)
+_pair("imagenet_mobilenetv3_small", IMAGENET_MOBILE, "mobilenetv3_small", 1.0, PAPER_TEMPERATURE)
+
+# The reference README's printed parameter counts, typed here from the README (independently of
+# dyconv.published's exact integers): the experiment's model must print the same.
+README_PARAMS = {
+    "tinyimagenet_resnet10": "5.00M", "tinyimagenet_dy_resnet10": "19.80M",
+    "tinyimagenet_resnet10_x05": "1.27M", "tinyimagenet_dy_resnet10_x05": "4.97M",
+    "tinyimagenet_dy_resnet10_x05_smooth": "4.97M",
+    "tinyimagenet_resnet10_x025": "0.33M", "tinyimagenet_dy_resnet10_x025": "1.25M",
+    "tinyimagenet_mobilenetv2_x035": "0.65M", "tinyimagenet_dy_mobilenetv2_x035": "2.09M",
+    "tinyimagenet_mobilenetv3_small_x05": "0.87M", "tinyimagenet_dy_mobilenetv3_small_x05": "2.52M",
+    "tinyimagenet_mobilenetv3_small": "1.91M", "tinyimagenet_dy_mobilenetv3_small": "6.04M",
+    "imagenette_mobilenetv3_small_x025": "0.27M", "imagenette_dy_mobilenetv3_small_x025": "0.99M",
+    "imagenette_mobilenetv3_small_x05": "0.63M", "imagenette_dy_mobilenetv3_small_x05": "2.28M",
+    "imagenette_mobilenetv3_small": "1.67M", "imagenette_dy_mobilenetv3_small": "5.80M",
+    "voc_deeplabv3plus": "5.81M", "voc_dy_deeplabv3plus": "18.4M",
+    "voc_sbd_deeplabv3plus_x05": "3.40M", "voc_sbd_dy_deeplabv3plus_x05": "8.44M",
+}  # fmt: skip
+# Exact counts of the reference code where the issue / experiments.md state them.
+EXACT_PARAMS = {
+    "voc_deeplabv3plus": 5_816_053, "voc_dy_deeplabv3plus": 18_414_806,
+    "voc_sbd_deeplabv3plus_x05": 3_409_413, "voc_sbd_dy_deeplabv3plus_x05": 8_444_120,
+    "imagenet_resnet18": 11_689_512, "imagenet_mobilenetv2": 3_504_872, "imagenet_mobilenetv3_small": 2_542_856,
+}  # fmt: skip
+
+
+def _truncated(n: int, printed: str) -> bool:
+    """Whether ``n`` prints as ``printed`` ("19.80M", "18.4M"): truncated (the reference's habit) or rounded."""
+    digits = len(printed.rstrip("M").split(".")[1])
+    scale = 10**digits
+    return printed.rstrip("M") in {f"{math.floor(n / 1e6 * scale) / scale:.{digits}f}", f"{n / 1e6:.{digits}f}"}
+
+
 REAL_NUM_CLASSES = {"tinyimagenet": 200, "voc": 21, "voc_sbd": 21, "imagenette": 10, "imagenet": 1000}
 
 
@@ -193,26 +206,67 @@ def test_every_experiment_has_a_recipe():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_file_overrides_existing_keys_only(name):
-    """The file is a `# @package _global_` experiment: groups by `override /group`, a stable run name,
-    and no key that its groups' configs lack (a typo such as `trainer.max_epoch` would be added silently)."""
+def test_experiment_file_states_only_what_differs_from_its_base(name, tmp_path):
+    """The file is a `# @package _global_` experiment: a recipe base from `_base/`, then group
+    overrides, a stable run name, and keys that exist (a typo such as `trainer.max_epoch` would be
+    added silently) and that change something (a value equal to the base's is a second copy)."""
     path = CONF / "experiment" / f"{name}.yaml"
     text = path.read_text()
     assert text.startswith("# @package _global_\n")
-    assert "Published" in text and f"experiment={name} trainer=gpu" in text
+    assert "dyconv.published" in text and f"experiment={name} trainer=gpu" in text
     raw = OmegaConf.to_container(OmegaConf.load(path))  # unresolved
+    base, *overrides = raw.pop("defaults")
+    assert isinstance(base, str) and base.startswith("_base/"), base
     groups = {}
-    for entry in raw.pop("defaults"):
+    for entry in overrides:
         ((key, value),) = entry.items()
         assert key.startswith("override /"), entry
         groups[key.removeprefix("override /")] = value
-    assert set(groups) == {"data", "model", "optimizer", "scheduler"}
-    assert raw["run_name"] == f"{name}-seed${{seed}}"
-    base = _compose([f"{g}={v}" for g, v in groups.items()])
-    for leaf in _leaves(raw):
-        assert _has_key(base, leaf), f"{name}: {leaf} is not a key of its groups' configs (typo?)"
+    assert "model" in groups and set(groups) <= {"data", "model"}
+    assert raw.pop("run_name") == f"{name}-seed${{seed}}"
+    # the experiment without its own keys: a probe experiment with the same defaults list only
+    (tmp_path / "experiment").mkdir()
+    probe = {"defaults": [base] + [{f"override /{g}": v} for g, v in groups.items()]}
+    (tmp_path / "experiment" / "probe.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(probe))
+    without = _compose(["experiment=probe", f"hydra.searchpath=[file://{tmp_path}]"])
+    for leaf in _leaves(raw) if raw else []:
+        assert _has_key(without, leaf), f"{name}: {leaf} is not a key of its groups' configs (typo?)"
+        assert OmegaConf.select(without, leaf) != OmegaConf.select(OmegaConf.create(raw), leaf), (
+            f"{name}: {leaf} repeats its base's value"
+        )
     # leave the device to trainer=gpu / accelerator auto, and precision to the recipe (none states one)
     assert not {"accelerator", "devices", "precision", "strategy"} & set(raw.get("trainer", {}))
+
+
+def test_experiment_overrides_order():
+    """Experiment values win over the base's, command-line values over both."""
+    cfg = _compose(["experiment=tinyimagenet_dy_resnet10_x05_smooth"])
+    assert cfg.task.label_smoothing == 0.1 and cfg.model.width_mult == 0.5 and cfg.optimizer.lr == 0.1
+    cfg = _compose(["experiment=tinyimagenet_dy_resnet10_x05_smooth", "task.label_smoothing=0.2", "optimizer.lr=0.3"])
+    assert cfg.task.label_smoothing == 0.2 and cfg.optimizer.lr == 0.3
+
+
+def test_every_published_row_has_an_experiment_and_a_source():
+    from dyconv.published import ROWS, SOURCES, TABLES
+
+    for row in ROWS:
+        assert row.experiment in EXPERIMENTS and row.table in TABLES and row.source in SOURCES
+        assert (row.params_published is None) == (row.source == "paper"), row.experiment
+    published = {row.experiment for row in ROWS if row.params_published is not None}
+    assert published == set(README_PARAMS)
+
+
+def test_generated_tables_are_up_to_date():
+    """README.md and docs/experiments.md carry the tables dyconv.published generates (run
+    `python scripts/published_tables.py` after changing it)."""
+    from dyconv.published import TABLES, render
+
+    for path in (DOCS, DOCS.parents[1] / "README.md"):
+        text = path.read_text()
+        assert render(text) == text, f"{path} is out of date: python scripts/published_tables.py"
+    text = DOCS.read_text()
+    assert all(f"<!-- published:{key} -->" in text for key in TABLES)
+    assert "<!-- published:readme -->" in (DOCS.parents[1] / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -264,15 +318,20 @@ def test_model_at_real_size(name):
     """The experiment's model as it will be trained: published parameter counts, per-layer K, lr groups."""
     from hydra.utils import instantiate
 
+    from dyconv.published import by_experiment
+
     r = RECIPES[name]
     cfg = _compose([f"experiment={name}"])
     assert cfg.data.num_classes == REAL_NUM_CLASSES[r["data"]]
     model = instantiate(cfg.model)
     n = sum(p.numel() for p in model.parameters())
-    if "params" in r:  # published in millions, truncated to two decimals
-        assert f"{math.floor(n / 1e4) / 100:.2f}" == r["params"], n
-    if "exact_params" in r:
-        assert n == r["exact_params"]
+    row = by_experiment(name)
+    if row is not None and row.params is not None:  # the published data's exact count
+        assert n == row.params, (name, n)
+    if name in README_PARAMS:  # independently: the reference README's printed figure
+        assert _truncated(n, README_PARAMS[name]), (name, n, README_PARAMS[name])
+    if name in EXACT_PARAMS:
+        assert n == EXACT_PARAMS[name]
     layers = list(dynamic_layers(model))
     assert bool(layers) == r["model"].startswith("dy_")
     if r.get("k") == PER_LAYER_K:
@@ -287,10 +346,18 @@ def test_model_at_real_size(name):
         ]
     elif layers:
         assert {layer.num_kernels for _, layer in layers} == {r["k"]}
-    # docs/experiments.md lists it with its command and this parameter count
-    row = next((line for line in DOCS.read_text().splitlines() if f"experiment={name} trainer=gpu`" in line), None)
-    assert row is not None, f"docs/experiments.md has no row for {name}"
-    assert f"{math.floor(n / 1e4) / 100:.2f}M" in row or f"{n:,}" in row, row
+    if r["model"] == "dy_mobilenetv3_small_ref":
+        assert len(layers) == 35
+    if r["model"] == "dy_deeplabv3plus":
+        assert len(layers) == 10 and "decoder.classifier" in dict(layers)
+    if r["model"].endswith("deeplabv3plus"):
+        assert model.align_corners  # the reference's upsampling
+    # docs/experiments.md lists every published row with its command and exact count
+    if row is not None:
+        line = next((x for x in DOCS.read_text().splitlines() if f"experiment={name} trainer=gpu`" in x), None)
+        assert line is not None, f"docs/experiments.md has no row for {name}"
+        if row.params is not None:
+            assert f"{n:,}" in line, line
     if "lr_mult" in r:
         task = instantiate(cfg.task, _partial_=True, _convert_="all")(model=model, optimizer=instantiate(cfg.optimizer))
         lrs = {g["name"]: g["lr"] for g in task.parameter_groups()}

@@ -42,6 +42,8 @@ def test_registry_lists_every_family_static_and_dynamic():
         "mobilenetv3_small",
         "mobilenetv3_large",
         "deeplabv3plus",
+        "mobilenetv3_small_ref",
+        "mobilenetv3_large_ref",
     }
     assert expected <= set(STATIC)
     assert {"dy_" + n for n in STATIC} == set(DYNAMIC)
@@ -112,7 +114,7 @@ def test_tiny_imagenet_resnet10_counts(width, static, dynamic):
 def test_voc_deeplabv3plus_counts():
     with torch.device("meta"):
         assert n_params(create_model("deeplabv3plus", num_classes=21)) == 5_816_053
-        assert n_params(create_model("dy_deeplabv3plus", num_classes=21)) == 18_381_907
+        assert n_params(create_model("dy_deeplabv3plus", num_classes=21)) == 18_414_806
 
 
 def test_convert_to_dynamic_equals_dy_resnet18():
@@ -147,10 +149,14 @@ def test_dynamic_conv_placement():
         static, dyn = _convs(create_model("dy_simple_cnn"))
         assert static == ["features.0.0"] and dyn == ["features.2.0"]
         static, dyn = _convs(create_model("dy_deeplabv3plus"))
-        assert all(n.startswith("backbone.") for n in static[:-1]) and static[-1] == "decoder.classifier"
-        assert len(dyn) == 6 + 3 and "aspp.convs.4.1.0" in dyn and "decoder.reduce.0" in dyn
+        assert all(n.startswith("backbone.") for n in static)  # the reference: classifier dynamic too
+        assert len(dyn) == 6 + 4 and "aspp.convs.4.1.0" in dyn and "decoder.reduce.0" in dyn
+        assert "decoder.classifier" in dyn
         static, dyn = _convs(create_model("dy_deeplabv3plus", dynamic_backbone=True))
-        assert static == ["backbone.features.0.0", "decoder.classifier"]
+        assert static == ["backbone.features.0.0"]
+        static, dyn = _convs(create_model("dy_mobilenetv3_small_ref"))
+        assert static == ["features.0.0"] and len(dyn) == 35 and "features.1.expand.0" in dyn  # 16 -> 16 kept
+        assert "head.0" in dyn
 
 
 def test_per_layer_num_kernels_follow_named_modules_order():
@@ -267,7 +273,7 @@ def test_every_registered_model_has_a_config_that_instantiates():
         cfg = OmegaConf.create({"data": {"num_classes": 7, "in_channels": 3}, "model": conf})
         with torch.device("meta"):
             model = instantiate(cfg.model)
-        assert any(p.shape[0] == 7 for p in model.parameters())
+        assert any(7 in p.shape[:2] for p in model.parameters())  # (K, classes, ...) if dynamic
     resnet10 = OmegaConf.load(CONF_DIR / "dy_resnet10.yaml")
     assert resnet10.stem == "small" and resnet10.num_kernels == 4 and resnet10.temperature == 30.0
 
@@ -279,3 +285,47 @@ def test_config_list_num_kernels_through_hydra():
     cfg = OmegaConf.create({"data": {"num_classes": 200, "in_channels": 3}, "model": conf})
     model = instantiate(cfg.model)  # not on meta: rebuilding a layer reads its temperature
     assert [m.num_kernels for _, m in dynamic_layers(model)] == list(conf.num_kernels)
+
+
+# ------------------------------------------------------------ the reference's MobileNetV3
+@pytest.mark.parametrize(
+    ("width", "classes", "static", "dynamic"),
+    [(0.5, 200, 877_872, 2_525_336), (1.0, 200, 1_913_568, 6_048_458), (0.25, 10, 274_330, 998_570),
+     (0.5, 10, 634_482, 2_281_946), (1.0, 10, 1_670_178, 5_805_068)],
+)  # fmt: skip
+def test_reference_mobilenetv3_counts(width, classes, static, dynamic):
+    """The reference code's exact counts (experiments.md; its README prints them truncated)."""
+    with torch.device("meta"):
+        assert n_params(create_model("mobilenetv3_small_ref", num_classes=classes, width_mult=width)) == static
+        assert n_params(create_model("dy_mobilenetv3_small_ref", num_classes=classes, width_mult=width)) == dynamic
+
+
+def test_reference_mobilenetv3_structure():
+    """Not torchvision's: SE is bias-free Linear with c // 4 hidden; head 1x1 conv 576 -> 1280 with bias,
+    then Linear(1280, classes)."""
+    model = create_model("mobilenetv3_small_ref", num_classes=7)
+    se = model.features[1].se
+    assert isinstance(se.fc1, torch.nn.Linear) and se.fc1.bias is None and se.fc1.out_features == 16 // 4
+    head = model.head[0]
+    assert (head.in_channels, head.out_channels, head.bias is not None) == (576, 1280, True)
+    assert (model.classifier[-1].in_features, model.classifier[-1].out_features) == (1280, 7)
+    tv = torchvision.models.mobilenet_v3_small(num_classes=7)
+    assert n_params(model) != n_params(tv)
+
+
+def test_deeplab_align_corners_option():
+    """align_corners=True (the reference's) and False give different logits from the same weights."""
+    torch.manual_seed(0)
+    a = create_model("deeplabv3plus", width_mult=0.25, backbone_width_mult=0.35).eval()
+    b = create_model("deeplabv3plus", width_mult=0.25, backbone_width_mult=0.35, align_corners=False).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+        ref = torch.nn.functional.interpolate(
+            a.decoder(a.aspp(a.backbone(x)["out"]), a.backbone(x)["low_level"]),
+            size=(48, 48),
+            mode="bilinear",
+            align_corners=True,
+        )
+    assert a.align_corners and torch.allclose(ya, ref) and not torch.allclose(ya, yb)

@@ -4,11 +4,12 @@
 registered model; ``list_models()`` lists them. Importing this package registers them all.
 """
 
-from dyconv.models import deeplabv3plus, mobilenetv2, mobilenetv3, resnet, simple_cnn
+from dyconv.models import deeplabv3plus, mobilenetv2, mobilenetv3, mobilenetv3_ref, resnet, simple_cnn
 from dyconv.models.deeplabv3plus import DeepLabV3Plus, load_torchvision_backbone_state_dict
 from dyconv.models.factory import ConvNormAct, get_conv_layer, init_weights, make_divisible
 from dyconv.models.mobilenetv2 import MobileNetV2
 from dyconv.models.mobilenetv3 import MobileNetV3
+from dyconv.models.mobilenetv3_ref import RefMobileNetV3
 from dyconv.models.registry import create_model, get_model_builder, is_model, list_models, register_model
 from dyconv.models.resnet import BasicBlock, Bottleneck, ResNet
 from dyconv.models.simple_cnn import SimpleCNN
@@ -20,6 +21,7 @@ __all__ = [
     "DeepLabV3Plus",
     "MobileNetV2",
     "MobileNetV3",
+    "RefMobileNetV3",
     "ResNet",
     "SimpleCNN",
     "create_model",
@@ -33,6 +35,7 @@ __all__ = [
     "make_divisible",
     "mobilenetv2",
     "mobilenetv3",
+    "mobilenetv3_ref",
     "register_model",
     "resnet",
     "simple_cnn",

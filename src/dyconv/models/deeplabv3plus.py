@@ -4,8 +4,9 @@ Convolution for Semantic Image Segmentation", ECCV 2018), static and dynamic.
 The structure is the widely used PyTorch version (the one the 2021 reference implementation
 used): MobileNetV2 features at output stride 16 (low-level tap at stride 4), ASPP with four conv
 branches and image pooling, a decoder with a 48-channel low-level projection and two 3x3 convs.
-It gives 5,816,053 parameters static and 18,381,907 dynamic (K=4, 21 classes), the published
-5.81M / 18.4M. Unlike torchvision's segmentation heads, conv and norm layers are injected.
+It gives 5,816,053 parameters static and 18,414,806 dynamic (K=4, 21 classes), the reference
+code's exact counts (published 5.81M / 18.4M); at ``width_mult=0.5`` 3,409,413 / 8,444,120.
+Unlike torchvision's segmentation heads, conv and norm layers are injected.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ __all__ = [
 LOW_LEVEL_INDEX = 3
 
 
-def _upsample(x: Tensor, size: Sequence[int]) -> Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+def _upsample(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def load_torchvision_backbone_state_dict(model: DeepLabV3Plus, state_dict: Mapping[str, Tensor]) -> None:
@@ -104,14 +105,23 @@ class MobileNetV2Backbone(nn.Module):
 class ASPPPooling(nn.Sequential):
     """Image-pooling branch: global average pool, 1x1 conv + norm + ReLU, upsample back."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, conv_layer: ConvLayer, norm_layer: LayerFactory) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        conv_layer: ConvLayer,
+        norm_layer: LayerFactory,
+        align_corners: bool = True,
+    ) -> None:
         super().__init__(
             nn.AdaptiveAvgPool2d(1),
             ConvNormAct(in_channels, out_channels, kernel_size=1, conv_layer=conv_layer, norm_layer=norm_layer),
         )
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> Tensor:
-        return _upsample(super().forward(x), x.shape[-2:])
+        return _upsample(super().forward(x), x.shape[-2:], self.align_corners)
 
 
 class ASPP(nn.Module):
@@ -126,12 +136,13 @@ class ASPP(nn.Module):
         *,
         conv_layer: ConvLayer = nn.Conv2d,
         norm_layer: LayerFactory = nn.BatchNorm2d,
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
         cn = dict(conv_layer=conv_layer, norm_layer=norm_layer)
         branches: list[nn.Module] = [ConvNormAct(in_channels, out_channels, kernel_size=1, **cn)]
         branches += [ConvNormAct(in_channels, out_channels, dilation=int(r), **cn) for r in atrous_rates]
-        branches.append(ASPPPooling(in_channels, out_channels, **cn))
+        branches.append(ASPPPooling(in_channels, out_channels, align_corners=align_corners, **cn))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(
             ConvNormAct(len(branches) * out_channels, out_channels, kernel_size=1, **cn), nn.Dropout(dropout)
@@ -157,8 +168,10 @@ class Decoder(nn.Module):
         conv_layer: ConvLayer = nn.Conv2d,
         classifier_conv_layer: ConvLayer = nn.Conv2d,
         norm_layer: LayerFactory = nn.BatchNorm2d,
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         cn = dict(conv_layer=conv_layer, norm_layer=norm_layer)
         self.reduce = ConvNormAct(low_level_channels, low_level_out, kernel_size=1, **cn)
         self.fuse = nn.Sequential(
@@ -171,20 +184,20 @@ class Decoder(nn.Module):
 
     def forward(self, x: Tensor, low_level: Tensor) -> Tensor:
         low_level = self.reduce(low_level)
-        x = torch.cat([_upsample(x, low_level.shape[-2:]), low_level], dim=1)
+        x = torch.cat([_upsample(x, low_level.shape[-2:], self.align_corners), low_level], dim=1)
         return self.classifier(self.fuse(x))
 
 
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ on a MobileNetV2 backbone; logits at the input resolution, any input size.
 
-    Which convs are dynamic (``dy_deeplabv3plus``, as the reference implementation, which gives
-    the published 18.4M): every conv of the ASPP (image-pooling branch included) and of the
+    Which convs are dynamic (``dy_deeplabv3plus``, as the reference implementation's code, which
+    gives its exact 18,414,806): every conv of the ASPP (image-pooling branch included) and of the
     decoder (the 48-channel low-level projection and the two 3x3 convs) is built by
-    ``conv_layer``; the final 1x1 classifier (``classifier_conv_layer``) stays static (a
-    per-pixel linear map to class scores); the backbone (``backbone_conv_layer``) stays static so
-    ImageNet weights can be loaded; ``dynamic_backbone=True`` makes it dynamic too (the paper's
-    DY-MobileNetV2, stem static).
+    ``conv_layer``, and so is the final 1x1 classifier with bias (``classifier_conv_layer``,
+    ``conv_layer`` in the dynamic builder): 10 dynamic convs. The backbone
+    (``backbone_conv_layer``) stays static so ImageNet weights can be loaded;
+    ``dynamic_backbone=True`` makes it dynamic too (the paper's DY-MobileNetV2, stem static).
 
     Args:
         num_classes: output channels (21 for Pascal VOC).
@@ -194,7 +207,10 @@ class DeepLabV3Plus(nn.Module):
         output_stride: 16 (default) or 8 (backbone dilated from stride 8, ASPP rates doubled).
         atrous_rates: ASPP dilations (default 6, 12, 18 at output stride 16; 12, 24, 36 at 8).
         conv_layer: ASPP and decoder convs. backbone_conv_layer: backbone convs but the stem
-            (default ``nn.Conv2d``). classifier_conv_layer: the final 1x1 (default ``nn.Conv2d``).
+            (default ``nn.Conv2d``). classifier_conv_layer: the final 1x1 (default ``nn.Conv2d``;
+            the dynamic builder passes ``conv_layer``).
+        align_corners: of every bilinear upsampling (image pooling, decoder, output); True as
+            the reference implementation, False as torchvision's segmentation models.
         norm_layer: normalisation everywhere (default ``nn.BatchNorm2d``).
         pretrained_backbone: load torchvision's ImageNet MobileNetV2 weights into the backbone
             (needs internet; static backbone of width 1 only).
@@ -216,6 +232,7 @@ class DeepLabV3Plus(nn.Module):
         classifier_conv_layer: ConvLayer | None = None,
         norm_layer: LayerFactory | None = None,
         pretrained_backbone: bool = False,
+        align_corners: bool = True,
         num_kernels: KernelSpec | None = None,
     ) -> None:
         super().__init__()
@@ -232,6 +249,7 @@ class DeepLabV3Plus(nn.Module):
         if pretrained_backbone and (backbone_conv_layer is not nn.Conv2d or backbone_width_mult != 1.0):
             raise ValueError("pretrained_backbone needs a static backbone of width 1.0")
         self.output_stride = output_stride
+        self.align_corners = align_corners
 
         self.backbone = MobileNetV2Backbone(
             in_channels=in_channels,
@@ -242,7 +260,12 @@ class DeepLabV3Plus(nn.Module):
         )
         channels = make_divisible(256 * width_mult, 8)
         self.aspp = ASPP(
-            self.backbone.out_channels, atrous_rates, channels, conv_layer=conv_layer, norm_layer=norm_layer
+            self.backbone.out_channels,
+            atrous_rates,
+            channels,
+            conv_layer=conv_layer,
+            norm_layer=norm_layer,
+            align_corners=align_corners,
         )
         self.decoder = Decoder(
             channels,
@@ -253,6 +276,7 @@ class DeepLabV3Plus(nn.Module):
             conv_layer=conv_layer,
             classifier_conv_layer=classifier_conv_layer,
             norm_layer=norm_layer,
+            align_corners=align_corners,
         )
 
         apply_num_kernels(self, num_kernels)
@@ -266,7 +290,7 @@ class DeepLabV3Plus(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         feats = self.backbone(x)
         logits = self.decoder(self.aspp(feats["out"]), feats["low_level"])
-        return _upsample(logits, x.shape[-2:])
+        return _upsample(logits, x.shape[-2:], self.align_corners)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"backbone": [...], "head": [...]}`` (ASPP + decoder); the head gets 10x the lr."""
@@ -280,6 +304,8 @@ def _create_deeplabv3plus(
     name: str, dynamic: dict[str, Any] | None, dynamic_backbone: bool = False, **kwargs: Any
 ) -> DeepLabV3Plus:
     apply_dynamic_options(name, dynamic, kwargs)
+    if dynamic is not None:
+        kwargs.setdefault("classifier_conv_layer", kwargs["conv_layer"])
     if dynamic is not None and dynamic_backbone:
         kwargs.setdefault("backbone_conv_layer", kwargs["conv_layer"])
     return DeepLabV3Plus(**kwargs)
@@ -304,7 +330,7 @@ def dy_deeplabv3plus(
     dynamic_backbone: bool = False,
     **kwargs: Any,
 ) -> DeepLabV3Plus:
-    """DY-DeepLabV3+: ASPP and decoder convs dynamic (classifier static), backbone static unless
-    ``dynamic_backbone``; 18,381,907 parameters for 21 classes."""
+    """DY-DeepLabV3+: ASPP and decoder convs dynamic, the final 1x1 classifier included (10 dynamic
+    convs), backbone static unless ``dynamic_backbone``; 18,414,806 parameters for 21 classes."""
     dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
     return _create_deeplabv3plus("dy_deeplabv3plus", dyn, dynamic_backbone, **kwargs)
