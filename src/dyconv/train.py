@@ -63,6 +63,20 @@ def validate_config(cfg: DictConfig) -> None:
     momentum = _number(cfg, "optimizer.momentum")
     if momentum is not None and not 0 <= momentum < 1:
         raise ConfigError(f"optimizer.momentum must be in [0, 1), got {momentum}")
+    seed = OmegaConf.select(cfg, "seed", default=0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}; e.g. seed=42")
+    fraction = _number(cfg, "scheduler.scheduler.warmup_fraction")
+    if fraction is not None and not 0 <= fraction < 1:
+        raise ConfigError(f"scheduler.scheduler.warmup_fraction must be in [0, 1) (of the run), got {fraction}")
+    warmup = _number(cfg, "scheduler.scheduler.warmup_steps")
+    if warmup is not None and (warmup < 0 or warmup != int(warmup)):
+        raise ConfigError(f"scheduler.scheduler.warmup_steps must be a whole number >= 0, got {warmup}")
+    if fraction and warmup:
+        raise ConfigError("set scheduler.scheduler.warmup_steps or warmup_fraction, not both")
+    if OmegaConf.select(cfg, "train", default=True) and OmegaConf.select(cfg, "trainer.limit_train_batches",
+                                                                           default=None) in (0, 0.0):
+        raise ConfigError("trainer.limit_train_batches=0 trains nothing; use train=false to only test a checkpoint")
     max_epochs = _number(cfg, "trainer.max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {int(max_epochs)}")
