@@ -143,16 +143,19 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     return struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
 
-def make_mnist(root: Path, *, n_train: int = 30, n_test: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Write ``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` and their ``.gz``.
+def make_mnist(
+    root: Path, *, n_train: int = 30, n_test: int = 10, seed: int = 0, folder: str = "MNIST"
+) -> dict[str, Any]:
+    """Write ``root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` and their ``.gz``
+    (``folder="FashionMNIST"``: Fashion-MNIST's layout, the same idx format).
 
     Returns ``{"raw_dir", "train_images" (uint8 N,28,28), "train_labels", "test_images", "test_labels",
     "md5": {gz file name: md5}}``; every image is distinct (its first pixel is its index).
     """
     rng = np.random.default_rng(seed)
-    raw = Path(root) / "MNIST" / "raw"
+    raw = Path(root) / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"raw_dir": raw, "md5": {}}
+    out: dict[str, Any] = {"raw_dir": raw, "md5": {}, "raw_md5": {}}
     for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         images[:, 0, 0] = np.arange(n) % 256
@@ -165,6 +168,7 @@ def make_mnist(root: Path, *, n_train: int = 30, n_test: int = 10, seed: int = 0
             (raw / name).write_bytes(data)
             (raw / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
             out["md5"][f"{name}.gz"] = md5(raw / f"{name}.gz")
+            out["raw_md5"][name] = md5(raw / name)
     return out
 
 

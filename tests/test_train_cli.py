@@ -46,7 +46,8 @@ def test_default_command_trains_offline_model(cli, tmp_path):
 
 def test_resume_after_sigkill_is_exact(cli, tmp_path):
     """Lightning's own recipe: one run straight; the same command in another directory killed
-    right after its first end-of-epoch checkpoint, relaunched with ckpt_path=last."""
+    in the middle of epoch 1's validation (last.ckpt is written when an epoch's training ends,
+    before validation), relaunched with ckpt_path=last: same weights, metrics and history."""
     common = [
         *QUIET,
         *SMALL_DATA,
@@ -62,12 +63,12 @@ def test_resume_after_sigkill_is_exact(cli, tmp_path):
         *common,
         f"hydra.run.dir={resumed}",
         "ckpt_path=last",  # nothing there yet: starts fresh, with a message
-        "+callbacks.killer._target_=killer.KillAtEpoch",
+        "+callbacks.killer._target_=killer.KillInValidation",
         check=False,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert "starting from scratch" in killed.stdout + killed.stderr
-    assert _load(resumed / "checkpoints" / "last.ckpt")["epoch"] == 0
+    assert _load(resumed / "checkpoints" / "last.ckpt")["epoch"] == 1  # epoch 1 trained, not validated
     again = cli("train", *common, f"hydra.run.dir={resumed}", "ckpt_path=last")
     assert "Resuming from" in again.stdout + again.stderr
 
@@ -77,6 +78,7 @@ def test_resume_after_sigkill_is_exact(cli, tmp_path):
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-7, msg=key)
     ma, mb = _metrics(straight), _metrics(resumed)
+    ma, mb = ({k: v for k, v in m.items() if not k.startswith("time/")} for m in (ma, mb))
     assert ma == pytest.approx(mb, rel=1e-6, abs=1e-7)
     assert ma["temperature"] == mb["temperature"] == 1.0
     # The CSV history of the killed launch is kept, once: epochs 0, 1, 2 with no duplicates.
@@ -85,6 +87,12 @@ def test_resume_after_sigkill_is_exact(cli, tmp_path):
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2]
     assert len(list((resumed / ".hydra" / "launches").iterdir())) == 2
 
+    # A requeue script relaunching the finished run with ckpt_path=last changes nothing.
+    before = {p.name: p.read_bytes() for p in [resumed / "metrics.json", *(resumed / "checkpoints").iterdir()]}
+    relaunch = cli("train", *common, f"hydra.run.dir={resumed}", "ckpt_path=last")
+    assert "already finished" in relaunch.stdout
+    assert {p.name: p.read_bytes() for p in [resumed / "metrics.json", *(resumed / "checkpoints").iterdir()]} \
+        == before
     # Relaunching a finished run without ckpt_path refuses instead of overwriting.
     refused = cli("train", *common, f"hydra.run.dir={resumed}", check=False)
     assert refused.returncode != 0

@@ -233,14 +233,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with _remove_stub_on_error(output_dir, rank, stub_files):
         validate_config(cfg)
         _check_multirun_ddp(cfg)
-        finished = _already_finished(cfg, output_dir)
-        if finished is not None:
-            return finished
     # Only the launching process (rank 0) locks: the ranks it starts share the directory.
     with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
         run = _Run(cfg, output_dir, rank)
         with _remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
-            run.check_and_load()  # resume checks, data, model: nothing written yet
+            finished = run.check_and_load()  # resume checks, data, model: nothing written yet
+        if finished is not None:
+            return finished
         return run.fit_and_test()
 
 
@@ -269,7 +268,9 @@ class _Run:
     def __init__(self, cfg: DictConfig, output_dir: Path, rank: int) -> None:
         self.cfg, self.output_dir, self.rank = cfg, output_dir, rank
 
-    def check_and_load(self) -> None:
+    def check_and_load(self) -> dict[str, float] | None:
+        """Everything that can fail before the run starts; the stored metrics when a relaunch
+        finds the run already finished (nothing else is done then)."""
         import lightning as L
         import torch
         from hydra.utils import instantiate
@@ -299,6 +300,9 @@ class _Run:
                     + "\n  ".join(diffs)
                     + "\nresume with the original settings, or start a new run (run_name=<new name>)"
                 )
+            finished = _already_finished(cfg, self.output_dir)
+            if finished is not None:
+                return finished
 
         L.seed_everything(cfg.seed, workers=True)
         log.info("Instantiating datamodule <%s>", cfg.data._target_)
@@ -312,6 +316,7 @@ class _Run:
             log.info("recompute_kernels: %d dynamic layers recompute their kernels in backward",
                      set_recompute_kernels(self.model, True))
         self.model_stats = _model_stats(self.model, self.datamodule)
+        return None
 
     def _write_run_files(self) -> None:
         from dyconv.utils.checkpoint_io import remove_stale_temp_files

@@ -69,11 +69,18 @@ class RNGStateCallback(Callback):
             checkpoint[self.KEY_PER_RANK] = gathered
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        per_rank = checkpoint.get(self.KEY_PER_RANK)
+        # Applied at train start, after Lightning re-created the restarted epoch's loaders (a
+        # draw from the global RNG that the uninterrupted run did not make at that point).
+        self._pending = (checkpoint.get(self.KEY_PER_RANK), checkpoint.get(self.KEY))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None:
+            return
+        per_rank, states = pending
         if per_rank is not None and len(per_rank) == trainer.world_size:
             set_rng_states(per_rank[trainer.global_rank])  # each rank continues its own streams
             return
-        states = checkpoint.get(self.KEY)
         if states is None:
             return
         set_rng_states(states)

@@ -89,8 +89,9 @@ class TemperatureScheduler(Callback):
         if not any(True for _ in dynamic_layers(pl_module)):
             return
         # Before training (and before the sanity check) the schedule's start value applies; a
-        # resumed run re-applies its value at the first batch from the restored global step.
-        if trainer.global_step == 0:
+        # resumed run keeps the restored buffers (a validation it re-runs sees the temperature
+        # the interrupted run had) and re-applies the schedule at its first batch.
+        if trainer.ckpt_path is None:
             set_temperature(pl_module, self.start)
             self.current = self.start
 

@@ -168,6 +168,9 @@ class BaseDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             drop_last=shuffle and self.drop_last,
             collate_fn=self.collate_fn,
+            # Eval loaders need no randomness: a private generator keeps their creation from
+            # drawing the global RNG (exact resume from a checkpoint written before validation).
+            generator=None if shuffle else torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,215 @@
+"""Runs never lose results: run-directory lock, finished runs, divergence stop, SIGTERM, disk full,
+early checks, zero-batch runs, warmup length. Mostly in-process; a few real CLI runs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from dyconv.errors import ConfigError, DiskFullError, DivergenceError, RunDirectoryError
+from dyconv.train import CONF_DIR, check_trainable, validate_config
+from dyconv.utils.run_state import RunLock, is_stub, read_completed, remove_stub, write_completed
+
+QUIET = ["callbacks.progress_bar=null"]
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+# ------------------------------------------------------------------ lock
+def test_second_lock_is_refused_with_the_holders_pid_and_freed_when_the_holder_dies(tmp_path):
+    code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryError, match=f"in use by another launch \\(PID {holder.pid} on "):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs, the kernel drops the lock
+        holder.wait()
+    with RunLock(tmp_path), pytest.raises(RunDirectoryError):  # a crashed holder leaves nothing stuck
+        RunLock(tmp_path).acquire()  # and a second lock in the same process is refused too
+
+
+def test_second_launch_into_a_running_run_directory_is_refused(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = cli("train", *QUIET, f"hydra.run.dir={run_dir}", check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"PID {holder.pid}" in out and "Traceback" not in out
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------ run directory state
+def test_completion_record_and_stub_detection(tmp_path):
+    assert read_completed(tmp_path) is None
+    write_completed(tmp_path, max_epochs=3)
+    assert read_completed(tmp_path)["max_epochs"] == 3
+    stub = tmp_path / "stub"
+    (stub / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (stub / ".hydra" / name).write_text("{}")
+    (stub / "train.log").write_text("error")
+    assert is_stub(stub, ("train.log",)) and not is_stub(stub)
+    (stub / "checkpoints").mkdir()
+    assert not remove_stub(stub, ("train.log",)) and stub.exists()  # real content: kept
+    (stub / "checkpoints").rmdir()
+    assert remove_stub(stub, ("train.log",)) and not stub.exists()
+
+
+# ------------------------------------------------------------------ early checks
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seed=-1"], "seed must be an integer in [0, 2**32 - 1]"),
+        (["seed=4294967296"], "seed must be an integer"),
+        (["scheduler=warmup_cosine", "scheduler.scheduler.warmup_fraction=1.5"], "warmup_fraction must be in [0, 1)"),
+        (["scheduler=warmup_cosine", "scheduler.scheduler.warmup_steps=-3"], "warmup_steps must be a whole number"),
+        (["scheduler=warmup_cosine", "scheduler.scheduler.warmup_steps=100"], "not both"),
+        (["+trainer.limit_train_batches=0"], "trains nothing"),
+    ],
+)
+def test_validate_config_refuses_before_anything_is_built(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(_cfg(*overrides))
+
+
+def test_validate_config_accepts_the_defaults_and_the_readme_warmup_example():
+    validate_config(_cfg())
+    validate_config(_cfg("scheduler=warmup_cosine"))
+
+
+class _Data:
+    def __init__(self, n: int, batch: int, drop_last: bool) -> None:
+        self.train_set, self.batch_size, self.drop_last = range(n), batch, drop_last
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "drop_last", "world", "ok"),
+    [(100, 64, True, 1, True), (60, 64, True, 1, False), (60, 64, False, 1, True), (100, 64, True, 2, True),
+     (50, 64, True, 2, False), (1, 2, False, 2, False)],
+)
+def test_zero_batch_runs_are_refused_with_the_numbers(n, batch, drop_last, world, ok):
+    data = _Data(n, batch, drop_last)
+    if ok:
+        check_trainable(data, world)
+        return
+    with pytest.raises(ConfigError, match=f"has {n} images: with data.batch_size={batch} .* over {world} device"):
+        check_trainable(data, world)
+
+
+# ------------------------------------------------------------------ warmup
+def test_warmup_fraction_scales_with_the_run_and_long_warmups_are_clamped(caplog):
+    from dyconv.tasks.schedulers import ScheduleFn
+
+    fn = ScheduleFn("cosine", total_steps=370, warmup_fraction=0.05)
+    assert fn.warmup == 18  # round(0.05 * 370)
+    assert fn(9) == pytest.approx(9 / 18)
+    long = ScheduleFn("cosine", total_steps=370, warmup_steps=500)  # the old README default, a short run
+    assert long.warmup == 370 and "longer than the run" in caplog.text
+    assert long(369) == pytest.approx(369 / 370)
+
+
+# ------------------------------------------------------------------ divergence
+def test_checkpoint_writer_refuses_non_finite_tensors(tmp_path):
+    from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    good = {"state_dict": {"w": torch.ones(3)},
+            "optimizer_states": [{"state": {0: {"momentum_buffer": torch.ones(3)}}}]}
+    io.save_checkpoint(good, tmp_path / "good.ckpt")
+    assert (tmp_path / "good.ckpt").is_file()
+    for bad in ({"state_dict": {"w": torch.tensor([1.0, float("nan")])}},
+                {"state_dict": {"w": torch.ones(2)},
+                 "optimizer_states": [{"state": {0: {"momentum_buffer": torch.tensor([float("inf")])}}}]}):
+        with pytest.raises(DivergenceError, match=r"non-finite values in .*last\.ckpt was not written"):
+            io.save_checkpoint(bad, tmp_path / "last.ckpt")
+    assert not (tmp_path / "last.ckpt").exists()
+
+
+def test_non_finite_guard_stops_on_a_nan_loss_or_nan_weights():
+    from dyconv.callbacks import NonFiniteGuard
+
+    class _Trainer:
+        global_step, current_epoch = 7, 1
+        optimizers = [torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1e6)]
+
+    guard, module = NonFiniteGuard(check_weights_every_n_steps=1), nn.Linear(2, 2)
+    guard.on_train_batch_end(_Trainer(), module, {"loss": torch.tensor(0.5)}, None, 0)  # finite: nothing
+    expected = r"loss became nan at step 7 \(epoch 1\).*lower optimizer.lr \(now 1e\+06\)"
+    with pytest.raises(DivergenceError, match=expected):
+        guard.on_train_batch_end(_Trainer(), module, {"loss": torch.tensor(float("nan"))}, None, 0)
+    with torch.no_grad():
+        module.weight[0, 0] = float("inf")
+    with pytest.raises(DivergenceError, match="non-finite weights in weight"):
+        guard.on_train_epoch_end(_Trainer(), module)
+
+
+def test_diverging_run_stops_with_a_message_and_saves_nothing_non_finite(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli("train", *QUIET, "optimizer.lr=1e6", "trainer.max_epochs=2", "data.splits=[512,64,64]",
+               f"hydra.run.dir={run_dir}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "training diverged" in out and "at step" in out, out[-3000:]
+    assert "gradient_clip_val" in out and "Traceback" not in out
+    assert not (run_dir / "metrics.json").exists()
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt") if (run_dir / "checkpoints").is_dir() else []:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+
+
+# ------------------------------------------------------------------ disk full
+def test_disk_full_is_named_and_the_previous_file_survives(tmp_path, monkeypatch):
+    from dyconv.utils import checkpoint_io
+
+    target = tmp_path / "last.ckpt"
+    checkpoint_io.atomic_torch_save({"w": torch.zeros(3)}, target)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint_io.os, "fdopen", lambda fd, mode: (os.close(fd), real_fdopen(
+        os.open("/dev/full", os.O_WRONLY), mode))[1])
+    with pytest.raises(DiskFullError, match=f"no space left on device: {target}") as info:
+        checkpoint_io.atomic_torch_save({"w": torch.ones(100_000)}, target)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+# ------------------------------------------------------------------ SIGTERM
+def test_sigterm_exits_non_zero_with_a_resume_hint(tmp_path):
+    from conftest import TESTS_DIR
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, DYCONV_LOG_DIR=str(tmp_path / "logs"), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "dyconv.train", *QUIET, "trainer.max_epochs=50", "data.splits=[2000,64,64]",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate()
+    assert proc.returncode == 143, out[-3000:]
+    assert "run stopped by SIGTERM at epoch" in out and "ckpt_path=last" in out
+    assert not (run_dir / "metrics.json").exists() and read_completed(run_dir) is None
