@@ -236,3 +236,21 @@ def test_quiet_console_drops_lightning_tips_and_known_noise_only():
         warnings.warn("something dyconv users should see", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something dyconv users should see"]
     logger.filters[:] = before
+
+
+def test_missing_optional_packages_name_the_extra(monkeypatch):
+    import importlib.util
+
+    from dyconv.train import _require_sweeper
+    from dyconv.utils import loggers
+
+    real = importlib.util.find_spec
+    missing = {"wandb", "mlflow", "hydra_plugins.hydra_optuna_sweeper"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'dyconv\[wandb\]'"):
+        loggers.ResumableWandbLogger(save_dir=".")
+    with pytest.raises(ConfigError, match=r"pip install 'dyconv\[mlflow\]'"):
+        loggers.ResumableMLFlowLogger(save_dir=".")
+    with pytest.raises(SystemExit, match=r"pip install 'dyconv\[optuna\]'"):
+        _require_sweeper(["-m", "hparams_search=mnist_offline_optuna"])
+    _require_sweeper(["model=simple_cnn"])  # nothing asked, nothing needed

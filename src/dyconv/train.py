@@ -317,11 +317,22 @@ def _main(cfg: DictConfig) -> Any:
     return run_job(lambda c: objective(c, train(c)), cfg)
 
 
+def _require_sweeper(argv: list[str]) -> None:
+    """``hparams_search=...`` needs Hydra's Optuna sweeper; say how to install it instead of
+    Hydra's "could not override hydra/sweeper" composition error."""
+    import importlib.util
+
+    wanted = any(a.lstrip("+").startswith("hparams_search=") and not a.endswith("=null") for a in argv)
+    if wanted and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        sys.exit("error: hparams_search needs Hydra's Optuna sweeper: pip install 'dyconv[optuna]'")
+
+
 def main() -> None:
     """Console-script entry point (``dyconv-train``)."""
     from dyconv.utils.console import quiet_console
 
     quiet_console()
+    _require_sweeper(sys.argv[1:])
     _main()
 
 

@@ -21,6 +21,15 @@ from lightning.pytorch.utilities import rank_zero_only
 __all__ = ["ResumableCSVLogger", "ResumableMLFlowLogger", "ResumableWandbLogger", "stored_run_id"]
 
 
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        from dyconv.errors import ConfigError
+
+        raise ConfigError(f"logger={extra} needs the {module} package: pip install 'dyconv[{extra}]'")
+
+
 def stored_run_id(path: str | os.PathLike[str]) -> str | None:
     """The run id a previous launch wrote to ``path`` (None on a first launch)."""
     path = Path(path)
@@ -92,6 +101,7 @@ class ResumableWandbLogger(WandbLogger):
     ID_FILE = "wandb_run_id.txt"
 
     def __init__(self, save_dir: str = ".", id: str | None = None, **kwargs: Any) -> None:
+        _require("wandb", "wandb")
         id_file = Path(save_dir) / self.ID_FILE
         run_id = id or stored_run_id(id_file) or uuid.uuid4().hex[:12]
         _store_run_id(id_file, run_id)
@@ -117,6 +127,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
     ID_FILE = "mlflow_run_id.txt"
 
     def __init__(self, save_dir: str = ".", run_id: str | None = None, **kwargs: Any) -> None:
+        _require("mlflow", "mlflow")
         self._id_file = Path(save_dir) / self.ID_FILE
         run_id = run_id or stored_run_id(self._id_file)
         self._continued = run_id is not None
