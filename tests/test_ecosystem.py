@@ -230,7 +230,12 @@ def test_quiet_console_drops_lightning_tips_and_known_noise_only():
                                 "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger", None, None)
         other = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "GPU available: False, used: False",
                                   None, None)
+        litmodels = logger.makeRecord(logger.name, logging.INFO, __file__, 1,
+                                      "💡 Tip: For seamless cloud uploads and versioning, try installing "
+                                      "[litmodels](https://pypi.org/project/litmodels/) to enable "
+                                      "LitModelCheckpoint", None, None)
         assert not logger.filter(tip)
+        assert not logger.filter(litmodels)
         assert logger.filter(other)
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
         warnings.warn("something dyconv users should see", FutureWarning, stacklevel=1)
