@@ -62,6 +62,9 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point (``dyconv-eval``)."""
+    from dyconv.utils.console import quiet_console
+
+    quiet_console()
     require_ckpt_path("python -m dyconv.eval ckpt_path=PATH [split=test|val] [data.root=DIR] [trainer=gpu]")
     _main()
 

@@ -301,6 +301,9 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point."""
+    from dyconv.utils.console import quiet_console
+
+    quiet_console()
     require_ckpt_path("python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N]")
     _main()
 

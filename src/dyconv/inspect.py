@@ -302,6 +302,9 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point."""
+    from dyconv.utils.console import quiet_console
+
+    quiet_console()
     require_ckpt_path("python -m dyconv.inspect ckpt_path=PATH [split=val|test] [output_dir=DIR] [max_batches=N]")
     _main()
 

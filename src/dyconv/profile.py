@@ -325,6 +325,9 @@ def _environment(opts: dict[str, Any], tuned: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m dyconv.profile``."""
+    from dyconv.utils.console import quiet_console
+
+    quiet_console()
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     from dyconv.runtime import tune_malloc

@@ -497,13 +497,42 @@ def require_ckpt_path(usage: str) -> None:
     sys.exit(f"usage: {usage}\n(ckpt_path is required: a checkpoint written by python -m dyconv.train)")
 
 
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | dict[str, float]:
+    """What the Hydra job returns: the metrics dict, or, when the config names an
+    ``optimized_metric`` (``conf/hparams_search/``), that metric as the float a sweeper such as
+    Optuna minimises or maximises."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return metrics
+    if key not in metrics:
+        raise ConfigError(
+            f"optimized_metric={key!r} is not among this run's final metrics ({', '.join(sorted(metrics)) or 'none'}); "
+            "pick one of them (validation must run: no trainer.limit_val_batches=0, train=true)"
+        )
+    return float(metrics[key])
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _main(cfg: DictConfig) -> Any:
-    return run_job(train, cfg)
+    return run_job(lambda c: objective(c, train(c)), cfg)
+
+
+def _require_sweeper(argv: list[str]) -> None:
+    """``hparams_search=...`` needs Hydra's Optuna sweeper; say how to install it instead of
+    Hydra's "could not override hydra/sweeper" composition error."""
+    import importlib.util
+
+    wanted = any(a.lstrip("+").startswith("hparams_search=") and not a.endswith("=null") for a in argv)
+    if wanted and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        sys.exit("error: hparams_search needs Hydra's Optuna sweeper: pip install 'dyconv[optuna]'")
 
 
 def main() -> None:
     """Console-script entry point (``dyconv-train``)."""
+    from dyconv.utils.console import quiet_console
+
+    quiet_console()
+    _require_sweeper(sys.argv[1:])
     _main()
 
 

@@ -1,15 +1,49 @@
-"""A CSV logger that keeps history when a run is resumed."""
+"""Loggers that keep one logged run per run directory, so a resumed run continues it.
+
+``ResumableCSVLogger`` appends to ``metrics.csv``; ``ResumableWandbLogger`` and
+``ResumableMLFlowLogger`` store their run id in the run directory on first launch
+(``wandb_run_id.txt`` / ``mlflow_run_id.txt``) and pass it back on every later launch.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+import uuid
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["ResumableCSVLogger"]
+__all__ = ["ResumableCSVLogger", "ResumableMLFlowLogger", "ResumableWandbLogger", "stored_run_id"]
+
+
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        from dyconv.errors import ConfigError
+
+        raise ConfigError(f"logger={extra} needs the {module} package: pip install 'dyconv[{extra}]'")
+
+
+def stored_run_id(path: str | os.PathLike[str]) -> str | None:
+    """The run id a previous launch wrote to ``path`` (None on a first launch)."""
+    path = Path(path)
+    return path.read_text().strip() or None if path.is_file() else None
+
+
+def _store_run_id(path: str | os.PathLike[str], run_id: str) -> None:
+    if rank_zero_only.rank != 0:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -51,3 +85,70 @@ class ResumableCSVLogger(CSVLogger):
 
     def truncate_after(self, step: int) -> None:
         self.experiment.truncate_after(step)
+
+
+class ResumableWandbLogger(WandbLogger):
+    """``WandbLogger`` whose run id is fixed per run directory: relaunching the same run (e.g. with
+    ``ckpt_path=last``) continues the same W&B run, offline or online.
+
+    Args:
+        save_dir: the run directory; W&B writes ``<save_dir>/wandb/`` and the id goes to
+            ``<save_dir>/wandb_run_id.txt``.
+        id: an explicit run id (wins over the stored one).
+        **kwargs: ``WandbLogger`` / ``wandb.init`` arguments (``project``, ``offline``, ``group``...).
+    """
+
+    ID_FILE = "wandb_run_id.txt"
+
+    def __init__(self, save_dir: str = ".", id: str | None = None, **kwargs: Any) -> None:
+        _require("wandb", "wandb")
+        id_file = Path(save_dir) / self.ID_FILE
+        run_id = id or stored_run_id(id_file) or uuid.uuid4().hex[:12]
+        _store_run_id(id_file, run_id)
+        super().__init__(save_dir=save_dir, id=run_id, **kwargs)
+        self._wandb_init.pop("anonymous", None)  # deprecated in wandb; it warns even when unset
+
+
+class ResumableMLFlowLogger(MLFlowLogger):
+    """``MLFlowLogger`` that continues the MLflow run of its run directory on a relaunch.
+
+    The first launch creates the run and writes its id to ``<save_dir>/mlflow_run_id.txt``;
+    later launches pass it back as ``run_id``. Parameters are immutable in MLflow, so a
+    relaunch only logs parameters the run does not have yet (``ckpt_path=last`` would
+    otherwise be a "changed" parameter).
+
+    Args:
+        save_dir: the run directory (where the id file goes; ``tracking_uri`` decides where
+            MLflow stores the run).
+        run_id: an explicit run id (wins over the stored one).
+        **kwargs: ``MLFlowLogger`` arguments (``experiment_name``, ``run_name``, ``tracking_uri``...).
+    """
+
+    ID_FILE = "mlflow_run_id.txt"
+
+    def __init__(self, save_dir: str = ".", run_id: str | None = None, **kwargs: Any) -> None:
+        _require("mlflow", "mlflow")
+        self._id_file = Path(save_dir) / self.ID_FILE
+        run_id = run_id or stored_run_id(self._id_file)
+        self._continued = run_id is not None
+        super().__init__(save_dir=save_dir, run_id=run_id, **kwargs)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        new = not self._initialized
+        client = super().experiment
+        if new and self._run_id is not None:
+            _store_run_id(self._id_file, self._run_id)
+        return client
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        if self._continued:
+            from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+            logged = self.experiment.get_run(self.run_id).data.params
+            params = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if k not in logged}
+            if not params:
+                return
+        super().log_hyperparams(params)
