@@ -126,6 +126,15 @@ def test_multirun_gives_each_job_its_own_complete_directory(cli, tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert (job / ".hydra" / "config.yaml").is_file()
         assert "test/acc" in _metrics(job)
+    # The sweep's summary lists all four jobs, the failed ones with their error.
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["model"], r["optimizer.lr"], r["status"]) for r in rows) == [
+        ("dy_simple_cnn", "-1", "failed"), ("dy_simple_cnn", "0.05", "completed"),
+        ("simple_cnn", "-1", "failed"), ("simple_cnn", "0.05", "completed")]
+    assert all("optimizer.lr must be > 0" in r["error"] for r in rows if r["status"] == "failed")
+    assert all(float(r["model/params"]) > 0 and float(r["model/gflops"]) > 0 for r in rows if r["status"] == "completed")
+    assert (sweep / "summary.md").is_file()
 
 
 def _classification_model_configs() -> list[str]:

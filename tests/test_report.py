@@ -1,0 +1,117 @@
+"""Sweep summaries and ``dyconv.report`` on a sweep directory laid out as a multirun writes it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from dyconv.report import build_report, main
+from dyconv.sweeps import write_summary
+
+# test/acc per (model, width) over seeds 0, 1, 2
+ACC = {
+    ("resnet10", "0.125"): [0.90, 0.91, 0.92],
+    ("dy_resnet10", "0.125"): [0.93, 0.925, 0.94],
+    ("resnet10", "0.25"): [0.95, 0.952, 0.951],
+    ("dy_resnet10", "0.25"): [0.955, 0.95, 0.96],
+}
+PARAMS = {"resnet10": 1000.0, "dy_resnet10": 4000.0}
+
+
+def _job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: str = "completed",
+         error: str = "") -> None:
+    job = sweep / ",".join(sorted(overrides))
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if status != "incomplete":
+        (job / "job_status.json").write_text(json.dumps({"status": status, "num": num, "overrides": overrides,
+                                                         "error": error}))
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    sweep = tmp_path / "multiruns" / "width_sweep"
+    num = 0
+    for (model, width), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            gflops = float(width) * (1.04 if model.startswith("dy_") else 1.0)
+            _job(sweep, num, [f"model={model}", f"model.width_mult={width}", f"seed={seed}", "experiment=x"],
+                 {"test/acc": acc, "test/loss": 1 - acc, "model/params": PARAMS[model] * float(width) * 8,
+                  "model/gflops": gflops, "time/fit_s": 60.0 * (seed + 1)})
+            num += 1
+    _job(sweep, num, ["model=dy_resnet10", "model.width_mult=0.5", "seed=0", "experiment=x"], None, "failed",
+         "ConfigError: optimizer.lr must be > 0")
+    _job(sweep, num + 1, ["model=resnet10", "model.width_mult=0.5", "seed=0", "experiment=x"], None, "incomplete")
+    return sweep
+
+
+def test_summary_lists_every_job_with_overrides_status_and_metrics(sweep):
+    csv_path, md_path = write_summary(sweep)
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 14
+    assert [r["status"] for r in rows].count("completed") == 12
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert (failed["model"], failed["model.width_mult"]) == ("dy_resnet10", "0.5")
+    assert "lr must be > 0" in failed["error"]
+    assert any(r["status"] == "incomplete" for r in rows)
+    first = rows[0]
+    assert (first["model"], first["seed"], float(first["test/acc"])) == ("resnet10", "0", 0.90)
+    assert float(first["model/params"]) == 1000.0 and float(first["model/gflops"]) == 0.125
+    md = md_path.read_text()
+    assert "14 jobs, 12 completed, 2 failed or incomplete" in md and "lr must be > 0" in md
+
+
+def test_report_groups_over_seeds_and_compares_dynamic_with_static(sweep):
+    result = build_report(sweep)
+    groups = {(g.overrides["model"], g.overrides["model.width_mult"]): g for g in result["groups"]}
+    assert set(groups) == set(ACC)  # failed/incomplete jobs left out
+    for key, accs in ACC.items():
+        g = groups[key]
+        assert g.n == 3 and g.mean == pytest.approx(statistics.fmean(accs))
+        assert g.std == pytest.approx(statistics.stdev(accs))
+    assert result["varying"] == ["model", "model.width_mult"]  # experiment=x is constant: not a group label
+    comparisons = {c.label: c for c in result["comparisons"]}
+    assert set(comparisons) == {"dy_resnet10 - resnet10 (model.width_mult=0.125)",
+                                "dy_resnet10 - resnet10 (model.width_mult=0.25)"}
+    for width in ("0.125", "0.25"):
+        c = comparisons[f"dy_resnet10 - resnet10 (model.width_mult={width})"]
+        dy, st = ACC[("dy_resnet10", width)], ACC[("resnet10", width)]
+        ci = stats.ttest_ind(dy, st, equal_var=False).confidence_interval(0.95)  # independent reference
+        assert c.diff == pytest.approx(statistics.fmean(dy) - statistics.fmean(st))
+        assert (c.low, c.high) == pytest.approx((ci.low, ci.high))
+    text = result["report"].read_text()
+    assert "| model=dy_resnet10 model.width_mult=0.125 | 3 | 93.17 ± 0.76 | 4,000 |" in text
+    assert "+2.17" in text and "failed or incomplete" in text
+    for png in ("accuracy_vs_gflops.png", "accuracy_vs_params.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(sweep / "report.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_report_of_an_ablation_compares_each_value_with_the_first(tmp_path, capsys):
+    sweep = tmp_path / "temperature"
+    arms = {"30.0": [0.91, 0.915, 0.92], "1.0": [0.90, 0.905, 0.897]}
+    num = 0
+    for start, accs in arms.items():
+        for seed, acc in enumerate(accs):
+            _job(sweep, num, ["model=dy_resnet10", f"callbacks.temperature.start={start}", f"seed={seed}"],
+                 {"test/acc": acc})
+            num += 1
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "callbacks.temperature.start=1.0 - callbacks.temperature.start=30.0" in out
+    diff = statistics.fmean(arms["1.0"]) - statistics.fmean(arms["30.0"])
+    assert f"{diff * 100:+.2f}" in out and (tmp_path / "out" / "report.md").is_file()
+
+
+def test_report_refuses_a_directory_without_jobs(tmp_path):
+    with pytest.raises(SystemExit, match="holds no sweep jobs"):
+        build_report(tmp_path)
