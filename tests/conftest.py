@@ -14,9 +14,10 @@ from dyconv.runtime import tune_malloc
 TESTS_DIR = Path(__file__).parent
 
 
-def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
+def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m dyconv.<module> args...`` with logs and data under ``cwd``; returns the result."""
+    """``python -m dyconv.<module> args...`` with logs and data under ``cwd``; returns the result.
+    No timeout of its own: the suite's (pytest-timeout, pyproject.toml) applies."""
     full_env = dict(os.environ)
     full_env.update({
         "DYCONV_LOG_DIR": str(cwd / "logs"),

@@ -49,7 +49,6 @@ def _run(data: str, cwd: Path) -> subprocess.CompletedProcess:
         *extra,
         cwd=cwd,
         env={"OMP_NUM_THREADS": "1"},  # batches of 2 at 32 px: intra-op threads only add synchronisation
-        timeout=120,
         check=False,
     )
 

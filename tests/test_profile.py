@@ -40,7 +40,7 @@ def test_profile_cli_runs_without_lightning(tmp_path):
         f"main(['models=simple_cnn,dy_simple_cnn', 'rounds=1', 'batch=2', 'out={out}']); "
         "assert 'lightning' not in sys.modules and 'hydra' not in sys.modules, 'profile imported lightning/hydra'"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "malloc tuning: on" in res.stdout
     assert "| simple_cnn / dy_simple_cnn | 1x28x28" in res.stdout
@@ -54,7 +54,6 @@ def test_profile_module_entry_point():
         [sys.executable, "-m", "dyconv.profile", "models=dy_simple_cnn", "rounds=1", "batch=2", "--no-tune-malloc"],
         capture_output=True,
         text=True,
-        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     assert "malloc tuning: off" in res.stdout

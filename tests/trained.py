@@ -54,7 +54,7 @@ def make_checkpoint(
     return path
 
 
-def real_run(base: Path, timeout: float = 300) -> Path:
+def real_run(base: Path, timeout: float | None = None) -> Path:
     """A real 1-epoch offline run of the default model (``python -m dyconv.train``, ~10 s), made
     once per ``base`` directory (pass the session's ``tmp_path_factory.getbasetemp()``)."""
     import os
