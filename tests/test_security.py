@@ -389,3 +389,20 @@ def test_extracted_files_have_plain_modes(tmp_path):
     dl.safe_extract(archive, tmp_path / "dest")
     out = tmp_path / "dest" / "s" / "x"
     assert not out.stat().st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH) and out.read_bytes() == b"x"
+
+
+def test_a_checkpoint_never_turns_on_downloads(tmp_path):
+    """A stored data config with download=true is rebuilt with downloads off; only the command
+    line (an override) can turn them on."""
+    from dyconv.utils.rebuild import load_trained_run
+    from trained import make_checkpoint
+
+    target = tmp_path / "victim"
+    ckpt = make_checkpoint(tmp_path / "run.ckpt", ["data=mnist", f"data.root={target}", "data.download=true",
+                                                   "model=simple_cnn"])
+    run = load_trained_run(ckpt)
+    assert run.config["data"]["download"] is True
+    dm = run.datamodule()
+    assert dm.download is False and dm.root == target
+    assert run.datamodule({"download": True}).download is True
+    assert not target.exists()

@@ -41,11 +41,15 @@ class TrainedRun:
 
     def datamodule(self, overrides: Mapping[str, Any] | None = None) -> Any:
         """The run's DataModule, with ``overrides`` (e.g. ``{"root": ...}``) merged in; ``None``
-        values keep the checkpoint's setting (the tools' CLI defaults)."""
+        values keep the checkpoint's setting (the tools' CLI defaults), except ``download``,
+        which is off unless an override turns it on."""
         from hydra.utils import instantiate
 
         kept = {k: v for k, v in (overrides or {}).items() if v is not None}
-        merged = OmegaConf.merge(OmegaConf.create(self.config["data"]), OmegaConf.create(kept))
+        stored = dict(self.config["data"])
+        if "download" in stored:
+            stored["download"] = False  # a checkpoint never makes dyconv fetch or write data; the command line may
+        merged = OmegaConf.merge(OmegaConf.create(stored), OmegaConf.create(kept))
         data_cfg = OmegaConf.to_container(merged, resolve=False)
         check_section("data", data_cfg, self.ckpt_path)  # what gets built is still one of dyconv's datamodules
         return instantiate(data_cfg)
