@@ -229,7 +229,8 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
     ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(ax.lines) <= 12:  # an Optuna search gives one series per trial: no legend then
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     return path
 
