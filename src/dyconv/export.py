@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dyconv.errors import ConfigError, DyconvError
+from dyconv.layers.dynamic_conv import DynamicConv2d, export_batch
 from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
@@ -44,6 +45,27 @@ log = logging.getLogger("dyconv.export")
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 VERIFY_BATCHES = (1, 5)
+
+class _BatchSwitch(nn.Module):
+    """``model`` behind one ``torch.cond`` (ONNX ``If``) on the batch size: batch 1 runs the
+    dynamic layers with aggregated kernels (the method's cost), any other batch their
+    batch-independent form. Both branches share the weights."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.shape[0] == 1, self._single, self._any_batch, (x,))
+
+    def _single(self, x: torch.Tensor) -> torch.Tensor:
+        with export_batch(1):
+            return self.model(x)
+
+    def _any_batch(self, x: torch.Tensor) -> torch.Tensor:
+        with export_batch(0):
+            return self.model(x)
+
 
 class ExportError(DyconvError):
     """The model could not be exported, or the exported file computes something else."""
@@ -99,45 +121,71 @@ def export_model(
     *,
     opset: int | None = None,
     max_batch: int = 1024,
+    batch: int | None = None,
+    fold_bn: bool = True,
 ) -> dict[str, Any]:
-    """Write ``model`` (eval mode) to ``path`` in format ``fmt`` with a dynamic batch dimension
-    (``example`` fixes the other dimensions); returns format details for the metadata."""
+    """Write ``model`` (eval mode) to ``path`` in format ``fmt``; returns format details for the
+    metadata. ``example`` fixes every dimension but the batch.
+
+    ``batch=None``: any batch from 1 to ``max_batch``. A model with dynamic layers is exported
+    behind one ``If`` on the batch size (see :class:`_BatchSwitch`): batch 1 aggregates the
+    kernels (about the static model's cost), other batches take the batch-independent form.
+    ``batch=B``: a graph for exactly B samples (B = 1: the batch-1 graph only, the fastest file
+    for single-image serving; B > 1: per-sample kernels in one grouped conv per layer).
+    ``fold_bn`` folds BatchNorm after dynamic convs into their kernels first (exact algebra,
+    :mod:`dyconv.utils.fold`); ``model`` itself is not changed.
+    """
+    from dyconv.utils.fold import prepare_for_export
+
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dynamic = any(isinstance(m, DynamicConv2d) for m in model.modules())
+    net: nn.Module = prepare_for_export(model, fold_bn=fold_bn) if dynamic and fmt != "torchscript" else model
+    if batch is not None:
+        example = example[:1].expand(batch, *example.shape[1:]).contiguous()
+        dynamic_shapes: Any = None
+    else:
+        if example.shape[0] < 2:  # a batch of 1 would be specialised
+            example = example[:1].expand(2, *example.shape[1:]).contiguous()
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+        if dynamic and fmt != "torchscript":
+            net = _BatchSwitch(net).eval()
     info: dict[str, Any] = {}
     try:
-        if fmt == "onnx":
-            _quiet_onnx_loggers()
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamic_shapes=({0: batch},),
-                dynamo=True,
-                external_data=_onnx_external_data(model),
-                verbose=False,
-            )
-            import onnx
+        with export_batch(batch):
+            if fmt == "onnx":
+                _quiet_onnx_loggers()
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamic_shapes=dynamic_shapes,
+                    dynamo=True,
+                    external_data=_onnx_external_data(model),
+                    verbose=False,
+                )
+                import onnx
 
-            proto = onnx.load(str(path), load_external_data=False)
-            info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        elif fmt == "pt2":
-            with torch.no_grad():
-                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            torch.export.save(program, str(path))
-        else:
-            import warnings
+                proto = onnx.load(str(path), load_external_data=False)
+                info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+            elif fmt == "pt2":
+                with torch.no_grad():
+                    program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes)
+                torch.export.save(program, str(path))
+            else:
+                import warnings
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
-                scripted = torch.jit.script(model)
-            scripted.save(str(path))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+                    scripted = torch.jit.script(net)
+                scripted.save(str(path))
     except (DyconvError, OSError):
         raise
     except Exception as e:
