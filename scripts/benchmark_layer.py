@@ -9,6 +9,7 @@ plus forward FLOPs (torch.utils.flop_counter) and bytes saved for backward.
     python scripts/benchmark_layer.py                 # every shape of the issue
     python scripts/benchmark_layer.py --quick         # fewer rounds
     python scripts/benchmark_layer.py --shapes r18_64@16 mnv2_dw@56 --batch 32
+    python scripts/benchmark_layer.py --device cuda --markdown docs/benchmark_layer_cuda.md   # GPU
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: bool, rounds: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in cands}
     xg = x.detach().requires_grad_(backward)
+    cuda = x.device.type == "cuda"
 
     def step(m: nn.Module) -> None:
         if backward:
@@ -138,6 +140,8 @@ def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: boo
         else:
             with torch.no_grad():
                 m(xg)
+        if cuda:
+            torch.cuda.synchronize()
 
     for m in cands.values():  # warm-up (allocator, oneDNN primitive cache)
         step(m)
@@ -150,6 +154,13 @@ def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: boo
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+DEVICE = torch.device("cpu")
+
+
+def _device_name() -> str:
+    return f"cuda ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="*", help="subset of shape names (default: all)")
@@ -159,9 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the crossover rules differ: cuDNN vs oneDNN)")
     parser.add_argument("--markdown", metavar="PATH", help="also write a compact Markdown summary table to PATH")
     args = parser.parse_args(argv)
-    tuned = False if args.no_tune_malloc else tune_malloc()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda but CUDA is not available")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    tuned = False if args.no_tune_malloc or DEVICE.type != "cpu" else tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 5 if args.quick else args.rounds
@@ -171,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown shape in {args.shapes}; known: {known}")
     torch.manual_seed(0)
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.num_kernels},"
+        f"# torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K={args.num_kernels},"
         f" median of {rounds} interleaved rounds, tune_malloc={tuned}"
     )
     print("# times in ms; (x) = ratio to nn.Conv2d; auto -> the path it chose; best = fastest dynamic path")
@@ -204,7 +220,7 @@ def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds
     cols = sorted({(b, bw) for _, b, bw in results}, key=lambda c: (-c[0], c[1]))
     head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / timm" for b, bw in cols)
     lines = [
-        f"`{cmd}` (torch {torch.__version__}, {torch.get_num_threads()} threads, K=4, median of {rounds}"
+        f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K=4, median of {rounds}"
         f" interleaved rounds, tune_malloc={tuned}). Ratios of time to `nn.Conv2d` on the same input;"
         " the path auto chose in brackets.",
         "",
@@ -231,8 +247,8 @@ def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
 
 
 def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int) -> tuple[str, dict, str]:
-    cands = build_candidates(shape, num_kernels, batch)
-    x = torch.randn(batch, shape.cin, shape.size, shape.size)
+    cands = {k: m.to(DEVICE) for k, m in build_candidates(shape, num_kernels, batch).items()}
+    x = torch.randn(batch, shape.cin, shape.size, shape.size, device=DEVICE)
     t = time_interleaved(cands, x, backward, rounds)
     base = t["conv2d"]
     ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
