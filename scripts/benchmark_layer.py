@@ -220,7 +220,8 @@ def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds
     cols = sorted({(b, bw) for _, b, bw in results}, key=lambda c: (-c[0], c[1]))
     head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / timm" for b, bw in cols)
     lines = [
-        f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K=4, median of {rounds}"
+        f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K=4,"
+        f" median of {rounds}"
         f" interleaved rounds, tune_malloc={tuned}). Ratios of time to `nn.Conv2d` on the same input;"
         " the path auto chose in brackets.",
         "",

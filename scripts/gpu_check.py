@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     step("layer benchmark")
     layer_args = ["--device", device, "--markdown", str(out / f"benchmark_layer_{device}.md")]
-    layer_args += ["--shapes", "r18_512@2", "--batch", "2", "1", "--rounds", "1"] if args.dry_run else ["--rounds", "10"]
+    dry_layer = ["--shapes", "r18_512@2", "--batch", "2", "1", "--rounds", "1"]
+    layer_args += dry_layer if args.dry_run else ["--rounds", "10"]
     _script("benchmark_layer").main(layer_args)
 
     from dyconv.profile import main as profile_main

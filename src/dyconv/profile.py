@@ -334,7 +334,8 @@ def _environment(opts: dict[str, Any], tuned: bool) -> str:
         dev = f"cuda ({torch.cuda.get_device_name()})"
     return (
         f"torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads, CPU {cpu} "
-        f"({os.cpu_count()} cores), malloc tuning {'on' if tuned else 'off'}, {opts['dtype']}, {opts['stat']} of {opts['rounds']} rounds"
+        f"({os.cpu_count()} cores), malloc tuning {'on' if tuned else 'off'}, {opts['dtype']},"
+        f" {opts['stat']} of {opts['rounds']} rounds"
     )
 
 
