@@ -108,6 +108,16 @@ def build_candidates(shape: Shape, num_kernels: int, batch: int) -> dict[str, nn
     return cands
 
 
+def memory_floor(shape: Shape, num_kernels: int, batch: int) -> float:
+    """Least dynamic / static time ratio a memory-bound layer can reach: bytes it must move
+    (K kernels, input, output) over those of nn.Conv2d (one kernel). Near 1 where the
+    activations dominate; near K on weight-bound layers (small maps, many channels) at batch 1."""
+    weight = shape.cout * shape.cin // shape.groups * shape.kernel**2
+    ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
+    acts = batch * (shape.cin * shape.size**2 + shape.cout * ho * ho)
+    return (num_kernels * weight + acts) / (weight + acts)
+
+
 def fwd_flops(module: nn.Module, x: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         module(x)
@@ -210,23 +220,29 @@ def main(argv: list[str] | None = None) -> None:
                 results[(shape.name, batch, backward)] = (t, chosen)
                 print(line, flush=True)
     if args.markdown:
-        Path(args.markdown).write_text(_markdown(shapes, results, argv, rounds, tuned))
+        Path(args.markdown).write_text(_markdown(shapes, results, argv, rounds, tuned, args.num_kernels))
         print(f"\nwrote {args.markdown}")
 
 
-def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds: int, tuned: bool) -> str:
+def _markdown(
+    shapes: list[Shape], results: dict, argv: list[str] | None, rounds: int, tuned: bool, num_kernels: int = 4
+) -> str:
     """Ratios to nn.Conv2d per shape: auto (and its path), timm's CondConv2d, per batch/mode."""
     cmd = " ".join(["python scripts/benchmark_layer.py", *(argv if argv is not None else sys.argv[1:])])
     cols = sorted({(b, bw) for _, b, bw in results}, key=lambda c: (-c[0], c[1]))
     head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / timm" for b, bw in cols)
+    floors = sorted({b for _, b, bw in results if not bw})
+    head += "".join(f" | b{b} fwd: memory floor / auto to floor" for b in floors)
     lines = [
-        f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K=4,"
+        f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K={num_kernels},"
         f" median of {rounds}"
         f" interleaved rounds, tune_malloc={tuned}). Ratios of time to `nn.Conv2d` on the same input;"
-        " the path auto chose in brackets.",
+        " the path auto chose in brackets. Memory floor: bytes of K kernels + activations over those of one"
+        " kernel + activations (what a layer that must read K kernels cannot beat); auto to floor: auto's ratio"
+        " over it, the gap to what is possible.",
         "",
         f"| shape (Cin>Cout, /stride, @input) | {head} |",
-        "| --- |" + " ---: |" * len(cols),
+        "| --- |" + " ---: |" * (len(cols) + len(floors)),
     ]
     for shape in shapes:
         cells = []
@@ -237,6 +253,13 @@ def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds
             t, chosen = results[(shape.name, b, bw)]
             timm = f"{t['timm_condconv'] / t['conv2d']:.1f}x" if "timm_condconv" in t else "-"
             cells.append(f"{t['auto'] / t['conv2d']:.2f}x ({chosen}) / {timm}")
+        for b in floors:
+            if (shape.name, b, False) not in results:
+                cells.append("")
+                continue
+            t, _ = results[(shape.name, b, False)]
+            floor = memory_floor(shape, num_kernels, b)
+            cells.append(f"{floor:.2f}x / {t['auto'] / t['conv2d'] / floor:.2f}")
         lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
