@@ -4,13 +4,18 @@
     python -m dyconv.export ckpt_path=... format=pt2                 # torch.export (ExportedProgram)
     python -m dyconv.export ckpt_path=... format=onnx output=/srv/models/dy.onnx opset=18
 
+    python -m dyconv.export ckpt_path=... batch=1                    # batch-1-only graph (single-image serving)
+
 The network (any registered architecture) is rebuilt from the checkpoint, put in eval mode and
-exported with a dynamic batch dimension; the input shape ``(batch, in_channels, image_size,
-image_size)`` comes from the checkpoint's data config (``image_size=`` overrides it). Dynamic
-layers take their batch-independent export path (see ``DynamicConv2d._resolve_path``), so one
-graph serves every batch size. After writing, the file is loaded back (onnxruntime /
-``torch.export.load`` / ``torch.jit.load``) and its outputs are compared with PyTorch's at batch
-1 and 5; the export fails if they differ beyond ``atol + rtol * |expected|``.
+exported with a dynamic batch dimension (or ``batch=B``: a fixed one); the input shape
+``(batch, in_channels, image_size, image_size)`` comes from the checkpoint's data config
+(``image_size=`` overrides it). BatchNorm after dynamic convs is folded into their K kernels
+(``fold_bn=false`` keeps it). A model with dynamic layers is exported behind one ``If`` on the
+batch size: batch 1 aggregates each layer's kernels and runs one conv (the method's cost), other
+batches run the batch-independent form (see :func:`export_model`). After writing, the file is
+loaded back (onnxruntime / ``torch.export.load`` / ``torch.jit.load``) and its outputs are
+compared with PyTorch's at batch 1 and 5 (at ``B`` for a fixed batch); the export fails if they
+differ beyond ``atol + rtol * |expected|``.
 
 Next to the model (``<run dir>/export/model.<ext>`` by default) goes ``model.<ext>.json``: input name
 and shape, normalisation, class count, opset, versions and the measured differences.
@@ -261,8 +266,11 @@ def export_checkpoint(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     max_batch: int = 1024,
+    batch: int | None = None,
+    fold_bn: bool = True,
 ) -> dict[str, Any]:
-    """Export a checkpoint's network; returns the metadata also written to ``<output>.json``."""
+    """Export a checkpoint's network (``batch``: None for any batch, or a fixed batch size, see
+    :func:`export_model`); returns the metadata also written to ``<output>.json``."""
     import dyconv
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
@@ -279,10 +287,11 @@ def export_checkpoint(
     path = path.expanduser().absolute()
     example = torch.randn(2, channels, h, w)  # batch 2: a batch of 1 would be specialised
     log.info("Exporting %s (%s) to %s", run.config.get("model", {}).get("name"), fmt, path)
-    if max_batch < 2:
+    if max_batch < 2 and batch is None:
         raise ConfigError(f"max_batch must be >= 2 (the batch dimension is dynamic), got {max_batch}")
-    info = export_model(model, example, path, fmt, opset=opset, max_batch=max_batch)
-    diffs = verify_export(model, path, fmt, (channels, h, w), rtol=rtol, atol=atol) if verify else {}
+    info = export_model(model, example, path, fmt, opset=opset, max_batch=max_batch, batch=batch, fold_bn=fold_bn)
+    batches = VERIFY_BATCHES if batch is None else (batch,)
+    diffs = verify_export(model, path, fmt, (channels, h, w), batches=batches, rtol=rtol, atol=atol) if verify else {}
 
     segmentation = str(run.config.get("task", {}).get("_target_", "")).endswith("SegmentationTask")
     num_classes = int(data.get("num_classes") or 0) or None
@@ -292,11 +301,11 @@ def export_checkpoint(
         "checkpoint": str(run.ckpt_path),
         "model": run.config.get("model", {}).get("name"),
         "task": "segmentation" if segmentation else "classification",
-        "input": {"name": INPUT_NAME, "shape": ["batch", channels, h, w], "dtype": "float32"},
-        "max_batch": max_batch,
+        "input": {"name": INPUT_NAME, "shape": [batch or "batch", channels, h, w], "dtype": "float32"},
+        "max_batch": batch or max_batch,
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch", num_classes, h, w] if segmentation else ["batch", num_classes],
+            "shape": [batch or "batch", num_classes, h, w] if segmentation else [batch or "batch", num_classes],
         },
         "num_classes": num_classes,
         "normalization": normalization_of(data),
@@ -326,6 +335,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         rtol=float(cfg.rtol),
         atol=float(cfg.atol),
         max_batch=int(cfg.max_batch),
+        batch=None if cfg.get("batch") is None else int(cfg.batch),
+        fold_bn=bool(cfg.get("fold_bn", True)),
     )
     shape = "x".join(str(s) for s in meta["input"]["shape"])
     lines = [f"Exported {meta['model']} ({fmt}) to {meta['path']}", f"Input '{INPUT_NAME}': {shape} float32"]
@@ -349,7 +360,9 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point."""
-    require_ckpt_path("python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N]")
+    require_ckpt_path(
+        "python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N] [batch=B]"
+    )
     _main()
 
 
