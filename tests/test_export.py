@@ -115,6 +115,8 @@ def test_fold_batchnorm_and_temperature_are_exact():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert folded[6].bias is not None and net[6].bias is None
+    # A bias-free conv gets K equal biases: exported graphs use them as one constant.
+    torch.testing.assert_close(folded[6]._shared_bias, folded[6].bias[2], rtol=0, atol=0)
     assert all(float(m.temperature) == 1.0 for m in folded.modules() if isinstance(m, DynamicConv2d))
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():

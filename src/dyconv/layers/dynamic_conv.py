@@ -483,16 +483,25 @@ class DynamicConv2d(nn.Module):
         # pi[0], not pi: inside torch.cond the batch is still symbolic, the kernel must not be.
         k = self.num_kernels
         weight = torch.matmul(pi[0], self.weight.reshape(k, -1)).reshape(self.weight.shape[1:])
-        bias = self.bias
-        mixed_bias: Optional[Tensor] = None if bias is None else torch.matmul(pi[0], bias)
+        mixed_bias = self._export_bias(pi[0])
         return self._conv(x, weight, mixed_bias, self.groups)
+
+    def _export_bias(self, pi: Tensor) -> Optional[Tensor]:
+        """The mixed bias for attention ``pi`` (``(K,)`` or ``(B, K)``); a constant when the K
+        biases are equal (``dyconv.utils.fold`` folding BatchNorm into a bias-free conv)."""
+        shared: Optional[Tensor] = getattr(self, "_shared_bias", None)
+        if shared is not None:
+            return shared if pi.dim() == 1 else shared.repeat(pi.shape[0])
+        bias = self.bias
+        if bias is None:
+            return None
+        return torch.matmul(pi, bias).reshape(-1)
 
     def _forward_fixed_batch(self, x: Tensor, pi: Tensor, batch: int) -> Tensor:
         """A graph for exactly ``batch`` samples: per-sample kernels in one grouped conv."""
         k, cout = self.num_kernels, self.out_channels
         weight = torch.mm(pi, self.weight.reshape(k, -1)).reshape((batch * cout,) + self.weight.shape[2:])
-        bias = self.bias
-        mixed_bias: Optional[Tensor] = None if bias is None else torch.mm(pi, bias).reshape(batch * cout)
+        mixed_bias = self._export_bias(pi)
         y = self._conv(x.reshape((1, batch * self.in_channels) + x.shape[2:]), weight, mixed_bias, batch * self.groups)
         return y.reshape((batch, cout) + y.shape[2:])
 

@@ -71,8 +71,12 @@ def _fold_one(conv: DynamicConv2d, bn: nn.BatchNorm2d) -> None:
         shift = shift + bn.bias
     conv.weight.mul_(scale.to(conv.weight.dtype).reshape(1, -1, 1, 1, 1))
     if conv.bias is None:
-        conv.bias = nn.Parameter(torch.zeros(conv.num_kernels, conv.out_channels, dtype=conv.weight.dtype,
-                                             device=conv.weight.device))
+        # Every kernel gets the same bias ``shift``, so the mixed bias is ``shift`` itself: the
+        # exported graph uses it as a constant instead of aggregating K equal vectors.
+        shift = shift.to(conv.weight.dtype)
+        conv.bias = nn.Parameter(shift.expand(conv.num_kernels, -1).clone())
+        conv.register_buffer("_shared_bias", shift.clone())
+        return
     conv.bias.mul_(scale.to(conv.bias.dtype)).add_(shift.to(conv.bias.dtype))
 
 
