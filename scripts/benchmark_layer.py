@@ -9,6 +9,7 @@ plus forward FLOPs (torch.utils.flop_counter) and bytes saved for backward.
     python scripts/benchmark_layer.py                 # every shape of the issue
     python scripts/benchmark_layer.py --quick         # fewer rounds
     python scripts/benchmark_layer.py --shapes r18_64@16 mnv2_dw@56 --batch 32
+    python scripts/benchmark_layer.py --device cuda --markdown docs/benchmark_layer_cuda.md   # GPU
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ def build_candidates(shape: Shape, num_kernels: int, batch: int) -> dict[str, nn
     return cands
 
 
+def memory_floor(shape: Shape, num_kernels: int, batch: int) -> float:
+    """Least dynamic / static time ratio a memory-bound layer can reach: bytes it must move
+    (K kernels, input, output) over those of nn.Conv2d (one kernel). Near 1 where the
+    activations dominate; near K on weight-bound layers (small maps, many channels) at batch 1."""
+    weight = shape.cout * shape.cin // shape.groups * shape.kernel**2
+    ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
+    acts = batch * (shape.cin * shape.size**2 + shape.cout * ho * ho)
+    return (num_kernels * weight + acts) / (weight + acts)
+
+
 def fwd_flops(module: nn.Module, x: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         module(x)
@@ -131,6 +142,7 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: bool, rounds: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in cands}
     xg = x.detach().requires_grad_(backward)
+    cuda = x.device.type == "cuda"
 
     def step(m: nn.Module) -> None:
         if backward:
@@ -138,6 +150,8 @@ def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: boo
         else:
             with torch.no_grad():
                 m(xg)
+        if cuda:
+            torch.cuda.synchronize()
 
     for m in cands.values():  # warm-up (allocator, oneDNN primitive cache)
         step(m)
@@ -150,6 +164,13 @@ def time_interleaved(cands: dict[str, nn.Module], x: torch.Tensor, backward: boo
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+DEVICE = torch.device("cpu")
+
+
+def _device_name() -> str:
+    return f"cuda ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="*", help="subset of shape names (default: all)")
@@ -159,9 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the crossover rules differ: cuDNN vs oneDNN)")
     parser.add_argument("--markdown", metavar="PATH", help="also write a compact Markdown summary table to PATH")
     args = parser.parse_args(argv)
-    tuned = False if args.no_tune_malloc else tune_malloc()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda but CUDA is not available")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    tuned = False if args.no_tune_malloc or DEVICE.type != "cpu" else tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 5 if args.quick else args.rounds
@@ -171,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown shape in {args.shapes}; known: {known}")
     torch.manual_seed(0)
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.num_kernels},"
+        f"# torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K={args.num_kernels},"
         f" median of {rounds} interleaved rounds, tune_malloc={tuned}"
     )
     print("# times in ms; (x) = ratio to nn.Conv2d; auto -> the path it chose; best = fastest dynamic path")
@@ -194,22 +220,29 @@ def main(argv: list[str] | None = None) -> None:
                 results[(shape.name, batch, backward)] = (t, chosen)
                 print(line, flush=True)
     if args.markdown:
-        Path(args.markdown).write_text(_markdown(shapes, results, argv, rounds, tuned))
+        Path(args.markdown).write_text(_markdown(shapes, results, argv, rounds, tuned, args.num_kernels))
         print(f"\nwrote {args.markdown}")
 
 
-def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds: int, tuned: bool) -> str:
+def _markdown(
+    shapes: list[Shape], results: dict, argv: list[str] | None, rounds: int, tuned: bool, num_kernels: int = 4
+) -> str:
     """Ratios to nn.Conv2d per shape: auto (and its path), timm's CondConv2d, per batch/mode."""
     cmd = " ".join(["python scripts/benchmark_layer.py", *(argv if argv is not None else sys.argv[1:])])
     cols = sorted({(b, bw) for _, b, bw in results}, key=lambda c: (-c[0], c[1]))
     head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / timm" for b, bw in cols)
+    floors = sorted({b for _, b, bw in results if not bw})
+    head += "".join(f" | b{b} fwd: memory floor / auto to floor" for b in floors)
     lines = [
-        f"`{cmd}` (torch {torch.__version__}, {torch.get_num_threads()} threads, K=4, median of {rounds}"
+        f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K={num_kernels},"
+        f" median of {rounds}"
         f" interleaved rounds, tune_malloc={tuned}). Ratios of time to `nn.Conv2d` on the same input;"
-        " the path auto chose in brackets.",
+        " the path auto chose in brackets. Memory floor: bytes of K kernels + activations over those of one"
+        " kernel + activations (what a layer that must read K kernels cannot beat); auto to floor: auto's ratio"
+        " over it, the gap to what is possible.",
         "",
         f"| shape (Cin>Cout, /stride, @input) | {head} |",
-        "| --- |" + " ---: |" * len(cols),
+        "| --- |" + " ---: |" * (len(cols) + len(floors)),
     ]
     for shape in shapes:
         cells = []
@@ -220,6 +253,13 @@ def _markdown(shapes: list[Shape], results: dict, argv: list[str] | None, rounds
             t, chosen = results[(shape.name, b, bw)]
             timm = f"{t['timm_condconv'] / t['conv2d']:.1f}x" if "timm_condconv" in t else "-"
             cells.append(f"{t['auto'] / t['conv2d']:.2f}x ({chosen}) / {timm}")
+        for b in floors:
+            if (shape.name, b, False) not in results:
+                cells.append("")
+                continue
+            t, _ = results[(shape.name, b, False)]
+            floor = memory_floor(shape, num_kernels, b)
+            cells.append(f"{floor:.2f}x / {t['auto'] / t['conv2d'] / floor:.2f}")
         lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -231,8 +271,8 @@ def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
 
 
 def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int) -> tuple[str, dict, str]:
-    cands = build_candidates(shape, num_kernels, batch)
-    x = torch.randn(batch, shape.cin, shape.size, shape.size)
+    cands = {k: m.to(DEVICE) for k, m in build_candidates(shape, num_kernels, batch).items()}
+    x = torch.randn(batch, shape.cin, shape.size, shape.size, device=DEVICE)
     t = time_interleaved(cands, x, backward, rounds)
     base = t["conv2d"]
     ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1

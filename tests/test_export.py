@@ -88,3 +88,76 @@ def test_torch_compile_matches_eager_and_temperature_change_does_not_recompile()
     torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert layer.weight.grad is not None
+
+
+def _bn_net() -> nn.Module:
+    """_net() with BatchNorm statistics that matter, and a BN after a bias-free dynamic conv."""
+    net = _net()
+    net.insert(7, nn.BatchNorm2d(16))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0, 0.5, generator=gen)
+                m.running_mean.normal_(0, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+    return net.eval()
+
+
+def test_fold_batchnorm_and_temperature_are_exact():
+    from dyconv.utils.fold import prepare_for_export
+
+    net = _bn_net()
+    set_temperature(net, 7.0)
+    folded = prepare_for_export(net)
+    # Both BNs follow a dynamic conv (one with a bias, one without) and are gone.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert folded[6].bias is not None and net[6].bias is None
+    # A bias-free conv gets K equal biases: exported graphs use them as one constant.
+    torch.testing.assert_close(folded[6]._shared_bias, folded[6].bias[2], rtol=0, atol=0)
+    assert all(float(m.temperature) == 1.0 for m in folded.modules() if isinstance(m, DynamicConv2d))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        assert expected.abs().max() > 0.1
+        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_model_onnx_batch1_branch_and_fixed_batches(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dyconv.export import export_model
+
+    net = _bn_net()
+    example = torch.randn(2, 3, 16, 16)
+    files = {}
+    for batch in (None, 1, 3):
+        files[batch] = tmp_path / f"net_{batch}.onnx"
+        export_model(net, example, files[batch], "onnx", batch=batch)
+    # The any-batch file: one If on the batch size around the whole model.
+    ops = [n.op_type for n in onnx.load(str(files[None])).graph.node]
+    assert ops.count("If") == 1
+    assert "If" not in [n.op_type for n in onnx.load(str(files[1])).graph.node]
+    for batch, sizes in ((None, (1, 5, 2)), (1, (1,)), (3, (3,))):
+        sess = ort.InferenceSession(str(files[batch]), providers=["CPUExecutionProvider"])
+        shape = sess.get_inputs()[0].shape
+        assert shape[0] == batch if batch else not isinstance(shape[0], int)
+        for b in sizes:
+            x = torch.randn(b, 3, 16, 16)
+            (out,) = sess.run(None, {"image": x.numpy()})
+            with torch.no_grad():
+                torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-4, msg=f"{batch}/{b}")
+
+
+def test_export_model_pt2_any_batch(tmp_path):
+    from dyconv.export import export_model
+
+    net = _bn_net()
+    export_model(net, torch.randn(2, 3, 16, 16), tmp_path / "net.pt2", "pt2")
+    program = torch.export.load(str(tmp_path / "net.pt2")).module()
+    for b in (1, 5):
+        x = torch.randn(b, 3, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), net(x), rtol=1e-5, atol=1e-5)

@@ -137,3 +137,25 @@ def test_torchscript_best_effort_and_bad_arguments(tmp_path):
         export_checkpoint(ckpt, "tflite")
     with pytest.raises(ConfigError, match="opset applies to format=onnx only"):
         export_checkpoint(ckpt, "pt2", opset=17)
+
+
+def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path):
+    """dy_mobilenetv2 (depthwise and 1x1 dynamic convs, BatchNorm folded): the default file is
+    right at batch 1 and 5, a ``batch=1`` file at batch 1 with a fixed input shape."""
+    import onnx
+
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", ["model=dy_mobilenetv2", *RGB32], _randomise)
+    model = load_trained_run(ckpt).model
+    shape = (3, 32, 32)
+    meta = export_checkpoint(ckpt, "onnx")
+    _check_onnx(Path(meta["path"]), model, shape)
+    assert [n.op_type for n in onnx.load(meta["path"]).graph.node].count("If") == 1
+    fixed = export_checkpoint(ckpt, "onnx", tmp_path / "b1.onnx", batch=1)
+    assert fixed["input"]["shape"] == [1, 3, 32, 32] and set(fixed["verified_max_abs_diff"]) == {"1"}
+    session = ort.InferenceSession(fixed["path"], providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 32, 32]
+    x = _inputs(shape)[1]
+    with torch.no_grad():
+        expected = model(x)
+    (out,) = session.run(None, {"image": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4)

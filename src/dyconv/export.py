@@ -4,13 +4,18 @@
     python -m dyconv.export ckpt_path=... format=pt2                 # torch.export (ExportedProgram)
     python -m dyconv.export ckpt_path=... format=onnx output=/srv/models/dy.onnx opset=18
 
+    python -m dyconv.export ckpt_path=... batch=1                    # batch-1-only graph (single-image serving)
+
 The network (any registered architecture) is rebuilt from the checkpoint, put in eval mode and
-exported with a dynamic batch dimension; the input shape ``(batch, in_channels, image_size,
-image_size)`` comes from the checkpoint's data config (``image_size=`` overrides it). Dynamic
-layers take their batch-independent export path (see ``DynamicConv2d._resolve_path``), so one
-graph serves every batch size. After writing, the file is loaded back (onnxruntime /
-``torch.export.load`` / ``torch.jit.load``) and its outputs are compared with PyTorch's at batch
-1 and 5; the export fails if they differ beyond ``atol + rtol * |expected|``.
+exported with a dynamic batch dimension (or ``batch=B``: a fixed one); the input shape
+``(batch, in_channels, image_size, image_size)`` comes from the checkpoint's data config
+(``image_size=`` overrides it). BatchNorm after dynamic convs is folded into their K kernels
+(``fold_bn=false`` keeps it). A model with dynamic layers is exported behind one ``If`` on the
+batch size: batch 1 aggregates each layer's kernels and runs one conv (the method's cost), other
+batches run the batch-independent form (see :func:`export_model`). After writing, the file is
+loaded back (onnxruntime / ``torch.export.load`` / ``torch.jit.load``) and its outputs are
+compared with PyTorch's at batch 1 and 5 (at ``B`` for a fixed batch); the export fails if they
+differ beyond ``atol + rtol * |expected|``.
 
 Next to the model (``<run dir>/export/model.<ext>`` by default) goes ``model.<ext>.json``: input name
 and shape, normalisation, class count, opset, versions and the measured differences.
@@ -34,6 +39,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dyconv.errors import ConfigError, DyconvError
+from dyconv.layers.dynamic_conv import DynamicConv2d, export_batch
 from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
@@ -44,6 +50,27 @@ log = logging.getLogger("dyconv.export")
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 VERIFY_BATCHES = (1, 5)
+
+class _BatchSwitch(nn.Module):
+    """``model`` behind one ``torch.cond`` (ONNX ``If``) on the batch size: batch 1 runs the
+    dynamic layers with aggregated kernels (the method's cost), any other batch their
+    batch-independent form. Both branches share the weights."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.shape[0] == 1, self._single, self._any_batch, (x,))
+
+    def _single(self, x: torch.Tensor) -> torch.Tensor:
+        with export_batch(1):
+            return self.model(x)
+
+    def _any_batch(self, x: torch.Tensor) -> torch.Tensor:
+        with export_batch(0):
+            return self.model(x)
+
 
 class ExportError(DyconvError):
     """The model could not be exported, or the exported file computes something else."""
@@ -99,45 +126,71 @@ def export_model(
     *,
     opset: int | None = None,
     max_batch: int = 1024,
+    batch: int | None = None,
+    fold_bn: bool = True,
 ) -> dict[str, Any]:
-    """Write ``model`` (eval mode) to ``path`` in format ``fmt`` with a dynamic batch dimension
-    (``example`` fixes the other dimensions); returns format details for the metadata."""
+    """Write ``model`` (eval mode) to ``path`` in format ``fmt``; returns format details for the
+    metadata. ``example`` fixes every dimension but the batch.
+
+    ``batch=None``: any batch from 1 to ``max_batch``. A model with dynamic layers is exported
+    behind one ``If`` on the batch size (see :class:`_BatchSwitch`): batch 1 aggregates the
+    kernels (about the static model's cost), other batches take the batch-independent form.
+    ``batch=B``: a graph for exactly B samples (B = 1: the batch-1 graph only, the fastest file
+    for single-image serving; B > 1: per-sample kernels in one grouped conv per layer).
+    ``fold_bn`` folds BatchNorm after dynamic convs into their kernels first (exact algebra,
+    :mod:`dyconv.utils.fold`); ``model`` itself is not changed.
+    """
+    from dyconv.utils.fold import prepare_for_export
+
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dynamic = any(isinstance(m, DynamicConv2d) for m in model.modules())
+    net: nn.Module = prepare_for_export(model, fold_bn=fold_bn) if dynamic and fmt != "torchscript" else model
+    if batch is not None:
+        example = example[:1].expand(batch, *example.shape[1:]).contiguous()
+        dynamic_shapes: Any = None
+    else:
+        if example.shape[0] < 2:  # a batch of 1 would be specialised
+            example = example[:1].expand(2, *example.shape[1:]).contiguous()
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+        if dynamic and fmt != "torchscript":
+            net = _BatchSwitch(net).eval()
     info: dict[str, Any] = {}
     try:
-        if fmt == "onnx":
-            _quiet_onnx_loggers()
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamic_shapes=({0: batch},),
-                dynamo=True,
-                external_data=_onnx_external_data(model),
-                verbose=False,
-            )
-            import onnx
+        with export_batch(batch):
+            if fmt == "onnx":
+                _quiet_onnx_loggers()
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamic_shapes=dynamic_shapes,
+                    dynamo=True,
+                    external_data=_onnx_external_data(model),
+                    verbose=False,
+                )
+                import onnx
 
-            proto = onnx.load(str(path), load_external_data=False)
-            info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        elif fmt == "pt2":
-            with torch.no_grad():
-                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            torch.export.save(program, str(path))
-        else:
-            import warnings
+                proto = onnx.load(str(path), load_external_data=False)
+                info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+            elif fmt == "pt2":
+                with torch.no_grad():
+                    program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes)
+                torch.export.save(program, str(path))
+            else:
+                import warnings
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
-                scripted = torch.jit.script(model)
-            scripted.save(str(path))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+                    scripted = torch.jit.script(net)
+                scripted.save(str(path))
     except (DyconvError, OSError):
         raise
     except Exception as e:
@@ -213,8 +266,11 @@ def export_checkpoint(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     max_batch: int = 1024,
+    batch: int | None = None,
+    fold_bn: bool = True,
 ) -> dict[str, Any]:
-    """Export a checkpoint's network; returns the metadata also written to ``<output>.json``."""
+    """Export a checkpoint's network (``batch``: None for any batch, or a fixed batch size, see
+    :func:`export_model`); returns the metadata also written to ``<output>.json``."""
     import dyconv
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
@@ -231,10 +287,11 @@ def export_checkpoint(
     path = path.expanduser().absolute()
     example = torch.randn(2, channels, h, w)  # batch 2: a batch of 1 would be specialised
     log.info("Exporting %s (%s) to %s", run.config.get("model", {}).get("name"), fmt, path)
-    if max_batch < 2:
+    if max_batch < 2 and batch is None:
         raise ConfigError(f"max_batch must be >= 2 (the batch dimension is dynamic), got {max_batch}")
-    info = export_model(model, example, path, fmt, opset=opset, max_batch=max_batch)
-    diffs = verify_export(model, path, fmt, (channels, h, w), rtol=rtol, atol=atol) if verify else {}
+    info = export_model(model, example, path, fmt, opset=opset, max_batch=max_batch, batch=batch, fold_bn=fold_bn)
+    batches = VERIFY_BATCHES if batch is None else (batch,)
+    diffs = verify_export(model, path, fmt, (channels, h, w), batches=batches, rtol=rtol, atol=atol) if verify else {}
 
     segmentation = str(run.config.get("task", {}).get("_target_", "")).endswith("SegmentationTask")
     num_classes = int(data.get("num_classes") or 0) or None
@@ -244,11 +301,11 @@ def export_checkpoint(
         "checkpoint": str(run.ckpt_path),
         "model": run.config.get("model", {}).get("name"),
         "task": "segmentation" if segmentation else "classification",
-        "input": {"name": INPUT_NAME, "shape": ["batch", channels, h, w], "dtype": "float32"},
-        "max_batch": max_batch,
+        "input": {"name": INPUT_NAME, "shape": [batch or "batch", channels, h, w], "dtype": "float32"},
+        "max_batch": batch or max_batch,
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch", num_classes, h, w] if segmentation else ["batch", num_classes],
+            "shape": [batch or "batch", num_classes, h, w] if segmentation else [batch or "batch", num_classes],
         },
         "num_classes": num_classes,
         "normalization": normalization_of(data),
@@ -278,6 +335,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         rtol=float(cfg.rtol),
         atol=float(cfg.atol),
         max_batch=int(cfg.max_batch),
+        batch=None if cfg.get("batch") is None else int(cfg.batch),
+        fold_bn=bool(cfg.get("fold_bn", True)),
     )
     shape = "x".join(str(s) for s in meta["input"]["shape"])
     lines = [f"Exported {meta['model']} ({fmt}) to {meta['path']}", f"Input '{INPUT_NAME}': {shape} float32"]
@@ -304,7 +363,9 @@ def main() -> None:
     from dyconv.utils.console import quiet_console
 
     quiet_console()
-    require_ckpt_path("python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N]")
+    require_ckpt_path(
+        "python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N] [batch=B]"
+    )
     _main()
 
 

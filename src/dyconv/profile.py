@@ -7,7 +7,8 @@
 Options (``key=value``): ``models`` (comma-separated names; a static or ``dy_`` name brings its
 twin along), ``batch`` (training-step batch; default 32, 8 for DeepLabV3+), ``rounds`` (timed
 rounds; default 5), ``threads`` (``torch.set_num_threads``), ``device``
-(``cpu`` or ``cuda``), ``size`` (override every input side), ``stat`` (``median``, default, or
+(``cpu`` or ``cuda``), ``dtype`` (``fp32``, default, or ``bf16``: autocast for the forward
+passes), ``size`` (override every input side), ``stat`` (``median``, default, or
 ``min``: the least disturbed round on a shared machine), ``tune_malloc`` (default true;
 ``--no-tune-malloc`` also turns it off, see :mod:`dyconv.runtime`), ``out`` (also write the
 table, with the command, to this Markdown file).
@@ -76,7 +77,10 @@ DEFAULTS: dict[str, Any] = {
     "tune_malloc": True,
     "out": None,
     "stat": "median",
+    "dtype": "fp32",
 }
+#: ``dtype=`` option -> autocast dtype (None: plain float32)
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def _bool(value: str) -> bool:
@@ -113,6 +117,10 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         elif key == "stat":
             if value not in STATS:
                 raise SystemExit(f"dyconv.profile: stat must be one of {sorted(STATS)}, got {value!r}")
+            opts[key] = value
+        elif key == "dtype":
+            if value not in DTYPES:
+                raise SystemExit(f"dyconv.profile: dtype must be one of {sorted(DTYPES)}, got {value!r}")
             opts[key] = value
         elif key == "device":
             if value not in ("cpu", "cuda"):
@@ -166,16 +174,21 @@ class _Bench:
     latency: list[float] = field(default_factory=list)
     train: list[float] = field(default_factory=list)
     reps: int = 1
+    amp: torch.dtype | None = None  # autocast dtype (bf16), None: float32
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.x1.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def forward_b1(self) -> None:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             self.model(self.x1)
 
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.xb), self.target)
+        with self._autocast():
+            loss = F.cross_entropy(self.model(self.xb), self.target)
         loss.backward()
         self.optimizer.step()
 
@@ -212,6 +225,7 @@ def profile_models(
     device: str = "cpu",
     size: int | None = None,
     stat: str = "median",
+    dtype: str = "fp32",
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Profile ``models`` (default: every registered one) in static/dynamic pairs.
@@ -235,6 +249,7 @@ def profile_models(
         for name in members:
             log(f"building {name}")
             benches.append(_build(name, spec, b, size, dev))
+            benches[-1].amp = DTYPES[dtype]
         for bench in benches:  # warm-up; size the batch-1 repetitions to ~0.2 s a round
             t = _timed(bench.forward_b1, dev)
             t = _timed(bench.forward_b1, dev)
@@ -319,7 +334,8 @@ def _environment(opts: dict[str, Any], tuned: bool) -> str:
         dev = f"cuda ({torch.cuda.get_device_name()})"
     return (
         f"torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads, CPU {cpu} "
-        f"({os.cpu_count()} cores), malloc tuning {'on' if tuned else 'off'}, {opts['stat']} of {opts['rounds']} rounds"
+        f"({os.cpu_count()} cores), malloc tuning {'on' if tuned else 'off'}, {opts['dtype']},"
+        f" {opts['stat']} of {opts['rounds']} rounds"
     )
 
 
@@ -347,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=opts["device"],
         size=opts["size"],
         stat=opts["stat"],
+        dtype=opts["dtype"],
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     table = format_table(results)

@@ -1,0 +1,162 @@
+"""Exported dynamic models against their exported static twins, in onnxruntime (and torch.export).
+
+Each model pair is exported with ``dyconv.export.export_model`` (the file ``python -m
+dyconv.export`` writes: any batch, an ``If`` on the batch size) and, with ``--fixed-batch1``,
+also as a batch-1-only file. All sessions run on the same input, interleaved round by round in
+one process (order alternating), so the ratios compare like with like on a noisy machine.
+
+    python scripts/benchmark_export.py                          # the issue's two pairs, batch 1 and 8
+    python scripts/benchmark_export.py --pt2 --fixed-batch1 --markdown docs/benchmark_export.md
+    python scripts/benchmark_export.py --pairs simple_cnn --rounds 3          # dry run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dyconv.export import export_model
+from dyconv.models import create_model
+
+#: pair -> (builder kwargs, input side)
+PAIRS: dict[str, tuple[dict, int]] = {
+    "resnet10": ({"num_classes": 200, "stem": "small", "width_mult": 0.25}, 64),
+    "mobilenetv2": ({"num_classes": 1000, "width_mult": 0.5}, 224),
+    "simple_cnn": ({"num_classes": 10, "in_channels": 3}, 28),  # tiny: the dry run
+}
+DEFAULT_PAIRS = ["resnet10", "mobilenetv2"]
+LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+          "all": "ORT_ENABLE_ALL"}
+
+
+def _ort_runner(path: Path, threads: int, level: str) -> Callable[[np.ndarray], object]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def _pt2_runner(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Callable[[np.ndarray], object]:
+    export_model(model, example, path, "pt2")
+    module = torch.export.load(str(path)).module()
+
+    def run(x: np.ndarray) -> object:
+        with torch.no_grad():
+            return module(torch.from_numpy(x))
+
+    return run
+
+
+def time_interleaved(runners: dict[str, Callable], x: np.ndarray, rounds: int) -> dict[str, float]:
+    """Median seconds per runner, runners alternating order each round after two warm-ups."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for fn in runners.values():
+        fn(x)
+        fn(x)
+    names = list(runners)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            runners[name](x)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
+    kwargs, side = PAIRS[pair]
+    kwargs = dict(kwargs)
+    if args.width is not None:
+        kwargs["width_mult"] = args.width
+    side = args.size or side
+    torch.manual_seed(0)
+    static = create_model(pair, **kwargs).eval()
+    dynamic = create_model(f"dy_{pair}", **kwargs).eval()
+    example = torch.randn(2, 3, side, side)
+    runners: dict[str, Callable] = {}
+    for tag, model in (("static", static), ("dynamic", dynamic)):
+        path = workdir / f"{pair}_{tag}.onnx"
+        export_model(model, example, path, "onnx")
+        runners[f"onnx {tag}"] = _ort_runner(path, args.threads, args.ort_level)
+        if args.pt2:
+            runners[f"pt2 {tag}"] = _pt2_runner(model, example, workdir / f"{pair}_{tag}.pt2")
+    if args.fixed_batch1:
+        path = workdir / f"{pair}_dynamic_b1.onnx"
+        export_model(dynamic, example, path, "onnx", batch=1)
+        fixed = _ort_runner(path, args.threads, args.ort_level)
+    rows = []
+    for batch in args.batch:
+        x = np.random.default_rng(0).standard_normal((batch, 3, side, side), dtype=np.float32)
+        active = dict(runners)
+        if args.fixed_batch1 and batch == 1:
+            active["onnx dynamic (batch=1 file)"] = fixed
+        # onnxruntime and torch are timed in separate groups: torch's allocations between
+        # onnxruntime runs slowed the If file's batch-1 branch several-fold here (not the others).
+        t = time_interleaved({k: v for k, v in active.items() if k.startswith("onnx")}, x, args.rounds)
+        if args.pt2:
+            t |= time_interleaved({k: v for k, v in active.items() if k.startswith("pt2")}, x, args.rounds)
+        for name, sec in t.items():
+            runtime, tag = name.split(" ", 1)
+            if tag == "static":
+                continue
+            base = t[f"{runtime} static"]
+            rows.append({"pair": pair, "side": side, "batch": batch, "runtime": runtime, "variant": tag,
+                         "static_ms": base * 1e3, "dynamic_ms": sec * 1e3, "ratio": sec / base})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = ["| model (input) | batch | runtime | dynamic file | static ms | dynamic ms | dynamic / static |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| dy_{r['pair']} ({r['side']} px) | {r['batch']} | {r['runtime']} | {r['variant']} |"
+                     f" {r['static_ms']:.2f} | {r['dynamic_ms']:.2f} | {r['ratio']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", nargs="*", default=DEFAULT_PAIRS, choices=list(PAIRS))
+    parser.add_argument("--batch", type=int, nargs="*", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's)")
+    parser.add_argument("--ort-level", choices=list(LEVELS), default="all", help="onnxruntime graph optimisation")
+    parser.add_argument("--size", type=int, default=None, help="override every input side")
+    parser.add_argument("--width", type=float, default=None, help="override width_mult")
+    parser.add_argument("--pt2", action="store_true", help="also time torch.export programs (eager kernels)")
+    parser.add_argument("--fixed-batch1", action="store_true", help="also time a batch=1 export of the dynamic model")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the table, with the command, to PATH")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import onnxruntime as ort
+
+    head = (f"onnxruntime {ort.__version__} (graph optimisation {args.ort_level}, {args.threads} intra-op thread),"
+            f" torch {torch.__version__}; median of {args.rounds} interleaved rounds")
+    print("#", head, flush=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in args.pairs:
+            new = bench_pair(pair, args, Path(tmp))
+            rows += new
+            print(format_rows(new), flush=True)
+    if args.markdown:
+        cmd = " ".join(["python scripts/benchmark_export.py", *(argv if argv is not None else sys.argv[1:])])
+        Path(args.markdown).write_text(f"`{cmd}`: {head}.\n\n{format_rows(rows)}")
+        print(f"wrote {args.markdown}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
