@@ -43,6 +43,14 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
 # expensive on some machines (this CI VM among them) and the in-process tests would crawl.
 tune_malloc()
 
+# Under pytest-xdist (``-n 2`` in pyproject.toml) the workers share the cores: one intra-op
+# thread per worker, and per CLI subprocess it starts, instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def cli(tmp_path):

@@ -17,7 +17,9 @@ from dyconv.layers import dynamic_layers
 
 CONF = Path(dyconv.train.CONF_DIR)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+#: Miniature studies on data that ships offline (docs/results.md), not published rows: checked below.
+MINIATURES = ("fmnist_temperature", "fmnist_width_sweep")
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in MINIATURES)
 
 # ---------------------------------------------------------------------------------------------- recipes
 # The numbers each experiment must keep (experiments.md / the paper); a silent change fails here.
@@ -402,3 +404,19 @@ def test_one_training_step(name, data_roots, tmp_path, one_thread):
     metric = "test/miou" if cfg.data.get("ignore_index") is not None else "test/acc"
     assert 0.0 <= metrics[metric] <= 1.0
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("name", MINIATURES)
+def test_miniature_sweeps_compose_with_their_grid(name):
+    """The Fashion-MNIST miniature: ResNet-10 static vs dynamic over widths and seeds, and the
+    temperature ablation; a single cell composes to the model its sweep names."""
+    cfg = _compose([f"experiment={name}"])
+    params = {k: str(v) for k, v in cfg.hydra.sweeper.params.items()}
+    assert cfg.hydra.runtime.choices.data == "fashion_mnist" and params["seed"] == "0,1,2"
+    if name == "fmnist_width_sweep":
+        assert params["model"] == "resnet10,dy_resnet10" and len(params["model.width_mult"].split(",")) >= 3
+    else:
+        assert params["model"] == "dy_resnet10" and params["callbacks.temperature.start"] == "30.0,1.0"
+    cell = _compose([f"experiment={name}", "model=resnet10", "model.width_mult=0.25"])
+    assert (cell.model.name, cell.model.width_mult, cell.model.stem) == ("resnet10", 0.25, "small")
+    assert cell.trainer.max_epochs == 3 and cell.callbacks.temperature.end == 1.0
