@@ -210,9 +210,12 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     scale = 100.0 if metric.endswith(("acc", "miou")) else 1.0
+    xscale = 1.0
+    if x_attr == "gflops" and max(max(g.gflops) for g in groups if g.gflops) < 1.0:
+        xscale, xlabel = 1000.0, xlabel.replace("GFLOPs", "MFLOPs")
     for name, members in _series(groups, varying).items():
         members = [g for g in members if getattr(g, x_attr)]
-        xs = [statistics.fmean(getattr(g, x_attr)) for g in members]
+        xs = [statistics.fmean(getattr(g, x_attr)) * xscale for g in members]
         ys = [g.mean * scale for g in members]
         errs = [(g.std * scale if g.n > 1 else 0.0) for g in members]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
@@ -220,10 +223,11 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
             width = g.overrides.get(WIDTH_KEY)
             if width is not None:
                 ax.annotate(f"x{width}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    from matplotlib.ticker import LogFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
