@@ -355,6 +355,10 @@ class _Run:
                                             run_config=self.run_config)
 
         callbacks = _instantiate_dict(cfg.get("callbacks"))
+        if OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is False:
+            from lightning.pytorch.callbacks import ProgressBar
+
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]  # Lightning refuses both
         loggers = _instantiate_dict(cfg.get("logger"))
         if not loggers:
             dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
