@@ -167,7 +167,9 @@ def test_non_finite_guard_stops_on_a_nan_loss_or_nan_weights():
 
 def test_diverging_run_stops_with_a_message_and_saves_nothing_non_finite(cli, tmp_path):
     run_dir = tmp_path / "run"
-    proc = cli("train", *QUIET, "optimizer.lr=1e6", "trainer.max_epochs=2", "data.splits=[512,64,64]",
+    # trainer.enable_progress_bar=false alone (no callbacks.progress_bar=null) must be accepted too.
+    proc = cli("train", "trainer.enable_progress_bar=false", "optimizer.lr=1e6", "trainer.max_epochs=2",
+               "data.splits=[512,64,64]",
                f"hydra.run.dir={run_dir}", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "training diverged" in out and "at step" in out, out[-3000:]
