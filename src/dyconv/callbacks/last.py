@@ -16,6 +16,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dyconv.callbacks.rng import PRE_VALIDATION_KEY
+
 __all__ = ["LastCheckpoint"]
 
 
@@ -47,6 +49,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._pre_validation:
             mark_validation_started(checkpoint)
+            checkpoint[PRE_VALIDATION_KEY] = True
 
 
 def mark_validation_started(checkpoint: dict[str, Any]) -> None:

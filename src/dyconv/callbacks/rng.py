@@ -50,6 +50,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+#: Set in checkpoints written when validation starts (see :class:`dyconv.callbacks.LastCheckpoint`).
+PRE_VALIDATION_KEY = "dyconv_pre_validation"
+
+
 class RNGStateCallback(Callback):
     """Store this process's RNG states in each checkpoint and restore them on resume.
 
@@ -69,14 +73,22 @@ class RNGStateCallback(Callback):
             checkpoint[self.KEY_PER_RANK] = gathered
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Applied at train start, after Lightning re-created the restarted epoch's loaders (a
-        # draw from the global RNG that the uninterrupted run did not make at that point).
-        self._pending = (checkpoint.get(self.KEY_PER_RANK), checkpoint.get(self.KEY))
+        pending = (checkpoint.get(self.KEY_PER_RANK), checkpoint.get(self.KEY))
+        if checkpoint.get(PRE_VALIDATION_KEY):
+            # Written as validation started (LastCheckpoint): Lightning re-creates the restarted
+            # epoch's loaders (a draw from the global RNG the uninterrupted run did not make
+            # there) before it trains, so the states are applied at train start, after that draw.
+            self._pending = pending
+        else:
+            self._apply(trainer, pending)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pending, self._pending = getattr(self, "_pending", None), None
-        if pending is None:
-            return
+        if pending is not None:
+            self._apply(trainer, pending)
+
+    @staticmethod
+    def _apply(trainer: L.Trainer, pending: tuple[Any, Any]) -> None:
         per_rank, states = pending
         if per_rank is not None and len(per_rank) == trainer.world_size:
             set_rng_states(per_rank[trainer.global_rank])  # each rank continues its own streams
