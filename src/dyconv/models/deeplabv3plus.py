@@ -82,7 +82,7 @@ class MobileNetV2Backbone(nn.Module):
         output_stride: int = 16,
         conv_layer: ConvLayer = nn.Conv2d,
         stem_conv_layer: ConvLayer = nn.Conv2d,
-        norm_layer: LayerFactory | None = None,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         net = MobileNetV2(
@@ -228,9 +228,9 @@ class DeepLabV3Plus(nn.Module):
         output_stride: int = 16,
         atrous_rates: Sequence[int] | None = None,
         conv_layer: ConvLayer = nn.Conv2d,
-        backbone_conv_layer: ConvLayer | None = None,
-        classifier_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
+        backbone_conv_layer: ConvLayer = nn.Conv2d,
+        classifier_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
         pretrained_backbone: bool = False,
         align_corners: bool = True,
         dynamic: DynamicOptions | None = None,
@@ -240,9 +240,6 @@ class DeepLabV3Plus(nn.Module):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         check_width_mult(width_mult)
         conv_layer = dynamic_conv_layer(conv_layer, dynamic)
-        backbone_conv_layer = nn.Conv2d if backbone_conv_layer is None else backbone_conv_layer
-        classifier_conv_layer = nn.Conv2d if classifier_conv_layer is None else classifier_conv_layer
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         if atrous_rates is None:
             atrous_rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         if pretrained_backbone and (backbone_conv_layer is not nn.Conv2d or backbone_width_mult != 1.0):

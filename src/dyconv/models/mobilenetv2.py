@@ -110,7 +110,7 @@ class MobileNetV2(nn.Module):
         output_stride: int = 32,
         conv_layer: ConvLayer = nn.Conv2d,
         stem_conv_layer: ConvLayer = nn.Conv2d,
-        norm_layer: LayerFactory | None = None,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
         dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
@@ -118,7 +118,6 @@ class MobileNetV2(nn.Module):
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         conv_layer = dynamic_conv_layer(conv_layer, dynamic)
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         setting = INVERTED_RESIDUAL_SETTING if inverted_residual_setting is None else inverted_residual_setting
         if not setting or any(len(row) != 4 for row in setting):
             raise ValueError(f"inverted_residual_setting must be non-empty rows of [t, c, n, s], got {setting}")

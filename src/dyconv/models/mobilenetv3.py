@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 
+#: torchvision's MobileNetV3 norm: BatchNorm with eps 1e-3 and momentum 0.01.
+BN_MOMENTUM_NORM = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+
+
 @dataclass(frozen=True)
 class InvertedResidualConfig:
     """One row of the paper's Tables 1 / 2 (channels already scaled by the width multiplier)."""
@@ -226,16 +230,14 @@ class MobileNetV3(nn.Module):
         dropout: float = 0.2,
         conv_layer: ConvLayer = nn.Conv2d,
         stem_conv_layer: ConvLayer = nn.Conv2d,
-        norm_layer: LayerFactory | None = None,
-        se_layer: LayerFactory | None = None,
+        norm_layer: LayerFactory = BN_MOMENTUM_NORM,
+        se_layer: LayerFactory = SqueezeExcitation,
         dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
         if not inverted_residual_setting:
             raise ValueError("inverted_residual_setting must not be empty")
         conv_layer = dynamic_conv_layer(conv_layer, dynamic)
-        norm_layer = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01) if norm_layer is None else norm_layer
-        se_layer = SqueezeExcitation if se_layer is None else se_layer
 
         first = inverted_residual_setting[0].input_channels
         layers: list[nn.Module] = [

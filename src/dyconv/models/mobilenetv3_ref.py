@@ -202,13 +202,12 @@ class RefMobileNetV3(nn.Module):
         dropout: float = 0.8,
         conv_layer: ConvLayer = nn.Conv2d,
         stem_conv_layer: ConvLayer = nn.Conv2d,
-        norm_layer: LayerFactory | None = None,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
         dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
         check_width_mult(width_mult)
         conv_layer = dynamic_conv_layer(conv_layer, dynamic)
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         cn = dict(conv_layer=conv_layer, norm_layer=norm_layer)
 
         channels = 16  # the stem is not scaled
