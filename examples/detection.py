@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_320_fpn
 
-from dyconv.layers import convert_to_dynamic, dynamic_layers
+from dyconv.layers import DynamicOptions, convert_to_dynamic, dynamic_layers
 
 
 def build_detector(num_classes: int = 3, image_size: int = 160, **kwargs: Any) -> FasterRCNN:
@@ -37,7 +37,8 @@ def make_backbone_dynamic(detector: FasterRCNN, num_kernels: int = 4, **kwargs: 
     body = detector.backbone.body
     trainable = {name for name, m in body.named_modules()
                  if type(m) is nn.Conv2d and m.weight.requires_grad}
-    convert_to_dynamic(body, num_kernels, include=lambda name, m: name in trainable, **kwargs)
+    options = DynamicOptions(num_kernels=num_kernels)
+    convert_to_dynamic(body, options, include=lambda name, m: name in trainable, **kwargs)
     return len(list(dynamic_layers(body)))
 
 

@@ -7,11 +7,12 @@ from torch import nn
 
 from dyconv.layers import (
     DynamicConv2d,
+    DynamicOptions,
+    build_dynamic_convs,
     convert_to_dynamic,
     dynamic_layers,
     get_temperature,
     resolve_num_kernels,
-    set_num_kernels,
     set_temperature,
 )
 
@@ -63,33 +64,57 @@ def test_inplace_and_filters():
 
 def test_num_kernels_spec_in_named_modules_order():
     model = torchvision.models.resnet18()
-    convert_to_dynamic(model, {"layer4.*": 8, "layer1.*": 2}, include="layer*")
+    convert_to_dynamic(model, DynamicOptions(num_kernels={"layer4.*": 8, "layer1.*": 2}), include="layer*")
     ks = {n: m.num_kernels for n, m in dynamic_layers(model)}
     assert ks["layer4.0.downsample.0"] == 8 and ks["layer1.1.conv2"] == 2 and ks["layer2.0.conv1"] == 4
     model = torchvision.models.resnet18()
     names = [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
-    convert_to_dynamic(model, list(range(1, len(names) + 1)))
+    convert_to_dynamic(model, DynamicOptions(num_kernels=list(range(1, len(names) + 1))))
     assert [m.num_kernels for _, m in dynamic_layers(model)] == list(range(1, len(names) + 1))
     with pytest.raises(ValueError, match="20 dynamic convs"):
-        convert_to_dynamic(torchvision.models.resnet18(), [2, 3])
+        convert_to_dynamic(torchvision.models.resnet18(), DynamicOptions(num_kernels=[2, 3]))
     with pytest.raises(ValueError, match="match no dynamic conv"):
-        convert_to_dynamic(torchvision.models.resnet18(), {"layer9.*": 2})
+        convert_to_dynamic(torchvision.models.resnet18(), DynamicOptions(num_kernels={"layer9.*": 2}))
     with pytest.raises(ValueError, match="positive integer"):
         resolve_num_kernels([1, 0], ["a", "b"])
 
 
-def test_set_num_kernels_rebuilds_only_changed_layers():
-    net = nn.Sequential(DynamicConv2d(4, 8, 3), DynamicConv2d(8, 8, 3))
-    keep = net[0]
-    set_num_kernels(net, [4, 2])
-    assert net[0] is keep and net[1].num_kernels == 2 and net[1].weight.shape[0] == 2
+def test_pending_convs_are_built_once_with_their_own_k():
+    options = DynamicOptions(num_kernels={"1": 2}, reduction=2, temperature=7.0, recompute_kernels=True)
+    net = nn.Sequential(options.conv_layer(4, 8, 3), options.conv_layer(8, 8, 3, padding=1, bias=False))
+    build_dynamic_convs(net, options)
+    assert [type(m) for m in net] == [DynamicConv2d, DynamicConv2d]
+    assert [m.weight.shape[0] for m in net] == [4, 2]  # unmatched layers: K = 4
+    assert net[1].bias is None and net[1].padding == (1, 1) and net[0].hidden_channels == 2
+    assert float(net[0].temperature) == 7.0 and net[1].recompute_kernels
+
+
+def test_options_are_validated_and_frozen():
+    with pytest.raises(ValueError, match="routing 'sigmoid' is not implemented"):
+        DynamicOptions(routing="sigmoid")
+    with pytest.raises(ValueError, match="positive integer"):
+        DynamicOptions(num_kernels=[2, 0])
+    with pytest.raises(ValueError, match="path"):
+        DynamicOptions(path="fast")
+    with pytest.raises(TypeError):
+        DynamicOptions(num_kernels="4")
+    options = DynamicOptions(num_kernels=[2, 3])
+    with pytest.raises(AttributeError):
+        options.num_kernels = 4  # type: ignore[misc]
+    assert options.num_kernels == (2, 3) and hash(options) == hash(DynamicOptions(num_kernels=[2, 3]))
+    flat = {"num_kernels": 3, "temperature": 5.0, "width_mult": 0.5}
+    assert DynamicOptions.pop_from(flat) == DynamicOptions(num_kernels=3, temperature=5.0)
+    assert flat == {"width_mult": 0.5}
 
 
 def test_noise_breaks_symmetry_and_copies_are_exact_without_it():
     conv = nn.Conv2d(8, 8, 3)
-    exact = DynamicConv2d.from_conv(conv, num_kernels=3)
+    exact = DynamicConv2d.from_conv(conv, DynamicOptions(num_kernels=3, recompute_kernels=True))
     assert all(torch.equal(w, conv.weight) for w in exact.weight)
-    noisy = DynamicConv2d.from_conv(conv, num_kernels=3, noise=0.01, generator=torch.Generator().manual_seed(0))
+    assert exact.recompute_kernels  # from_conv keeps every option
+    noisy = DynamicConv2d.from_conv(
+        conv, DynamicOptions(num_kernels=3), noise=0.01, generator=torch.Generator().manual_seed(0)
+    )
     assert not torch.equal(noisy.weight[0], noisy.weight[1])
     rel = (noisy.weight - conv.weight).std() / conv.weight.std()
     assert 0.005 < rel.item() < 0.02

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import dyconv
-from dyconv.layers import DynamicConv2d, convert_to_dynamic, dynamic_layers
+from dyconv.layers import DynamicConv2d, DynamicOptions, convert_to_dynamic, dynamic_layers, get_temperature
 from dyconv.models import create_model, list_models, load_torchvision_backbone_state_dict, register_model
 from dyconv.models.factory import DYNAMIC_KWARGS
 
@@ -178,6 +178,26 @@ def test_per_layer_num_kernels_follow_named_modules_order():
         create_model("dy_resnet10", num_kernels=[4, 4])
 
 
+def test_one_options_object_builds_each_layer_once(monkeypatch):
+    built = []
+    original = DynamicConv2d.reset_parameters
+    monkeypatch.setattr(DynamicConv2d, "reset_parameters", lambda self: (built.append(self), original(self)))
+    ks = [2, 2, 2, 3, 2, 3, 6, 3, 6, 9, 6]
+    options = DynamicOptions(num_kernels=ks, reduction=8, temperature=4.0, recompute_kernels=True)
+    model = create_model("dy_resnet10", width_mult=0.25, dynamic=options)
+    layers = [m for _, m in dynamic_layers(model)]
+    assert len(built) == len(layers) == 11  # no placeholder K, no rebuild
+    assert [m.num_kernels for m in layers] == ks
+    assert all(m.recompute_kernels and m.reduction == 8 and float(m.temperature) == 4.0 for m in layers)
+    # Flat keys (configs, stored run configs) override the object's fields.
+    model = create_model("dy_resnet10", width_mult=0.25, dynamic=options, num_kernels=3, recompute_kernels=False)
+    assert {(m.num_kernels, m.recompute_kernels, m.reduction) for _, m in dynamic_layers(model)} == {(3, False, 8)}
+    with pytest.raises(TypeError, match="dy_resnet10"):
+        create_model("resnet10", dynamic=options)
+    with pytest.raises(ValueError, match="routing 'omni' is not implemented"):
+        create_model("dy_resnet10", routing="omni")
+
+
 def test_dynamic_kernels_initialised_one_by_one():
     torch.manual_seed(0)
     model = create_model("dy_resnet18", num_kernels={"layer4.*": 3})  # rebuilt layers get the model's init too
@@ -275,7 +295,12 @@ def test_every_registered_model_has_a_config_that_instantiates():
             model = instantiate(cfg.model)
         assert any(7 in p.shape[:2] for p in model.parameters())  # (K, classes, ...) if dynamic
     resnet10 = OmegaConf.load(CONF_DIR / "dy_resnet10.yaml")
-    assert resnet10.stem == "small" and resnet10.num_kernels == 4 and resnet10.temperature == 30.0
+    assert resnet10.stem == "small" and resnet10.num_kernels == 4
+    # One temperature key: callbacks.temperature owns it; the dy_ configs do not repeat it.
+    assert not [f.stem for f in files if "temperature" in OmegaConf.load(f)]
+    assert get_temperature(create_model("dy_resnet10", width_mult=0.25)) == 30.0
+    # A stored run config with the old flat key still rebuilds, with that initial value.
+    assert get_temperature(create_model("dy_resnet10", width_mult=0.25, temperature=5.0)) == 5.0
 
 
 def test_config_list_num_kernels_through_hydra():

@@ -177,7 +177,7 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         "trainer.max_epochs=1",
         "data.splits=[256,100,100]",
         "data.batch_size=32",
-        "recompute_kernels=true",  # the memory-saving autograd Function, under DDP
+        "model.recompute_kernels=true",  # the memory-saving autograd Function, under DDP
         *QUIET,
         f"hydra.run.dir={run_dir}",
     )
@@ -202,7 +202,7 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         (["model=resnet999"], ["Could not find 'model/resnet999'", "dy_resnet10"]),
         (["optimizer.lr=-0.1"], ["optimizer.lr must be > 0"]),
         (["data=tinyimagenet", "model=resnet10"], ["tiny-imagenet-200", "data.download=true"]),
-        (["data.batch_size=63", "trainer=ddp_cpu", "trainer.devices=2"], ["must divide by devices x nodes"]),
+        (["data.batch_size=63", "trainer=ddp_cpu", "trainer.devices=2"], ["must divide by the world size"]),
         (["model=resnet10", "+model.stme=small"], ["unexpected keyword argument 'stme'"]),
         (["seed=-1"], ["seed must be an integer in [0, 2**32 - 1]"]),
         (["ckpt_path=missing.ckpt"], ["ckpt_path=missing.ckpt: no such file"]),

@@ -21,15 +21,12 @@ __all__ = ["compose_run_config", "make_checkpoint", "real_run"]
 def compose_run_config(overrides: Sequence[str] = ()) -> dict:
     """The plain run config ``train`` would store for these command-line overrides."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import DictConfig
 
     from dyconv.train import CONF_DIR, _plain
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
-    config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
-    config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get("temperature")
-    return config
+    return _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
 
 
 def make_checkpoint(

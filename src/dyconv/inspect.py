@@ -150,7 +150,7 @@ def inspect_checkpoint(
     datamodule.setup("validate" if split == "val" else "test")
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
 
-    segmentation = getattr(datamodule, "task", "classification") == "segmentation"
+    segmentation = run.task.kind == "segmentation"
     num_classes = 0 if segmentation else int(run.config.get("data", {}).get("num_classes") or 0)
     summary = AttentionSummary({name: layer.num_kernels for name, layer in layers.items()}, num_classes)
     kept: list[torch.Tensor] = []

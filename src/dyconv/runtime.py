@@ -16,7 +16,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["large_alloc_cheap", "malloc_tuned", "tune_malloc"]
+__all__ = ["large_alloc_cheap", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -49,11 +49,6 @@ def tune_malloc() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _TUNED = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _TUNED
-
-
-def malloc_tuned() -> bool:
-    """Whether :func:`tune_malloc` has been applied in this process."""
     return _TUNED
 
 

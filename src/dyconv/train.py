@@ -81,15 +81,10 @@ def validate_config(cfg: DictConfig) -> None:
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {int(max_epochs)}")
     batch = _number(cfg, "data.batch_size")
-    if batch is not None and batch < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {int(batch)}")
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
-    if isinstance(devices, int) and devices > 0 and batch is not None and batch % (devices * nodes):
-        raise ConfigError(
-            f"data.batch_size={int(batch)} is the global batch and must divide by devices x nodes = "
-            f"{devices * nodes}; choose a multiple of {devices * nodes}"
-        )
+    if batch is not None:
+        from dyconv.datamodules.base import check_global_batch
+
+        check_global_batch(int(batch), _world_size(cfg))
     for key in ("model", "data", "trainer", "optimizer"):
         if OmegaConf.select(cfg, key, default=None) is None:
             raise ConfigError(f"the config has no `{key}` group; pick one, e.g. {key}=<name> (see conf/{key}/)")
@@ -285,8 +280,6 @@ class _Run:
             torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
         self.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), self.output_dir)
         self.run_config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
-        self.run_config["temperature"] = _plain(cfg.get("callbacks") or DictConfig({}), "temperature").get(
-            "temperature")
         self.resume_step = 0
         if self.ckpt_path is not None:
             resumed = load_checkpoint(self.ckpt_path)
@@ -310,11 +303,6 @@ class _Run:
         _prepare_data(self.datamodule, cfg, self.rank)
         log.info("Instantiating model <%s> %s", cfg.model._target_, cfg.model.get("name", ""))
         self.model = instantiate(cfg.model)
-        if cfg.get("recompute_kernels", False):
-            from dyconv.layers import set_recompute_kernels
-
-            log.info("recompute_kernels: %d dynamic layers recompute their kernels in backward",
-                     set_recompute_kernels(self.model, True))
         self.model_stats = _model_stats(self.model, self.datamodule)
         return None
 

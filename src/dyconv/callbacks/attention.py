@@ -38,7 +38,8 @@ class AttentionStatistics(Callback):
         if not layers or not self._active(trainer):
             return
         # Classification tasks: per-class means too (segmentation labels are per pixel).
-        num_classes = int(getattr(pl_module, "num_classes", 0)) if not hasattr(pl_module, "ignore_index") else 0
+        classification = getattr(pl_module, "kind", "classification") == "classification"
+        num_classes = int(getattr(pl_module, "num_classes", 0)) if classification else 0
         self._summary = AttentionSummary(layers, num_classes=num_classes)
         self._recorder = AttentionRecorder(pl_module, self._summary).__enter__()
 

@@ -37,6 +37,9 @@ def temperature_at(progress: float, start: float, end: float, mode: str = "linea
 class TemperatureScheduler(Callback):
     """Set every ``DynamicConv2d``'s temperature from ``start`` to ``end`` over ``epochs`` epochs.
 
+    The one owner of the temperature while training (config key ``callbacks.temperature``): the
+    model's ``temperature`` option only sets the buffers of a model built outside training.
+
     Args:
         start, end: temperatures at the beginning and at the end of the annealing (> 0).
         epochs: length of the annealing in epochs (0: ``end`` from the first step).
@@ -108,14 +111,9 @@ class TemperatureScheduler(Callback):
             pl_module.log("temperature", self.current, on_step=True, on_epoch=False, prog_bar=False, logger=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "epochs": self.epochs,
-            "mode": self.mode,
-            "interval": self.interval,
-            "current": self.current,
-        }
+        # The schedule (start, end, epochs, mode, interval) is configuration, owned by the config;
+        # the checkpoint holds only the run's state, and loads exactly what it saved.
+        return {"current": self.current}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.current = state_dict.get("current")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from dyconv.datamodules.images import verify_files
 from dyconv.errors import ConfigError
 
-__all__ = ["BaseDataModule", "EpochSeededRandomSampler", "ShardedEvalSampler"]
+__all__ = ["BaseDataModule", "EpochSeededRandomSampler", "ShardedEvalSampler", "check_global_batch"]
 
 
 class EpochSeededRandomSampler(Sampler[int]):
@@ -58,6 +58,18 @@ class ShardedEvalSampler(Sampler[int]):
         return len(range(self.rank, self.num_samples_total, self.num_replicas))
 
 
+
+def check_global_batch(batch_size: int, world_size: int = 1) -> None:
+    """The one ``data.batch_size`` check (the entry point's early config check and the DataModule
+    use it): at least 1, and a multiple of the world size (devices x nodes)."""
+    if batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {int(batch_size)}")
+    if batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={int(batch_size)} is the global batch and must divide by the world size "
+            f"{world_size} (devices x nodes); choose a multiple of {world_size}"
+        )
+
 class BaseDataModule(L.LightningDataModule):
     """Base for every dataset: subclasses set ``train_set``/``val_set``/``test_set`` in ``setup``.
 
@@ -98,8 +110,7 @@ class BaseDataModule(L.LightningDataModule):
         verify: bool = False,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        check_global_batch(batch_size)
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = int(batch_size)
@@ -130,14 +141,27 @@ class BaseDataModule(L.LightningDataModule):
         trainer = self.trainer
         return int(trainer.global_rank) if trainer is not None else 0
 
+    def set_rgb_transforms(self, augment: str, **options: Any) -> None:
+        """``train_transform`` / ``eval_transform`` of an RGB classification dataset normalised
+        with ImageNet's statistics (``options``: ``padding``, ``scale``, ``hflip``,
+        ``eval_crop_ratio``, as :func:`~dyconv.datamodules.transforms.classification_train_transform`)."""
+        from dyconv.datamodules.transforms import (
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            classification_eval_transform,
+            classification_train_transform,
+        )
+
+        norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        self.train_transform = classification_train_transform(augment, self.image_size, **options, **norm)
+        self.eval_transform = classification_eval_transform(
+            self.image_size, crop_ratio=options.get("eval_crop_ratio"), **norm
+        )
+
     def per_device(self, global_batch: int) -> int:
         """The per-process batch for a global batch; raises if it does not divide."""
         world = self.world_size
-        if global_batch % world:
-            raise ConfigError(
-                f"data.batch_size={global_batch} is the global batch and must divide by the world size "
-                f"{world} (devices x nodes); choose a multiple of {world}"
-            )
+        check_global_batch(global_batch, world)
         return global_batch // world
 
     # ------------------------------------------------------------------ loaders

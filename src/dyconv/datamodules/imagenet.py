@@ -19,8 +19,6 @@ from dyconv.datamodules.images import load_image
 from dyconv.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    classification_eval_transform,
-    classification_train_transform,
 )
 from dyconv.errors import ConfigError
 
@@ -82,19 +80,7 @@ class ImageNetDataModule(BaseDataModule):
             raise ConfigError(f"data.in_channels must be 3 for ImageNet (RGB), got {in_channels}")
         self.root = resolve_root(root)
         self.wnids: list[str] = []
-        self.train_transform = classification_train_transform(
-            augment,
-            self.image_size,
-            padding=padding,
-            scale=scale,
-            hflip=hflip,
-            eval_crop_ratio=eval_crop_ratio,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        )
-        self.eval_transform = classification_eval_transform(
-            self.image_size, crop_ratio=eval_crop_ratio, mean=IMAGENET_MEAN, std=IMAGENET_STD
-        )
+        self.set_rgb_transforms(augment, padding=padding, scale=scale, hflip=hflip, eval_crop_ratio=eval_crop_ratio)
 
     def _check(self) -> None:
         problems: list[str] = []

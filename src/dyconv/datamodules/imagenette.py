@@ -30,8 +30,6 @@ from dyconv.datamodules.images import load_image
 from dyconv.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    classification_eval_transform,
-    classification_train_transform,
 )
 from dyconv.errors import ConfigError
 
@@ -106,19 +104,7 @@ class ImagenetteDataModule(BaseDataModule):
         self.download = bool(download)
         self.size = size
         self.wnids: list[str] = []
-        self.train_transform = classification_train_transform(
-            augment,
-            self.image_size,
-            padding=padding,
-            scale=scale,
-            hflip=hflip,
-            eval_crop_ratio=eval_crop_ratio,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        )
-        self.eval_transform = classification_eval_transform(
-            self.image_size, crop_ratio=eval_crop_ratio, mean=IMAGENET_MEAN, std=IMAGENET_STD
-        )
+        self.set_rgb_transforms(augment, padding=padding, scale=scale, hflip=hflip, eval_crop_ratio=eval_crop_ratio)
 
     @property
     def archive(self) -> Archive:

@@ -9,13 +9,14 @@ images are split 55k/5k into train/val with a fixed seed; test is the official 1
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
-from torchvision.transforms import v2
 
 from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
@@ -28,7 +29,7 @@ from dyconv.datamodules.download import (
     verify_checksum,
     write_marker,
 )
-from dyconv.datamodules.mnist_offline import MNIST_MEAN, MNIST_STD
+from dyconv.datamodules.mnist_offline import MNIST_MEAN, MNIST_STD, digit_pixels
 from dyconv.errors import ConfigError
 
 __all__ = ["MNIST_FILES", "MNISTDataModule"]
@@ -56,7 +57,9 @@ _LAYOUT = """\
 class _DigitDataset(Dataset):
     """uint8 digits (N, 28, 28) + labels, transformed per item (keeps memory at the uint8 size)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -152,17 +155,10 @@ class MNISTDataModule(BaseDataModule):
         if self.download:
             write_marker(self.raw_dir, files=[f.filename for f in self.FILES])
 
-    def _transform(self) -> v2.Compose:
-        ops: list[v2.Transform] = [
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(self.mean), list(self.std)),
-        ]
-        if self.image_size != 28:
-            ops.append(v2.Resize((self.image_size, self.image_size), antialias=True))
-        if self.in_channels == 3:
-            ops.append(v2.Grayscale(num_output_channels=3))  # repeats the single channel
-        return v2.Compose([*ops, v2.ToPureTensor()])
+    def _transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return functools.partial(
+            digit_pixels, image_size=self.image_size, in_channels=self.in_channels, mean=self.mean[0], std=self.std[0]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

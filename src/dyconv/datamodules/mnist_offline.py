@@ -16,10 +16,25 @@ from torch.utils.data import TensorDataset
 from dyconv.datamodules.base import BaseDataModule
 from dyconv.errors import ConfigError
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTOfflineDataModule"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTOfflineDataModule", "digit_pixels"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
+
+
+def digit_pixels(x: torch.Tensor, image_size: int, in_channels: int, mean: float, std: float) -> torch.Tensor:
+    """The one MNIST-style preprocessing: gray digits in [0, 255] of shape ``(..., 1, 28, 28)`` ->
+    normalised floats ``(..., in_channels, image_size, image_size)`` (bilinear, antialiased
+    resize; the gray channel repeated for ``in_channels=3``). Works per image and per batch."""
+    single = x.dim() == 3
+    x = x.unsqueeze(0) if single else x
+    x = (x.float() / 255.0 - mean) / std
+    if image_size != x.shape[-1]:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    if in_channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    x = x.contiguous()
+    return x[0] if single else x
 
 def _import_mnist_data():
     try:
@@ -79,12 +94,7 @@ class MNISTOfflineDataModule(BaseDataModule):
         return x.clone(), y.clone()
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x / 255.0 - MNIST_MEAN) / MNIST_STD
-        if self.image_size != 28:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        if self.in_channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        return x.contiguous()
+        return digit_pixels(x, self.image_size, self.in_channels, self.mean[0], self.std[0])
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -1,32 +1,29 @@
-"""Model-level helpers: temperature, per-layer K, and converting any model to dynamic convs."""
+"""Model-level helpers: temperature, recompute, and converting any model to dynamic convs."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Union
 
 import torch
 from torch import nn
 
 from dyconv.layers.dynamic_conv import DynamicConv2d
+from dyconv.layers.options import DynamicOptions
 
 __all__ = [
-    "KernelSpec",
     "ModuleFilter",
     "convert_to_dynamic",
     "dynamic_layers",
     "get_temperature",
-    "resolve_num_kernels",
-    "set_num_kernels",
+    "replace_modules",
     "set_recompute_kernels",
     "set_temperature",
 ]
 
-#: ``num_kernels`` everywhere: one K for all layers, one K per layer (in ``named_modules()``
-#: order), or fnmatch globs on qualified module names -> K (first match wins).
-KernelSpec = Union[int, Sequence[int], Mapping[str, int]]
 #: A filter: a glob, several globs, or a callable ``(name, module) -> bool``.
 ModuleFilter = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 
@@ -73,43 +70,6 @@ def get_temperature(module: nn.Module) -> float | None:
     return values.pop()
 
 
-def resolve_num_kernels(spec: KernelSpec, names: Sequence[str], default: int = 4) -> list[int]:
-    """K for each of ``names`` (qualified module names in ``named_modules()`` order)."""
-    if isinstance(spec, bool):
-        raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
-    if isinstance(spec, int):
-        ks = [spec] * len(names)
-    elif isinstance(spec, Mapping):
-        patterns = {str(p): k for p, k in spec.items()}
-        unused = set(patterns)
-        ks = []
-        for name in names:
-            for pattern, k in patterns.items():
-                if fnmatch.fnmatchcase(name, pattern):
-                    ks.append(k)
-                    unused.discard(pattern)
-                    break
-            else:
-                ks.append(default)
-        if unused:
-            raise ValueError(
-                f"num_kernels pattern(s) {sorted(unused)} match no dynamic conv; the dynamic convs are: {list(names)}"
-            )
-    elif isinstance(spec, Sequence) and not isinstance(spec, str):
-        ks = list(spec)
-        if len(ks) != len(names):
-            raise ValueError(
-                f"num_kernels has {len(ks)} entries but there are {len(names)} dynamic convs "
-                f"(in named_modules() order): {list(names)}"
-            )
-    else:
-        raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"every num_kernels value must be a positive integer, got {k!r}")
-    return ks
-
-
 def _matches(filt: ModuleFilter | None, name: str, module: nn.Module) -> bool:
     if filt is None:
         return False
@@ -119,7 +79,7 @@ def _matches(filt: ModuleFilter | None, name: str, module: nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _replace_modules(model: nn.Module, new: dict[int, nn.Module]) -> nn.Module:
+def replace_modules(model: nn.Module, new: dict[int, nn.Module]) -> nn.Module:
     """Swap modules (by identity) everywhere they are referenced, shared ones included."""
     if id(model) in new:
         return new[id(model)]
@@ -130,31 +90,10 @@ def _replace_modules(model: nn.Module, new: dict[int, nn.Module]) -> nn.Module:
     return model
 
 
-def set_num_kernels(model: nn.Module, num_kernels: KernelSpec, default: int = 4) -> nn.Module:
-    """Rebuild the dynamic layers whose K differs from ``num_kernels`` (freshly initialised).
-
-    Model builders call this before their weight init so a per-layer K spec costs nothing.
-    """
-    layers = list(dynamic_layers(model))
-    ks = resolve_num_kernels(num_kernels, [n for n, _ in layers], default)
-    new: dict[int, nn.Module] = {}
-    for (_, layer), k in zip(layers, ks):
-        if layer.num_kernels != k:
-            kwargs = {**layer.dynamic_kwargs(), "num_kernels": k}
-            new[id(layer)] = DynamicConv2d(
-                **layer.conv_kwargs(), device=layer.weight.device, dtype=layer.weight.dtype, **kwargs
-            ).train(layer.training)
-    return _replace_modules(model, new)
-
-
 def convert_to_dynamic(
     model: nn.Module,
-    num_kernels: KernelSpec = 4,
+    options: DynamicOptions | None = None,
     *,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
     include: ModuleFilter | None = None,
     exclude: ModuleFilter | None = None,
     skip_first: bool = False,
@@ -173,8 +112,9 @@ def convert_to_dynamic(
 
     Args:
         model: any ``nn.Module`` (torchvision, timm, your own); returned converted.
-        num_kernels: K for every converted conv, a list with one K per converted conv in
-            ``named_modules()`` order, or a mapping from fnmatch globs on names to K.
+        options: :class:`DynamicOptions` (default ``DynamicOptions()``); its ``num_kernels``
+            is one K, a list with one K per converted conv in ``named_modules()`` order, or a
+            mapping from fnmatch globs on names to K.
         include: only convs matching this (globs on qualified names, or ``(name, m) -> bool``)
             are converted; default all.
         exclude: convs matching this stay static.
@@ -204,17 +144,10 @@ def convert_to_dynamic(
         if skip_pointwise and tuple(conv.kernel_size) == (1, 1):
             continue
         selected.append((name, conv))
-    ks = resolve_num_kernels(num_kernels, [n for n, _ in selected])
+    options = DynamicOptions() if options is None else options
+    ks = options.kernels_for([n for n, _ in selected])
     new: dict[int, nn.Module] = {}
     for (_, conv), k in zip(selected, ks):
-        new[id(conv)] = DynamicConv2d.from_conv(
-            conv,
-            num_kernels=k,
-            reduction=reduction,
-            min_hidden=min_hidden,
-            temperature=temperature,
-            path=path,
-            noise=noise,
-            generator=generator,
-        )
-    return _replace_modules(model, new)
+        layer_options = dataclasses.replace(options, num_kernels=k)
+        new[id(conv)] = DynamicConv2d.from_conv(conv, layer_options, noise=noise, generator=generator)
+    return replace_modules(model, new)

@@ -12,13 +12,16 @@ whichever formulation is cheapest for the shape at hand (see :func:`choose_path`
 
 import contextlib
 import math
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dyconv.runtime import large_alloc_cheap
+
+if TYPE_CHECKING:
+    from dyconv.layers.options import DynamicOptions
 
 __all__ = [
     "GROUPED_MAX_BYTES_UNTUNED",
@@ -282,21 +285,28 @@ class DynamicConv2d(nn.Module):
     def from_conv(
         cls,
         conv: nn.Conv2d,
+        options: "Optional[DynamicOptions]" = None,
         *,
-        num_kernels: int = 4,
-        reduction: int = 4,
-        min_hidden: int = 1,
-        temperature: float = 30.0,
-        path: str = "auto",
         noise: float = 0.0,
         generator: Optional[torch.Generator] = None,
     ) -> "DynamicConv2d":
         """Build a dynamic layer that computes exactly what ``conv`` computes, whatever the
         attention: its weight and bias are copied into every kernel.
 
+        ``options`` (:class:`~dyconv.layers.DynamicOptions`, default ``DynamicOptions()``) give
+        K (an int here: :func:`~dyconv.layers.convert_to_dynamic` resolves per-layer specs) and
+        every other option, ``recompute_kernels`` included.
         Identical kernels receive identical gradients, so the attention gets none; ``noise``
         (relative to each kernel's standard deviation) perturbs the copies to break symmetry.
         """
+        from dyconv.layers.options import DynamicOptions
+
+        options = DynamicOptions() if options is None else options
+        if not isinstance(options.num_kernels, int):
+            raise ValueError(
+                f"from_conv needs one K, got the per-layer spec {options.num_kernels!r}; "
+                "use convert_to_dynamic to resolve it by layer name"
+            )
         padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
         layer = cls(
             conv.in_channels,
@@ -310,11 +320,7 @@ class DynamicConv2d(nn.Module):
             conv.padding_mode,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
-            num_kernels=num_kernels,
-            reduction=reduction,
-            min_hidden=min_hidden,
-            temperature=temperature,
-            path=path,
+            **options.layer_kwargs(options.num_kernels),
         )
         with torch.no_grad():
             layer.weight.copy_(conv.weight.unsqueeze(0).expand_as(layer.weight))

@@ -6,7 +6,7 @@ registered model; ``list_models()`` lists them. Importing this package registers
 
 from dyconv.models import deeplabv3plus, mobilenetv2, mobilenetv3, mobilenetv3_ref, resnet, simple_cnn
 from dyconv.models.deeplabv3plus import DeepLabV3Plus, load_torchvision_backbone_state_dict
-from dyconv.models.factory import ConvNormAct, get_conv_layer, init_weights, make_divisible
+from dyconv.models.factory import ConvNormAct, init_weights, make_divisible
 from dyconv.models.mobilenetv2 import MobileNetV2
 from dyconv.models.mobilenetv3 import MobileNetV3
 from dyconv.models.mobilenetv3_ref import RefMobileNetV3
@@ -26,7 +26,6 @@ __all__ = [
     "SimpleCNN",
     "create_model",
     "deeplabv3plus",
-    "get_conv_layer",
     "get_model_builder",
     "init_weights",
     "is_model",

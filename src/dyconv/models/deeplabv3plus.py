@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dyconv.layers import KernelSpec
+from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
-    apply_dynamic_options,
-    apply_num_kernels,
-    dynamic_options,
-    init_weights,
+    check_width_mult,
+    dynamic_conv_layer,
+    dynamic_from_kwargs,
+    finish_model,
     make_divisible,
 )
 from dyconv.models.mobilenetv2 import MobileNetV2
@@ -80,9 +80,9 @@ class MobileNetV2Backbone(nn.Module):
         in_channels: int = 3,
         width_mult: float = 1.0,
         output_stride: int = 16,
-        conv_layer: ConvLayer | None = None,
-        stem_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        stem_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         net = MobileNetV2(
@@ -214,8 +214,8 @@ class DeepLabV3Plus(nn.Module):
         norm_layer: normalisation everywhere (default ``nn.BatchNorm2d``).
         pretrained_backbone: load torchvision's ImageNet MobileNetV2 weights into the backbone
             (needs internet; static backbone of width 1 only).
-        num_kernels: per-layer K for the dynamic convs (int, list in ``named_modules()`` order,
-            or a glob mapping); applied before init.
+        dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static); a
+            per-layer K list follows ``named_modules()`` order of the dynamic convs.
     """
 
     def __init__(
@@ -227,23 +227,19 @@ class DeepLabV3Plus(nn.Module):
         backbone_width_mult: float = 1.0,
         output_stride: int = 16,
         atrous_rates: Sequence[int] | None = None,
-        conv_layer: ConvLayer | None = None,
-        backbone_conv_layer: ConvLayer | None = None,
-        classifier_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        backbone_conv_layer: ConvLayer = nn.Conv2d,
+        classifier_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
         pretrained_backbone: bool = False,
         align_corners: bool = True,
-        num_kernels: KernelSpec | None = None,
+        dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        conv_layer = nn.Conv2d if conv_layer is None else conv_layer
-        backbone_conv_layer = nn.Conv2d if backbone_conv_layer is None else backbone_conv_layer
-        classifier_conv_layer = nn.Conv2d if classifier_conv_layer is None else classifier_conv_layer
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        check_width_mult(width_mult)
+        conv_layer = dynamic_conv_layer(conv_layer, dynamic)
         if atrous_rates is None:
             atrous_rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         if pretrained_backbone and (backbone_conv_layer is not nn.Conv2d or backbone_width_mult != 1.0):
@@ -279,8 +275,7 @@ class DeepLabV3Plus(nn.Module):
             align_corners=align_corners,
         )
 
-        apply_num_kernels(self, num_kernels)
-        init_weights(self, conv_mode="fan_out", nonlinearity="relu")
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu")
         if pretrained_backbone:
             from torchvision.models import MobileNet_V2_Weights
 
@@ -300,15 +295,13 @@ class DeepLabV3Plus(nn.Module):
         }
 
 
-def _create_deeplabv3plus(
-    name: str, dynamic: dict[str, Any] | None, dynamic_backbone: bool = False, **kwargs: Any
-) -> DeepLabV3Plus:
-    apply_dynamic_options(name, dynamic, kwargs)
-    if dynamic is not None:
-        kwargs.setdefault("classifier_conv_layer", kwargs["conv_layer"])
-    if dynamic is not None and dynamic_backbone:
-        kwargs.setdefault("backbone_conv_layer", kwargs["conv_layer"])
-    return DeepLabV3Plus(**kwargs)
+def _create_deeplabv3plus(name: str, is_dynamic: bool, dynamic_backbone: bool = False, **kwargs: Any) -> DeepLabV3Plus:
+    options = dynamic_from_kwargs(name, is_dynamic, kwargs)
+    if options is not None:
+        kwargs.setdefault("classifier_conv_layer", options.conv_layer)
+        if dynamic_backbone:
+            kwargs.setdefault("backbone_conv_layer", options.conv_layer)
+    return DeepLabV3Plus(dynamic=options, **kwargs)
 
 
 @register_model
@@ -316,21 +309,11 @@ def deeplabv3plus(**kwargs: Any) -> DeepLabV3Plus:
     """DeepLabV3+ (MobileNetV2 backbone, output stride 16); 5,816,053 parameters for 21 classes."""
     if "dynamic_backbone" in kwargs:
         raise TypeError("deeplabv3plus is a static model and takes no dynamic_backbone; use dy_deeplabv3plus")
-    return _create_deeplabv3plus("deeplabv3plus", None, **kwargs)
+    return _create_deeplabv3plus("deeplabv3plus", False, **kwargs)
 
 
 @register_model
-def dy_deeplabv3plus(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    dynamic_backbone: bool = False,
-    **kwargs: Any,
-) -> DeepLabV3Plus:
+def dy_deeplabv3plus(*, dynamic_backbone: bool = False, **kwargs: Any) -> DeepLabV3Plus:
     """DY-DeepLabV3+: ASPP and decoder convs dynamic, the final 1x1 classifier included (10 dynamic
     convs), backbone static unless ``dynamic_backbone``; 18,414,806 parameters for 21 classes."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_deeplabv3plus("dy_deeplabv3plus", dyn, dynamic_backbone, **kwargs)
+    return _create_deeplabv3plus("dy_deeplabv3plus", True, dynamic_backbone, **kwargs)

@@ -2,31 +2,30 @@
 
 Every model takes a ``conv_layer`` (``nn.Conv2d``, :class:`~dyconv.layers.DynamicConv2d`, or a
 ``functools.partial`` of either) and calls it with ``nn.Conv2d``'s arguments wherever a conv may
-be dynamic; the builders pick it with :func:`get_conv_layer`. After construction a model applies a
-per-layer ``num_kernels`` spec with :func:`~dyconv.layers.set_num_kernels` and only then
-initialises its weights (:func:`init_weights`), so rebuilt layers are initialised like the others.
+be dynamic. A dynamic model gets one :class:`~dyconv.layers.DynamicOptions` (``dynamic=``; the
+``dy_*`` builders make it from the flat config keys with :func:`dynamic_from_kwargs`); its convs
+are recorded while the model is assembled and built once each, with the K their qualified name
+gets, by :func:`finish_model`, which then initialises every weight (:func:`init_weights`).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from dyconv.layers import DynamicConv2d, KernelSpec, dynamic_layers, set_num_kernels
+from dyconv.layers import DynamicConv2d, DynamicOptions, build_dynamic_convs
 
 __all__ = [
     "DYNAMIC_KWARGS",
     "ConvLayer",
     "ConvNormAct",
     "LayerFactory",
-    "apply_dynamic_options",
-    "apply_num_kernels",
-    "check_static_kwargs",
-    "dynamic_options",
-    "get_conv_layer",
+    "check_width_mult",
+    "dynamic_conv_layer",
+    "dynamic_from_kwargs",
+    "finish_model",
     "init_weights",
     "make_divisible",
 ]
@@ -36,8 +35,8 @@ ConvLayer = Callable[..., nn.Module]
 #: A norm or activation factory (class or partial), as torchvision's ``norm_layer``.
 LayerFactory = Callable[..., nn.Module]
 
-#: Keyword arguments that only the dynamic builders (``dy_*``) accept.
-DYNAMIC_KWARGS = ("num_kernels", "reduction", "min_hidden", "temperature", "path")
+#: Flat keyword arguments that only the dynamic builders (``dy_*``) accept.
+DYNAMIC_KWARGS = DynamicOptions.fields()
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -50,81 +49,45 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return new_value
 
 
-def get_conv_layer(
-    dynamic: bool = False,
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-) -> ConvLayer:
-    """``nn.Conv2d``, or a ``functools.partial`` of :class:`DynamicConv2d` with these options.
+def check_width_mult(width_mult: float) -> None:
+    """Every model's ``width_mult`` check."""
+    if not width_mult > 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult}")
 
-    A non-int ``num_kernels`` (a per-layer list or glob mapping) gives K = 4 here; the model
-    then applies the spec with :func:`apply_num_kernels` once every layer exists.
+
+def dynamic_from_kwargs(model_name: str, dynamic: bool, kwargs: dict[str, Any]) -> DynamicOptions | None:
+    """The one place a builder's flat keys (``num_kernels``, ``reduction``, ``temperature``, ...,
+    what configs and stored run configs hold) become a :class:`~dyconv.layers.DynamicOptions`.
+
+    Pops them (and a ``dynamic=DynamicOptions(...)`` entry, which they override) from
+    ``kwargs``. A static builder (``dynamic`` False) rejects them with ``TypeError``.
     """
     if not dynamic:
-        return nn.Conv2d
-    k = num_kernels if isinstance(num_kernels, int) and not isinstance(num_kernels, bool) else 4
-    return functools.partial(
-        DynamicConv2d,
-        num_kernels=k,
-        reduction=reduction,
-        min_hidden=min_hidden,
-        temperature=temperature,
-        path=path,
-    )
+        bad = [k for k in DYNAMIC_KWARGS if k in kwargs]
+        if kwargs.get("dynamic") is not None:
+            bad.append("dynamic")
+        if bad:
+            raise TypeError(
+                f"{model_name} is a static model and takes no {', '.join(bad)}; "
+                f"use dy_{model_name} for a dynamic one (or pass conv_layer=... explicitly)"
+            )
+        kwargs.pop("dynamic", None)
+        return None
+    return DynamicOptions.pop_from(kwargs)
 
 
-def dynamic_options(
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-) -> dict[str, Any]:
-    """The dynamic builders' options as a dict (what :func:`get_conv_layer` takes)."""
-    return dict(num_kernels=num_kernels, reduction=reduction, min_hidden=min_hidden, temperature=temperature, path=path)
+def dynamic_conv_layer(conv_layer: ConvLayer, dynamic: DynamicOptions | None) -> ConvLayer:
+    """The factory for a model's dynamic-capable convs: ``dynamic``'s (K resolved by layer name
+    when the model calls :func:`finish_model`) unless a custom ``conv_layer`` was given."""
+    return dynamic.conv_layer if dynamic is not None and conv_layer is nn.Conv2d else conv_layer
 
 
-def check_static_kwargs(model_name: str, kwargs: Mapping[str, Any]) -> None:
-    """Raise ``TypeError`` if a static builder received dynamic-only options."""
-    bad = [k for k in DYNAMIC_KWARGS if k in kwargs]
-    if bad:
-        raise TypeError(
-            f"{model_name} is a static model and takes no {', '.join(bad)}; "
-            f"use dy_{model_name} for a dynamic one (or pass conv_layer=... explicitly)"
-        )
-
-
-def apply_dynamic_options(model_name: str, dynamic: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What every ``_create_<family>`` helper does first: a static build (``dynamic`` None)
-    rejects dynamic-only options; a dynamic one injects the dynamic conv factory and the K spec.
-    Updates and returns ``kwargs``."""
-    if dynamic is None:
-        check_static_kwargs(model_name, kwargs)
-    else:
-        kwargs.setdefault("conv_layer", get_conv_layer(True, **dynamic))
-        kwargs.setdefault("num_kernels", dynamic["num_kernels"])
-    return kwargs
-
-
-def apply_num_kernels(model: nn.Module, num_kernels: KernelSpec | None) -> None:
-    """Give each :class:`DynamicConv2d` of ``model`` its K from a per-layer spec.
-
-    ``num_kernels``: None (keep), an int, a list in ``named_modules()`` order of the dynamic
-    convs, or a mapping from fnmatch globs on qualified names to K (unmatched layers: 4).
-    Raises ``ValueError`` if a spec is given but the model has no dynamic conv.
-    """
-    if num_kernels is None:
-        return
-    if not any(True for _ in dynamic_layers(model)):
-        raise ValueError(
-            "num_kernels was given but the model has no DynamicConv2d (static conv_layer); "
-            "use the dy_ model or a dynamic conv_layer"
-        )
-    set_num_kernels(model, num_kernels)
+def finish_model(model: nn.Module, dynamic: DynamicOptions | None, **init: Any) -> None:
+    """Last step of every model's ``__init__``: build its dynamic convs (each once, with the K
+    its qualified name gets) and then initialise all weights (:func:`init_weights`)."""
+    if dynamic is not None:
+        build_dynamic_convs(model, dynamic)
+    init_weights(model, **init)
 
 
 def _init_conv(weight_views, mode: str, nonlinearity: str) -> None:
@@ -189,12 +152,11 @@ class ConvNormAct(nn.Sequential):
         dilation: int = 1,
         bias: bool | None = None,
         *,
-        conv_layer: ConvLayer | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
         inplace: bool | None = True,
     ) -> None:
-        conv_layer = nn.Conv2d if conv_layer is None else conv_layer
         if padding is None:
             padding = (kernel_size - 1) // 2 * dilation
         if bias is None:

@@ -12,15 +12,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dyconv.layers import KernelSpec
+from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
-    apply_dynamic_options,
-    apply_num_kernels,
-    dynamic_options,
-    init_weights,
+    check_width_mult,
+    dynamic_conv_layer,
+    dynamic_from_kwargs,
+    finish_model,
     make_divisible,
 )
 from dyconv.models.registry import register_model
@@ -94,8 +94,8 @@ class MobileNetV2(nn.Module):
         output_stride: 32 (classification); 16 or 8 replace the last strides by dilation
             (the block that would have strided keeps the previous dilation), for segmentation.
         conv_layer / stem_conv_layer / norm_layer: injected layer factories.
-        num_kernels: per-layer K for the dynamic convs (int, list in ``named_modules()`` order,
-            or a glob mapping); applied before init.
+        dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static); a
+            per-layer K list follows ``named_modules()`` order of the dynamic convs.
     """
 
     def __init__(
@@ -108,19 +108,16 @@ class MobileNetV2(nn.Module):
         round_nearest: int = 8,
         dropout: float = 0.2,
         output_stride: int = 32,
-        conv_layer: ConvLayer | None = None,
-        stem_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
-        num_kernels: KernelSpec | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        stem_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        check_width_mult(width_mult)
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        conv_layer = nn.Conv2d if conv_layer is None else conv_layer
-        stem_conv_layer = nn.Conv2d if stem_conv_layer is None else stem_conv_layer
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        conv_layer = dynamic_conv_layer(conv_layer, dynamic)
         setting = INVERTED_RESIDUAL_SETTING if inverted_residual_setting is None else inverted_residual_setting
         if not setting or any(len(row) != 4 for row in setting):
             raise ValueError(f"inverted_residual_setting must be non-empty rows of [t, c, n, s], got {setting}")
@@ -173,35 +170,24 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
 
-        apply_num_kernels(self, num_kernels)
-        init_weights(self, conv_mode="fan_out", nonlinearity="relu", linear_std=0.01)
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu", linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
         return self.classifier(torch.flatten(x, 1))
 
 
-def _create_mobilenetv2(name: str, dynamic: dict[str, Any] | None, **kwargs: Any) -> MobileNetV2:
-    apply_dynamic_options(name, dynamic, kwargs)
-    return MobileNetV2(**kwargs)
+def _create_mobilenetv2(name: str, is_dynamic: bool, **kwargs: Any) -> MobileNetV2:
+    return MobileNetV2(dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs), **kwargs)
 
 
 @register_model
 def mobilenetv2(**kwargs: Any) -> MobileNetV2:
     """MobileNetV2 (torchvision's ``mobilenet_v2``); ``width_mult`` 0.35 / 0.5 / 0.75 / 1.0 / ..."""
-    return _create_mobilenetv2("mobilenetv2", None, **kwargs)
+    return _create_mobilenetv2("mobilenetv2", False, **kwargs)
 
 
 @register_model
-def dy_mobilenetv2(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> MobileNetV2:
+def dy_mobilenetv2(**kwargs: Any) -> MobileNetV2:
     """DY-MobileNetV2: every conv dynamic (depthwise included) except the stem."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_mobilenetv2("dy_mobilenetv2", dyn, **kwargs)
+    return _create_mobilenetv2("dy_mobilenetv2", True, **kwargs)

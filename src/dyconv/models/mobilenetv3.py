@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dyconv.layers import KernelSpec
+from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
-    apply_dynamic_options,
-    apply_num_kernels,
-    dynamic_options,
-    init_weights,
+    check_width_mult,
+    dynamic_conv_layer,
+    dynamic_from_kwargs,
+    finish_model,
     make_divisible,
 )
 from dyconv.models.registry import register_model
@@ -38,6 +38,10 @@ __all__ = [
     "mobilenetv3_large",
     "mobilenetv3_small",
 ]
+
+
+#: torchvision's MobileNetV3 norm: BatchNorm with eps 1e-3 and momentum 0.01.
+BN_MOMENTUM_NORM = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,6 @@ class InvertedResidual(nn.Module):
         layers.append(ConvNormAct(cnf.expanded_channels, cnf.out_channels, kernel_size=1, act_layer=None, **cna))
         self.block = nn.Sequential(*layers)
         self.out_channels = cnf.out_channels
-        self._is_cn = cnf.stride > 1
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.block(x)
@@ -213,8 +216,8 @@ class MobileNetV3(nn.Module):
         dropout: in the classifier.
         conv_layer / stem_conv_layer / norm_layer / se_layer: injected layer factories (norm
             default: BatchNorm with eps 1e-3, momentum 0.01, torchvision's).
-        num_kernels: per-layer K for the dynamic convs (int, list in ``named_modules()`` order,
-            or a glob mapping); applied before init.
+        dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static); a
+            per-layer K list follows ``named_modules()`` order of the dynamic convs.
     """
 
     def __init__(
@@ -225,19 +228,16 @@ class MobileNetV3(nn.Module):
         num_classes: int = 1000,
         in_channels: int = 3,
         dropout: float = 0.2,
-        conv_layer: ConvLayer | None = None,
-        stem_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
-        se_layer: LayerFactory | None = None,
-        num_kernels: KernelSpec | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        stem_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = BN_MOMENTUM_NORM,
+        se_layer: LayerFactory = SqueezeExcitation,
+        dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
         if not inverted_residual_setting:
             raise ValueError("inverted_residual_setting must not be empty")
-        conv_layer = nn.Conv2d if conv_layer is None else conv_layer
-        stem_conv_layer = nn.Conv2d if stem_conv_layer is None else stem_conv_layer
-        norm_layer = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01) if norm_layer is None else norm_layer
-        se_layer = SqueezeExcitation if se_layer is None else se_layer
+        conv_layer = dynamic_conv_layer(conv_layer, dynamic)
 
         first = inverted_residual_setting[0].input_channels
         layers: list[nn.Module] = [
@@ -265,8 +265,7 @@ class MobileNetV3(nn.Module):
             nn.Linear(last_channel, num_classes),
         )
 
-        apply_num_kernels(self, num_kernels)
-        init_weights(self, conv_mode="fan_out", nonlinearity="relu", linear_std=0.01)
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu", linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x))
@@ -276,57 +275,38 @@ class MobileNetV3(nn.Module):
 def _create_mobilenetv3(
     name: str,
     arch: str,
-    dynamic: dict[str, Any] | None,
+    is_dynamic: bool,
     *,
     width_mult: float = 1.0,
     reduced_tail: bool = False,
     dilated: bool = False,
     **kwargs: Any,
 ) -> MobileNetV3:
-    apply_dynamic_options(name, dynamic, kwargs)
-    if not width_mult > 0:
-        raise ValueError(f"width_mult must be > 0, got {width_mult}")
+    options = dynamic_from_kwargs(name, is_dynamic, kwargs)
+    check_width_mult(width_mult)
     cfgs, last_channel = mobilenetv3_config(arch, width_mult, reduced_tail, dilated)
-    return MobileNetV3(cfgs, last_channel, **kwargs)
+    return MobileNetV3(cfgs, last_channel, dynamic=options, **kwargs)
 
 
 @register_model
 def mobilenetv3_small(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Small (torchvision's ``mobilenet_v3_small``)."""
-    return _create_mobilenetv3("mobilenetv3_small", "small", None, **kwargs)
+    return _create_mobilenetv3("mobilenetv3_small", "small", False, **kwargs)
 
 
 @register_model
-def dy_mobilenetv3_small(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> MobileNetV3:
+def dy_mobilenetv3_small(**kwargs: Any) -> MobileNetV3:
     """DY-MobileNetV3-Small: every conv dynamic except the stem and the SE layers."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_mobilenetv3("dy_mobilenetv3_small", "small", dyn, **kwargs)
+    return _create_mobilenetv3("dy_mobilenetv3_small", "small", True, **kwargs)
 
 
 @register_model
 def mobilenetv3_large(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Large (torchvision's ``mobilenet_v3_large``)."""
-    return _create_mobilenetv3("mobilenetv3_large", "large", None, **kwargs)
+    return _create_mobilenetv3("mobilenetv3_large", "large", False, **kwargs)
 
 
 @register_model
-def dy_mobilenetv3_large(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> MobileNetV3:
+def dy_mobilenetv3_large(**kwargs: Any) -> MobileNetV3:
     """DY-MobileNetV3-Large: every conv dynamic except the stem and the SE layers."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_mobilenetv3("dy_mobilenetv3_large", "large", dyn, **kwargs)
+    return _create_mobilenetv3("dy_mobilenetv3_large", "large", True, **kwargs)

@@ -30,15 +30,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dyconv.layers import KernelSpec
+from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
-    apply_dynamic_options,
-    apply_num_kernels,
-    dynamic_options,
-    init_weights,
+    check_width_mult,
+    dynamic_conv_layer,
+    dynamic_from_kwargs,
+    finish_model,
 )
 from dyconv.models.registry import register_model
 
@@ -186,8 +186,8 @@ class RefMobileNetV3(nn.Module):
         dropout: before the linear classifier (0.8, the reference's).
         conv_layer / stem_conv_layer / norm_layer: injected factories (stem static by default,
             norm ``nn.BatchNorm2d`` with PyTorch's defaults, as the reference).
-        num_kernels: per-layer K for the dynamic convs (int, list in ``named_modules()`` order,
-            or a glob mapping); applied before init.
+        dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static); a
+            per-layer K list follows ``named_modules()`` order of the dynamic convs.
     """
 
     def __init__(
@@ -200,17 +200,14 @@ class RefMobileNetV3(nn.Module):
         width_mult: float = 1.0,
         head_channels: int = 1280,
         dropout: float = 0.8,
-        conv_layer: ConvLayer | None = None,
-        stem_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
-        num_kernels: KernelSpec | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        stem_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        conv_layer = nn.Conv2d if conv_layer is None else conv_layer
-        stem_conv_layer = nn.Conv2d if stem_conv_layer is None else stem_conv_layer
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        check_width_mult(width_mult)
+        conv_layer = dynamic_conv_layer(conv_layer, dynamic)
         cn = dict(conv_layer=conv_layer, norm_layer=norm_layer)
 
         channels = 16  # the stem is not scaled
@@ -240,58 +237,38 @@ class RefMobileNetV3(nn.Module):
         self.head = nn.Sequential(conv_layer(last, head, 1, bias=True), nn.Hardswish(inplace=True))
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(head, num_classes))
 
-        apply_num_kernels(self, num_kernels)
-        init_weights(self, conv_mode="fan_out", nonlinearity="relu", linear_std=0.01)
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu", linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.head(self.avgpool(self.features(x)))
         return self.classifier(torch.flatten(x, 1))
 
 
-def _create(name: str, arch: str, dynamic: dict[str, Any] | None, **kwargs: Any) -> RefMobileNetV3:
-    apply_dynamic_options(name, dynamic, kwargs)
+def _create(name: str, arch: str, is_dynamic: bool, **kwargs: Any) -> RefMobileNetV3:
     blocks, last_conv = _ARCHS[arch]
-    return RefMobileNetV3(blocks, last_conv, **kwargs)
+    return RefMobileNetV3(blocks, last_conv, dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs), **kwargs)
 
 
 @register_model
 def mobilenetv3_small_ref(**kwargs: Any) -> RefMobileNetV3:
     """The reference implementation's MobileNetV3-Small (x0.5, 200 classes: 877,872 parameters)."""
-    return _create("mobilenetv3_small_ref", "small", None, **kwargs)
+    return _create("mobilenetv3_small_ref", "small", False, **kwargs)
 
 
 @register_model
-def dy_mobilenetv3_small_ref(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> RefMobileNetV3:
+def dy_mobilenetv3_small_ref(**kwargs: Any) -> RefMobileNetV3:
     """The reference's DY-MobileNetV3-Small: 35 dynamic convs (all but the stem), SE and classifier
     static (x0.5, 200 classes: 2,525,336 parameters)."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create("dy_mobilenetv3_small_ref", "small", dyn, **kwargs)
+    return _create("dy_mobilenetv3_small_ref", "small", True, **kwargs)
 
 
 @register_model
 def mobilenetv3_large_ref(**kwargs: Any) -> RefMobileNetV3:
     """The reference implementation's MobileNetV3-Large."""
-    return _create("mobilenetv3_large_ref", "large", None, **kwargs)
+    return _create("mobilenetv3_large_ref", "large", False, **kwargs)
 
 
 @register_model
-def dy_mobilenetv3_large_ref(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> RefMobileNetV3:
+def dy_mobilenetv3_large_ref(**kwargs: Any) -> RefMobileNetV3:
     """The reference's DY-MobileNetV3-Large: every conv but the stem dynamic."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create("dy_mobilenetv3_large_ref", "large", dyn, **kwargs)
+    return _create("dy_mobilenetv3_large_ref", "large", True, **kwargs)

@@ -7,9 +7,12 @@ only sets architecture arguments and forwards ``**kwargs`` to the model class (t
 Conventions every registered model follows:
 
 - it accepts ``num_classes``, ``in_channels`` and ``width_mult``; a ``dy_`` model also
-  ``num_kernels`` (int, list in ``named_modules()`` order of its dynamic convs, or a mapping of
-  fnmatch globs on qualified module names to K), ``reduction``, ``min_hidden``, ``temperature``;
-  a static builder rejects those with ``TypeError``;
+  ``dynamic=DynamicOptions(...)`` and/or its flat keys ``num_kernels`` (int, list in
+  ``named_modules()`` order of its dynamic convs, or a mapping of fnmatch globs on qualified
+  module names to K), ``reduction``, ``min_hidden``, ``temperature``, ``path``,
+  ``recompute_kernels``, ``routing`` (mapped onto the options by
+  :func:`~dyconv.models.factory.dynamic_from_kwargs`); a static builder rejects those with
+  ``TypeError``;
 - it MAY define ``param_groups() -> dict[str, list[nn.Parameter]]`` that splits its parameters
   (each exactly once) into named groups, e.g. ``{"backbone": [...], "head": [...]}`` for
   DeepLabV3+; the training code gives each group its own learning-rate multiplier. Models

@@ -13,14 +13,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from dyconv.layers import KernelSpec
+from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
     ConvLayer,
     LayerFactory,
-    apply_dynamic_options,
-    apply_num_kernels,
-    dynamic_options,
-    init_weights,
+    check_width_mult,
+    dynamic_conv_layer,
+    dynamic_from_kwargs,
+    finish_model,
 )
 from dyconv.models.registry import register_model
 
@@ -129,8 +129,8 @@ class ResNet(nn.Module):
             ``DynamicConv2d`` for the dynamic network).
         stem_conv_layer: builds the stem conv (default ``nn.Conv2d``).
         norm_layer: normalisation (default ``nn.BatchNorm2d``).
-        num_kernels: per-layer K for the dynamic convs (int, list in ``named_modules()`` order,
-            i.e. conv1, conv2, downsample per block, or a glob mapping); applied before init.
+        dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static); a
+            per-layer K list follows ``named_modules()`` order (conv1, conv2, downsample per block).
     """
 
     def __init__(
@@ -143,21 +143,19 @@ class ResNet(nn.Module):
         width_mult: float = 1.0,
         stem: str = "imagenet",
         zero_init_residual: bool = False,
-        conv_layer: ConvLayer | None = None,
-        stem_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
-        num_kernels: KernelSpec | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        stem_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != 4:
             raise ValueError(f"layers must give 4 stage depths, got {list(layers)}")
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        self._conv_layer = nn.Conv2d if conv_layer is None else conv_layer
-        self._norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
-        stem_conv_layer = nn.Conv2d if stem_conv_layer is None else stem_conv_layer
+        check_width_mult(width_mult)
+        self._conv_layer = dynamic_conv_layer(conv_layer, dynamic)
+        self._norm_layer = norm_layer
         widths = [max(1, int(c * width_mult)) for c in (64, 128, 256, 512)]
         self.inplanes = widths[0]
         self.stem = stem
@@ -178,8 +176,7 @@ class ResNet(nn.Module):
         self.num_features = widths[3] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
 
-        apply_num_kernels(self, num_kernels)
-        init_weights(self, conv_mode="fan_out", nonlinearity="relu")
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu")
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
@@ -211,95 +208,54 @@ class ResNet(nn.Module):
 
 
 def _create_resnet(
-    name: str,
-    block: type[BasicBlock] | type[Bottleneck],
-    layers: Sequence[int],
-    dynamic: dict[str, Any] | None,
-    **kwargs: Any,
+    name: str, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], is_dynamic: bool, **kwargs: Any
 ) -> ResNet:
-    apply_dynamic_options(name, dynamic, kwargs)
-    return ResNet(block, layers, **kwargs)
+    return ResNet(block, layers, dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs), **kwargs)
 
 
 @register_model
 def resnet10(**kwargs: Any) -> ResNet:
     """ResNet-10: BasicBlock, [1, 1, 1, 1]."""
-    return _create_resnet("resnet10", BasicBlock, [1, 1, 1, 1], None, **kwargs)
+    return _create_resnet("resnet10", BasicBlock, [1, 1, 1, 1], False, **kwargs)
 
 
 @register_model
-def dy_resnet10(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> ResNet:
+def dy_resnet10(**kwargs: Any) -> ResNet:
     """DY-ResNet-10: every block conv and downsample dynamic, stem static (11 dynamic convs)."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_resnet("dy_resnet10", BasicBlock, [1, 1, 1, 1], dyn, **kwargs)
+    return _create_resnet("dy_resnet10", BasicBlock, [1, 1, 1, 1], True, **kwargs)
 
 
 @register_model
 def resnet18(**kwargs: Any) -> ResNet:
     """ResNet-18: BasicBlock, [2, 2, 2, 2] (torchvision's ``resnet18``)."""
-    return _create_resnet("resnet18", BasicBlock, [2, 2, 2, 2], None, **kwargs)
+    return _create_resnet("resnet18", BasicBlock, [2, 2, 2, 2], False, **kwargs)
 
 
 @register_model
-def dy_resnet18(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> ResNet:
+def dy_resnet18(**kwargs: Any) -> ResNet:
     """DY-ResNet-18: every block conv and downsample dynamic, stem static."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_resnet("dy_resnet18", BasicBlock, [2, 2, 2, 2], dyn, **kwargs)
+    return _create_resnet("dy_resnet18", BasicBlock, [2, 2, 2, 2], True, **kwargs)
 
 
 @register_model
 def resnet34(**kwargs: Any) -> ResNet:
     """ResNet-34: BasicBlock, [3, 4, 6, 3] (torchvision's ``resnet34``)."""
-    return _create_resnet("resnet34", BasicBlock, [3, 4, 6, 3], None, **kwargs)
+    return _create_resnet("resnet34", BasicBlock, [3, 4, 6, 3], False, **kwargs)
 
 
 @register_model
-def dy_resnet34(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> ResNet:
+def dy_resnet34(**kwargs: Any) -> ResNet:
     """DY-ResNet-34: every block conv and downsample dynamic, stem static."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_resnet("dy_resnet34", BasicBlock, [3, 4, 6, 3], dyn, **kwargs)
+    return _create_resnet("dy_resnet34", BasicBlock, [3, 4, 6, 3], True, **kwargs)
 
 
 @register_model
 def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50: Bottleneck, [3, 4, 6, 3] (torchvision's ``resnet50``, v1.5)."""
-    return _create_resnet("resnet50", Bottleneck, [3, 4, 6, 3], None, **kwargs)
+    return _create_resnet("resnet50", Bottleneck, [3, 4, 6, 3], False, **kwargs)
 
 
 @register_model
-def dy_resnet50(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> ResNet:
+def dy_resnet50(**kwargs: Any) -> ResNet:
     """DY-ResNet-50: every block conv and downsample dynamic, stem static."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_resnet("dy_resnet50", Bottleneck, [3, 4, 6, 3], dyn, **kwargs)
+    return _create_resnet("dy_resnet50", Bottleneck, [3, 4, 6, 3], True, **kwargs)

@@ -7,15 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dyconv.layers import KernelSpec
+from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
     ConvLayer,
     ConvNormAct,
     LayerFactory,
-    apply_dynamic_options,
-    apply_num_kernels,
-    dynamic_options,
-    init_weights,
+    check_width_mult,
+    dynamic_conv_layer,
+    dynamic_from_kwargs,
+    finish_model,
 )
 from dyconv.models.registry import register_model
 
@@ -35,7 +35,7 @@ class SimpleCNN(nn.Module):
         width_mult: scales the 32 / 64 conv channels and the 128 hidden units.
         dropout: before the last linear layer.
         conv_layer / stem_conv_layer / norm_layer: injected layer factories.
-        num_kernels: per-layer K for the dynamic convs; applied before init.
+        dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static).
     """
 
     def __init__(
@@ -45,16 +45,15 @@ class SimpleCNN(nn.Module):
         in_channels: int = 1,
         width_mult: float = 1.0,
         dropout: float = 0.25,
-        conv_layer: ConvLayer | None = None,
-        stem_conv_layer: ConvLayer | None = None,
-        norm_layer: LayerFactory | None = None,
-        num_kernels: KernelSpec | None = None,
+        conv_layer: ConvLayer = nn.Conv2d,
+        stem_conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        check_width_mult(width_mult)
+        conv_layer = dynamic_conv_layer(conv_layer, dynamic)
         c1, c2, hidden = (max(1, int(c * width_mult)) for c in (32, 64, 128))
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         self.features = nn.Sequential(
             ConvNormAct(in_channels, c1, conv_layer=stem_conv_layer, norm_layer=norm_layer),
             nn.MaxPool2d(2),
@@ -68,34 +67,23 @@ class SimpleCNN(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
-        apply_num_kernels(self, num_kernels)
-        init_weights(self, conv_mode="fan_out", nonlinearity="relu")
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def _create_simple_cnn(name: str, dynamic: dict[str, Any] | None, **kwargs: Any) -> SimpleCNN:
-    apply_dynamic_options(name, dynamic, kwargs)
-    return SimpleCNN(**kwargs)
+def _create_simple_cnn(name: str, is_dynamic: bool, **kwargs: Any) -> SimpleCNN:
+    return SimpleCNN(dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs), **kwargs)
 
 
 @register_model
 def simple_cnn(**kwargs: Any) -> SimpleCNN:
     """Two-conv CNN for MNIST (1x28x28, 10 classes by default)."""
-    return _create_simple_cnn("simple_cnn", None, **kwargs)
+    return _create_simple_cnn("simple_cnn", False, **kwargs)
 
 
 @register_model
-def dy_simple_cnn(
-    *,
-    num_kernels: KernelSpec = 4,
-    reduction: int = 4,
-    min_hidden: int = 1,
-    temperature: float = 30.0,
-    path: str = "auto",
-    **kwargs: Any,
-) -> SimpleCNN:
-    """Two-conv CNN with its second conv dynamic."""
-    dyn = dynamic_options(num_kernels, reduction, min_hidden, temperature, path)
-    return _create_simple_cnn("dy_simple_cnn", dyn, **kwargs)
+def dy_simple_cnn(**kwargs: Any) -> SimpleCNN:
+    """Two-conv CNN with its second conv dynamic (flat ``DynamicOptions`` keys or ``dynamic=``)."""
+    return _create_simple_cnn("dy_simple_cnn", True, **kwargs)

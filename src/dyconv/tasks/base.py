@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -33,6 +33,10 @@ def split_weight_decay(named_params: list[tuple[str, nn.Parameter]], modules: Ma
 class BaseTask(L.LightningModule):
     """LightningModule around any ``nn.Module``.
 
+    Each subclass declares, once, what it is: :attr:`kind` (``"classification"`` or
+    ``"segmentation"``: stored in every checkpoint, read by every tool and callback) and the
+    metric that selects its best checkpoint (:attr:`monitor`, :attr:`monitor_mode`).
+
     Args:
         model: the network (built by ``dyconv.models.create_model`` in the configs).
         optimizer: a callable ``params -> Optimizer`` (a Hydra ``_partial_``), e.g.
@@ -44,10 +48,15 @@ class BaseTask(L.LightningModule):
             (models that define it, e.g. DeepLabV3+: ``{"backbone": 1.0, "head": 10.0}``).
         no_weight_decay_norm_bias: exclude norm weights and biases from weight decay.
         compile: run the network through ``torch.compile`` (checkpoint keys are unchanged).
-        monitor, monitor_mode: the metric that selects the best checkpoint.
+        monitor, monitor_mode: the metric that selects the best checkpoint (default: the
+            task class's :attr:`monitor` / :attr:`monitor_mode`).
         run_config: plain-dict config (model, data, task, ...) stored in each checkpoint so
             tools can rebuild everything from the checkpoint alone.
     """
+
+    kind: ClassVar[str] = "classification"
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
 
     def __init__(
         self,
@@ -57,20 +66,22 @@ class BaseTask(L.LightningModule):
         lr_mult: Mapping[str, float] | None = None,
         no_weight_decay_norm_bias: bool = False,
         compile: bool = False,
-        monitor: str = "val/acc",
-        monitor_mode: str = "max",
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        # Hyperparameters: plain types only (no nn.Module / partial pickled into checkpoints).
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        # Hyperparameters: plain types only (no nn.Module / partial pickled into checkpoints);
+        # the run config is stored once, under checkpoint["dyconv"] (on_save_checkpoint).
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "run_config"], logger=False)
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_config = dict(scheduler) if scheduler else None
         self.lr_mult = dict(lr_mult or {})
         self.no_weight_decay_norm_bias = no_weight_decay_norm_bias
         self.compile = compile
-        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.monitor = type(self).monitor if monitor is None else monitor
+        self.monitor_mode = type(self).monitor_mode if monitor_mode is None else monitor_mode
         self.run_config = dict(run_config or {})
         # Not registered as a submodule: state_dict keys stay "model.*" with compile on.
         object.__setattr__(self, "_net", torch.compile(model) if compile else model)
@@ -148,4 +159,4 @@ class BaseTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["dyconv"] = {"version": 1, "config": self.run_config}
+        checkpoint["dyconv"] = {"version": 1, "kind": self.kind, "config": self.run_config}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,11 @@ class ClassificationTask(BaseTask):
         **kwargs: :class:`BaseTask` arguments (model, optimizer, scheduler, ...).
     """
 
+    kind: ClassVar[str] = "classification"
+    monitor = "val/acc"
+    monitor_mode = "max"
+
     def __init__(self, model: torch.nn.Module, num_classes: int, label_smoothing: float = 0.0, **kwargs: Any) -> None:
-        kwargs.setdefault("monitor", "val/acc")
-        kwargs.setdefault("monitor_mode", "max")
         super().__init__(model, **kwargs)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,10 @@ class SegmentationTask(BaseTask):
         **kwargs: :class:`BaseTask` arguments (model, optimizer, scheduler, lr_mult, ...).
     """
 
+    kind: ClassVar[str] = "segmentation"
+    monitor = "val/miou"
+    monitor_mode = "max"
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -33,8 +37,6 @@ class SegmentationTask(BaseTask):
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("monitor", "val/miou")
-        kwargs.setdefault("monitor_mode", "max")
         super().__init__(model, **kwargs)
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)

@@ -1,0 +1,202 @@
+"""The one carrier of dynamic-convolution options: :class:`DynamicOptions`.
+
+Models (``dynamic=``), :meth:`DynamicConv2d.from_conv` and :func:`convert_to_dynamic` all take
+one frozen :class:`DynamicOptions`; the model registry maps the flat config keys
+(``num_kernels``, ``reduction``, ...) onto it in one place (:meth:`DynamicOptions.pop_from`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import types
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any, Union
+
+from torch import nn
+
+from dyconv.layers.dynamic_conv import PATHS, DynamicConv2d
+
+__all__ = ["ROUTINGS", "DynamicOptions", "KernelSpec", "build_dynamic_convs", "resolve_num_kernels"]
+
+#: ``num_kernels``: one K for all layers, one K per layer (in ``named_modules()`` order), or
+#: fnmatch globs on qualified module names -> K (first match wins, unmatched layers: 4).
+KernelSpec = Union[int, Sequence[int], Mapping[str, int]]
+
+#: Attention routings; only the paper's softmax is implemented.
+ROUTINGS = ("softmax",)
+#: K of a layer no glob of a mapping spec matches.
+DEFAULT_NUM_KERNELS = 4
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resolve_num_kernels(spec: KernelSpec, names: Sequence[str], default: int = DEFAULT_NUM_KERNELS) -> list[int]:
+    """K for each of ``names`` (qualified module names in ``named_modules()`` order)."""
+    if isinstance(spec, bool):
+        raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
+    if isinstance(spec, int):
+        ks = [spec] * len(names)
+    elif isinstance(spec, Mapping):
+        patterns = {str(p): k for p, k in spec.items()}
+        unused = set(patterns)
+        ks = []
+        for name in names:
+            for pattern, k in patterns.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    ks.append(k)
+                    unused.discard(pattern)
+                    break
+            else:
+                ks.append(default)
+        if unused:
+            raise ValueError(
+                f"num_kernels pattern(s) {sorted(unused)} match no dynamic conv; the dynamic convs are: {list(names)}"
+            )
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        ks = list(spec)
+        if len(ks) != len(names):
+            raise ValueError(
+                f"num_kernels has {len(ks)} entries but there are {len(names)} dynamic convs "
+                f"(in named_modules() order): {list(names)}"
+            )
+    else:
+        raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
+    for k in ks:
+        if not _is_int(k) or k < 1:
+            raise ValueError(f"every num_kernels value must be a positive integer, got {k!r}")
+    return ks
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicOptions:
+    """What makes a conv dynamic, for one layer or a whole model.
+
+    Args:
+        num_kernels: K: an int, a per-layer list (``named_modules()`` order of the dynamic convs)
+            or a mapping of fnmatch globs on qualified module names to K (unmatched: 4).
+        reduction / min_hidden: attention hidden width ``max(in_channels // reduction, min_hidden)``.
+        temperature: the initial softmax temperature (training anneals it with
+            :class:`dyconv.callbacks.TemperatureScheduler`, which owns it from then on).
+        path: ``"auto"`` or a fixed strategy from :data:`~dyconv.layers.PATHS`.
+        recompute_kernels: the grouped path recomputes per-sample kernels in backward.
+        routing: how attention logits become kernel weights; ``"softmax"`` (the paper).
+    """
+
+    num_kernels: KernelSpec = 4
+    reduction: int = 4
+    min_hidden: int = 1
+    temperature: float = 30.0
+    path: str = "auto"
+    recompute_kernels: bool = False
+    routing: str = "softmax"
+
+    def __post_init__(self) -> None:
+        spec = self.num_kernels
+        if isinstance(spec, Mapping):
+            spec = types.MappingProxyType({str(k): v for k, v in spec.items()})
+        elif isinstance(spec, Sequence) and not isinstance(spec, str):
+            spec = tuple(spec)
+        object.__setattr__(self, "num_kernels", spec)
+        if _is_int(spec):
+            values: Sequence[Any] = [spec]
+        elif isinstance(spec, (Mapping, tuple)):
+            values = list(spec.values()) if isinstance(spec, Mapping) else list(spec)
+        else:
+            raise TypeError(f"num_kernels must be an int, a list of ints or a mapping, got {spec!r}")
+        for k in values:
+            if not _is_int(k) or k < 1:
+                raise ValueError(f"every num_kernels value must be a positive integer, got {k!r}")
+        for key in ("reduction", "min_hidden"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(
+                f"routing {self.routing!r} is not implemented; available: {', '.join(ROUTINGS)}"
+            )
+        object.__setattr__(self, "recompute_kernels", bool(self.recompute_kernels))
+
+    # ------------------------------------------------------------------ flat keys
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The flat keys configs use (``model.num_kernels``, ``model.reduction``, ...)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def pop_from(cls, kwargs: MutableMapping[str, Any]) -> DynamicOptions:
+        """Build from (and remove) the flat keys in ``kwargs``; a ``dynamic`` entry (a
+        :class:`DynamicOptions` or a mapping) is the base the flat keys override."""
+        base = kwargs.pop("dynamic", None)
+        if isinstance(base, Mapping):
+            base = cls(**_plain(base))
+        flat = {key: _plain(kwargs.pop(key)) for key in cls.fields() if key in kwargs}
+        if base is None:
+            return cls(**flat)
+        return dataclasses.replace(base, **flat) if flat else base
+
+    # ------------------------------------------------------------------ per layer
+    def layer_kwargs(self, num_kernels: int) -> dict[str, Any]:
+        """The keyword-only ``DynamicConv2d`` arguments for one layer with ``num_kernels`` kernels."""
+        return dict(
+            num_kernels=num_kernels,
+            reduction=self.reduction,
+            min_hidden=self.min_hidden,
+            temperature=self.temperature,
+            path=self.path,
+            recompute_kernels=self.recompute_kernels,
+        )
+
+    def kernels_for(self, names: Sequence[str]) -> list[int]:
+        """K of each named dynamic conv (``names`` in ``named_modules()`` order)."""
+        return resolve_num_kernels(self.num_kernels, names)
+
+    @property
+    def conv_layer(self) -> Callable[..., nn.Module]:
+        """A factory with ``nn.Conv2d``'s signature for model code: it records the arguments;
+        :func:`build_dynamic_convs` then builds each layer once, with its own K."""
+        return PendingConv
+
+
+class PendingConv(nn.Module):
+    """A conv whose K is not known until its qualified name is (see :func:`build_dynamic_convs`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.args, self.kwargs = args, kwargs
+
+    def forward(self, x: Any) -> Any:  # pragma: no cover - replaced before use
+        raise RuntimeError("a PendingConv was not built; call build_dynamic_convs(model, options)")
+
+
+def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
+    """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConv2d` with its K
+    (resolved on the qualified names); returns ``model``. Models call it before their init."""
+    from dyconv.layers.convert import replace_modules
+
+    pending = [(n, m) for n, m in model.named_modules() if isinstance(m, PendingConv)]
+    if not pending and not _is_int(options.num_kernels):
+        raise ValueError(
+            "num_kernels was given per layer but the model has no dynamic conv (static conv_layer); "
+            "use the dy_ model or a dynamic conv_layer"
+        )
+    ks = options.kernels_for([n for n, _ in pending])
+    new = {id(m): DynamicConv2d(*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)}
+    return replace_modules(model, new)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers to plain Python (Hydra passes ListConfig / DictConfig)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
