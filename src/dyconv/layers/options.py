@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import types
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Union
@@ -159,8 +160,12 @@ class DynamicOptions:
 
     @property
     def conv_layer(self) -> Callable[..., nn.Module]:
-        """A factory with ``nn.Conv2d``'s signature for model code: it records the arguments;
-        :func:`build_dynamic_convs` then builds each layer once, with its own K."""
+        """A factory with ``nn.Conv2d``'s signature for model code. With one K for every layer
+        it builds the ``DynamicConv2d`` at once (in model order, so a seed gives the same weights
+        as any other way of building the model); with a per-layer K it records the arguments and
+        :func:`build_dynamic_convs` builds each layer once, with its own K, when names are known."""
+        if _is_int(self.num_kernels):
+            return functools.partial(DynamicConv2d, **self.layer_kwargs(self.num_kernels))
         return PendingConv
 
 
