@@ -76,6 +76,11 @@ class ExportError(DyconvError):
     """The model could not be exported, or the exported file computes something else."""
 
 
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
 def normalization_of(data_config: Mapping[str, Any]) -> dict[str, Any] | None:
     """``{"mean": [...], "std": [...]}`` (per input channel, for pixels scaled to [0, 1]) the
     run's data was normalised with (the DataModule's ``mean``/``std``), or None if unknown."""
@@ -142,8 +147,7 @@ def export_model(
     """
     from dyconv.utils.fold import prepare_for_export
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _check_format(fmt)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
     model.eval()
@@ -274,8 +278,7 @@ def export_checkpoint(
     import dyconv
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _check_format(fmt)
     if opset is not None and fmt != "onnx":
         raise ConfigError(f"opset applies to format=onnx only (got format={fmt})")
     run = load_trained_run(ckpt_path)
@@ -293,14 +296,14 @@ def export_checkpoint(
     batches = VERIFY_BATCHES if batch is None else (batch,)
     diffs = verify_export(model, path, fmt, (channels, h, w), batches=batches, rtol=rtol, atol=atol) if verify else {}
 
-    segmentation = str(run.config.get("task", {}).get("_target_", "")).endswith("SegmentationTask")
+    segmentation = run.task.kind == "segmentation"
     num_classes = int(data.get("num_classes") or 0) or None
     meta: dict[str, Any] = {
         "format": fmt,
         "file": path.name,
         "checkpoint": str(run.ckpt_path),
         "model": run.config.get("model", {}).get("name"),
-        "task": "segmentation" if segmentation else "classification",
+        "task": run.task.kind,
         "input": {"name": INPUT_NAME, "shape": [batch or "batch", channels, h, w], "dtype": "float32"},
         "max_batch": batch or max_batch,
         "output": {
