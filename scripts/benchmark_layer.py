@@ -276,7 +276,7 @@ def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int
     t = time_interleaved(cands, x, backward, rounds)
     base = t["conv2d"]
     ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
-    chosen = choose_path(batch, shape.cin, shape.cout, shape.groups, (shape.kernel,) * 2, ho * ho, num_kernels)
+    chosen = choose_path(batch, shape.cin, shape.cout, shape.groups, (shape.kernel,) * 2, ho * ho)
     best = min(v for k, v in t.items() if k in ("grouped", "mixture", "bmm"))
     auto_cell = f"{chosen[:3]} {_cell(t, 'auto', base, 0)}".rjust(16)
     timm_ratio = f"{t['timm_condconv'] / t['auto']:8.1f}x" if "timm_condconv" in t else f"{'-':>9}"

@@ -240,13 +240,13 @@ def test_works_inside_unmodified_modules():
 
 def test_choose_path_rule():
     # Documented rule of the auto path.
-    assert choose_path(1, 512, 512, 1, (3, 3), 4, 4) == "grouped"  # batch 1: aggregate once
-    assert choose_path(32, 24, 144, 1, (1, 1), 56 * 56, 4) == "bmm"  # pointwise
-    assert choose_path(32, 144, 144, 144, (3, 3), 7 * 7, 4) == "grouped"  # depthwise
-    assert choose_path(32, 256, 256, 1, (3, 3), 4 * 4, 4) == "mixture"  # tiny map
-    assert choose_path(32, 64, 64, 1, (3, 3), 16 * 16, 4) == "grouped"
-    assert choose_path(32, 512, 512, 1, (3, 3), 7 * 7, 4, cheap_alloc=False) == "mixture"
-    assert choose_path(32, 512, 512, 1, (3, 3), 7 * 7, 4, cheap_alloc=True) == "grouped"
+    assert choose_path(1, 512, 512, 1, (3, 3), 4) == "grouped"  # batch 1: aggregate once
+    assert choose_path(32, 24, 144, 1, (1, 1), 56 * 56) == "bmm"  # pointwise
+    assert choose_path(32, 144, 144, 144, (3, 3), 7 * 7) == "grouped"  # depthwise
+    assert choose_path(32, 256, 256, 1, (3, 3), 4 * 4) == "mixture"  # tiny map
+    assert choose_path(32, 64, 64, 1, (3, 3), 16 * 16) == "grouped"
+    assert choose_path(32, 512, 512, 1, (3, 3), 7 * 7, cheap_alloc=False) == "mixture"
+    assert choose_path(32, 512, 512, 1, (3, 3), 7 * 7, cheap_alloc=True) == "grouped"
 
 
 def test_autocast_bf16_cpu():

@@ -70,7 +70,6 @@ def choose_path(
     groups: int,
     kernel_size: Tuple[int, int],
     out_hw: int,
-    num_kernels: int,
     cheap_alloc: bool = True,
     mixture_max_pixels: int = MIXTURE_MAX_PIXELS,
     grouped_max_bytes_untuned: int = GROUPED_MAX_BYTES_UNTUNED,
@@ -85,8 +84,8 @@ def choose_path(
       ``pi``: K times the static FLOPs but no per-sample kernels. Wins for dense convs on maps
       under ``MIXTURE_MAX_PIXELS`` pixels (4x4, 2x2), where ``B`` copies of a large kernel cost
       more than the convolution itself.
-    - ``bmm``: per-sample kernels applied by batched matmul (pointwise convs directly, others
-      via ``unfold``): the best choice for 1x1 convs (MobileNet expand/project).
+    - ``bmm``: per-sample kernels applied by batched matmul, per group (pointwise convs directly,
+      others via ``unfold``): the best choice for dense 1x1 convs (MobileNet expand/project).
 
     ``cheap_alloc`` is False on a CPU process whose malloc returns big blocks to the OS (see
     :mod:`dyconv.runtime`); then per-sample kernels over ``GROUPED_MAX_BYTES_UNTUNED`` bytes
@@ -415,7 +414,6 @@ class DynamicConv2d(nn.Module):
             self.groups,
             self.kernel_size,
             h * w,
-            self.num_kernels,
             cheap_alloc,
         )
 
@@ -531,12 +529,11 @@ class DynamicConv2d(nn.Module):
         return out
 
     def _forward_bmm(self, x: Tensor, pi: Tensor) -> Tensor:
-        if self.groups != 1:
-            return self._forward_grouped(x, pi)
         b = x.shape[0]
-        k, cout = self.num_kernels, self.out_channels
+        k, cout, g = self.num_kernels, self.out_channels, self.groups
         kh, kw = self.kernel_size
-        weight = torch.mm(pi, self.weight.reshape(k, -1)).reshape(b, cout, -1)
+        # Per-sample kernels as (B, groups, Cout/g, Cin/g*kh*kw): one batched matmul per group.
+        weight = torch.mm(pi, self.weight.reshape(k, -1)).reshape(b, g, cout // g, -1)
         x, padding = self._pad_explicitly(x)
         if kh == 1 and kw == 1 and padding[0] == 0 and padding[1] == 0:
             sh, sw = self.stride
@@ -547,7 +544,7 @@ class DynamicConv2d(nn.Module):
         else:
             h, w = self._out_size(x.shape[-2], x.shape[-1], padding)
             cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)
-        y = torch.bmm(weight, cols)
+        y = torch.matmul(weight, cols.reshape(b, g, -1, cols.shape[-1])).reshape(b, cout, -1)
         bias = self.bias
         if bias is not None:
             y = y + torch.mm(pi, bias).to(y.dtype).unsqueeze(-1)
