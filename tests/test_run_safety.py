@@ -215,3 +215,16 @@ def test_sigterm_exits_non_zero_with_a_resume_hint(tmp_path):
     assert proc.returncode == 143, out[-3000:]
     assert "run stopped by SIGTERM at epoch" in out and "ckpt_path=last" in out
     assert not (run_dir / "metrics.json").exists() and read_completed(run_dir) is None
+
+
+def test_disk_full_anywhere_in_a_run_is_one_plain_line(tmp_path):
+    """Not only checkpoints: metrics, logs and configs hitting ENOSPC say so without a traceback."""
+    from omegaconf import OmegaConf
+
+    from dyconv.train import run_job
+
+    def job(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.json"))
+
+    with pytest.raises(SystemExit, match=f"error: .*no space left on device: {re.escape(str(tmp_path))}/metrics.json"):
+        run_job(job, OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}))

@@ -25,7 +25,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.errors import ConfigError, DyconvError, RunStopped
+from dyconv.errors import ConfigError, DiskFullError, DyconvError, RunStopped
 from dyconv.utils.resolvers import register_resolvers
 
 log = logging.getLogger("dyconv.train")
@@ -462,6 +462,13 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None
     except Exception as e:
+        from dyconv.utils.checkpoint_io import is_disk_full
+
+        if is_disk_full(e) and not isinstance(e, DyconvError):  # metrics, logs, configs: the cause, plainly
+            where = getattr(e, "filename", None) or OmegaConf.select(
+                cfg, "paths.output_dir", default="the run directory", throw_on_resolution_failure=False)
+            e = DiskFullError(28, f"no space left on device: {where}; free some space and resume with the same "
+                                  "command + ckpt_path=last (checkpoints are written atomically)")
         if not _is_user_error(e):
             log.exception("Job failed")
             raise
