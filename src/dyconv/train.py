@@ -177,9 +177,9 @@ def check_trainable(datamodule: Any, world: int) -> None:
 def _prepare_data(datamodule: Any, cfg: DictConfig, rank: int) -> None:
     """Download/verify/split the data before anything else is built, so a missing or broken
     dataset is reported first (Lightning calls these again in fit; they are idempotent)."""
-    if not cfg.get("train", True) and not cfg.get("test", True):
-        return
-    if rank == 0 and hasattr(datamodule, "prepare_data"):
+    if rank != 0 or (not cfg.get("train", True) and not cfg.get("test", True)):
+        return  # other ranks (other nodes may prepare their own copy) leave it to Lightning
+    if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()
     if hasattr(datamodule, "setup") and cfg.get("train", True):
         datamodule.setup("fit")
