@@ -221,7 +221,7 @@ def test_disk_full_anywhere_in_a_run_is_one_plain_line(tmp_path):
     """Not only checkpoints: metrics, logs and configs hitting ENOSPC say so without a traceback."""
     from omegaconf import OmegaConf
 
-    from dyconv.train import run_job
+    from dyconv.cli import run_job
 
     def job(cfg):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.json"))

@@ -22,11 +22,11 @@ def compose_run_config(overrides: Sequence[str] = ()) -> dict:
     """The plain run config ``train`` would store for these command-line overrides."""
     from hydra import compose, initialize_config_dir
 
-    from dyconv.train import CONF_DIR, _plain
+    from dyconv.cli import CONF_DIR, plain
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
-    return _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
+    return plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
 
 
 def make_checkpoint(

@@ -15,8 +15,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
-from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 from dyconv.utils.rebuild import load_trained_run
 
 log = logging.getLogger("dyconv.eval")
@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from dyconv.runtime import tune_malloc
 
-    _route_lightning_logs()
+    route_lightning_logs()
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {cfg.split!r}")
     if cfg.get("tune_malloc", True):

@@ -38,9 +38,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError, DyconvError
 from dyconv.layers.dynamic_conv import DynamicConv2d, export_batch
-from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
 
@@ -326,7 +326,7 @@ def export_checkpoint(
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra job: export ``cfg.ckpt_path`` and print where the files are."""
-    _route_lightning_logs()
+    route_lightning_logs()
     fmt = str(cfg.format)
     meta = export_checkpoint(
         cfg.ckpt_path,

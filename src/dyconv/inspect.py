@@ -34,10 +34,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.attention import AttentionSummary
+from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
 from dyconv.layers.recorder import AttentionRecorder
-from dyconv.train import CONF_DIR, _route_lightning_logs, require_ckpt_path, run_job
 
 __all__ = ["Inspection", "format_report", "inspect_checkpoint", "main", "temperature_sweep", "write_outputs"]
 
@@ -273,7 +273,7 @@ def format_report(result: Inspection, max_classes: int = 20) -> str:
 
 def run_inspection(cfg: DictConfig) -> Inspection:
     """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report."""
-    _route_lightning_logs()
+    route_lightning_logs()
     if cfg.get("tune_malloc", True):
         from dyconv.runtime import tune_malloc
 

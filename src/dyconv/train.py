@@ -18,33 +18,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.errors import ConfigError, DiskFullError, DyconvError, RunStopped
-from dyconv.utils.resolvers import register_resolvers
+from dyconv.cli import CONF_DIR, launched_externally, plain, process_rank, route_lightning_logs, run_job
+from dyconv.errors import ConfigError, RunStopped
+
+__all__ = ["CONF_DIR", "check_trainable", "main", "objective", "train", "validate_config"]
 
 log = logging.getLogger("dyconv.train")
-register_resolvers()
-
-CONF_DIR = str(Path(__file__).parent / "conf")
-
-
-def _process_rank() -> int:
-    """Rank of this process as set by Lightning's launcher, torchrun or SLURM (0 if none)."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def _launched_externally() -> bool:
-    """Processes created by torchrun / SLURM / a Lightning parent, not by this process."""
-    return any(v in os.environ for v in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_NTASKS", "RANK"))
 
 
 def _number(cfg: DictConfig, key: str) -> float | None:
@@ -99,7 +84,7 @@ def _check_multirun_ddp(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN or _launched_externally():
+    if hc.mode != RunMode.MULTIRUN or launched_externally():
         return
     launcher = str(OmegaConf.select(hc, "launcher._target_", default=""))
     if "BasicLauncher" not in launcher:
@@ -117,22 +102,6 @@ def _check_multirun_ddp(cfg: DictConfig) -> None:
             "re-launch each worker with the whole sweep's arguments). Sweep with a cluster launcher "
             "(hydra/launcher=slurm, one job per run), or run each configuration on its own with torchrun / srun."
         )
-
-
-def _route_lightning_logs() -> None:
-    """Lightning adds its own console handler; drop it so its messages go through Hydra's
-    handlers once (console + the run's log file) instead of twice."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                logger.removeHandler(handler)
-        logger.propagate = True
-
-
-def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
-            for k in keys if k in cfg}
 
 
 def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
@@ -186,32 +155,6 @@ def _prepare_data(datamodule: Any, cfg: DictConfig, rank: int) -> None:
         check_trainable(datamodule, _world_size(cfg))
 
 
-def _already_finished(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
-    """``ckpt_path=last`` on a run that finished asking no more epochs/steps: its metrics, unchanged."""
-    from dyconv.utils.run_state import read_completed
-
-    if str(cfg.get("ckpt_path")) != "last" or not cfg.get("train", True):
-        return None
-    done = read_completed(output_dir)
-    if done is None:
-        return None
-    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
-    if max_epochs is not None and max_epochs != -1 and done.get("max_epochs") not in (None, -1) \
-            and max_epochs > done["max_epochs"]:
-        return None  # asked to train longer: resume
-    if max_steps not in (None, -1) and done.get("max_steps") not in (None, -1) and max_steps > done["max_steps"]:
-        return None
-    try:
-        metrics = json.loads((output_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    print(f"Run {output_dir} already finished ({done.get('finished', '?')}, epoch {done.get('epochs', '?')}); "
-          f"nothing to do. Metrics: {output_dir / 'metrics.json'}. To train longer raise trainer.max_epochs; "
-          "to train again start a new run (run_name=<new name>).", flush=True)
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final metrics.
 
@@ -219,42 +162,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     are wrong; a launch that fails there removes the directory Hydra made for it), take the run
     directory's lock, then build, fit and test.
     """
-    from dyconv.utils.run_state import LOCK_FILE, RunLock
+    from dyconv.utils.run_state import LOCK_FILE, RunLock, remove_stub_on_error
 
-    _route_lightning_logs()
+    route_lightning_logs()
     output_dir = Path(cfg.paths.output_dir)
-    rank = _process_rank()
+    rank = process_rank()
     stub_files = (f"{cfg.get('task_name', 'train')}.log",)
-    with _remove_stub_on_error(output_dir, rank, stub_files):
+    with remove_stub_on_error(output_dir, rank, stub_files):
         validate_config(cfg)
         _check_multirun_ddp(cfg)
     # Only the launching process (rank 0) locks: the ranks it starts share the directory.
     with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
         run = _Run(cfg, output_dir, rank)
-        with _remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
+        with remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
             finished = run.check_and_load()  # resume checks, data, model: nothing written yet
         if finished is not None:
             return finished
         return run.fit_and_test()
-
-
-@contextlib.contextmanager
-def _remove_stub_on_error(output_dir: Path, rank: int, stub_files: tuple[str, ...]) -> Any:
-    """A single run that fails before it starts leaves no directory behind (Hydra creates it,
-    with its config files and the log, before the job runs). Sweeps keep it: the sweep summary
-    lists failed jobs from their directories."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from dyconv.utils.run_state import remove_stub
-
-    try:
-        yield
-    except BaseException:
-        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if rank == 0 and not multirun and remove_stub(output_dir, stub_files):
-            log.debug("removed the stub run directory %s", output_dir)
-        raise
 
 
 class _Run:
@@ -271,7 +195,7 @@ class _Run:
         from hydra.utils import instantiate
 
         from dyconv.runtime import tune_malloc
-        from dyconv.utils.run_dir import checkpoint_config, config_differences, load_checkpoint, resolve_ckpt_path
+        from dyconv.utils.run_dir import already_finished, check_resume, resolve_ckpt_path
 
         cfg = self.cfg
         if cfg.get("tune_malloc", True):
@@ -279,21 +203,11 @@ class _Run:
         if cfg.get("float32_matmul_precision"):
             torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
         self.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), self.output_dir)
-        self.run_config = _plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
+        self.run_config = plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
         self.resume_step = 0
         if self.ckpt_path is not None:
-            resumed = load_checkpoint(self.ckpt_path)
-            self.resume_step = int(resumed.get("global_step", 0))
-            stored = checkpoint_config(resumed, self.ckpt_path)
-            del resumed
-            diffs = config_differences(stored, self.run_config)
-            if diffs:
-                raise ConfigError(
-                    f"refusing to resume {self.ckpt_path} with a different model/data config:\n  "
-                    + "\n  ".join(diffs)
-                    + "\nresume with the original settings, or start a new run (run_name=<new name>)"
-                )
-            finished = _already_finished(cfg, self.output_dir)
+            self.resume_step = check_resume(self.ckpt_path, self.run_config)
+            finished = already_finished(cfg, self.output_dir)
             if finished is not None:
                 return finished
 
@@ -306,24 +220,6 @@ class _Run:
         self.model_stats = _model_stats(self.model, self.datamodule)
         return None
 
-    def _write_run_files(self) -> None:
-        from dyconv.utils.checkpoint_io import remove_stale_temp_files
-        from dyconv.utils.run_dir import keep_launch_config
-
-        if self.rank != 0:
-            return
-        out = self.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(out / "checkpoints")
-        (out / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(self.cfg, out / ".hydra" / "resolved_config.yaml", resolve=True)
-        launch = keep_launch_config(out)
-        # A resumed run that trains further replaces its results: the previous ones stay with
-        # the launch that made them.
-        for name in ("metrics.json", "completed.json"):
-            if (out / name).is_file() and launch is not None:
-                os.replace(out / name, launch / f"previous_{name}")
-
     def fit_and_test(self) -> dict[str, float]:
         import lightning as L
         import torch
@@ -332,10 +228,12 @@ class _Run:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+        from dyconv.utils.run_dir import prepare_run_dir
         from dyconv.utils.run_state import write_completed
 
         cfg, output_dir = self.cfg, self.output_dir
-        self._write_run_files()
+        if self.rank == 0:
+            prepare_run_dir(output_dir, cfg)
         optimizer = instantiate(cfg.optimizer)
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("scheduler") else None
         make_task = instantiate(cfg.task, _partial_=True, _convert_="all")
@@ -446,54 +344,6 @@ def _print_summary(output_dir: Path, trainer: Any, metrics: dict[str, float]) ->
     if shown:
         lines.append("Final:           " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
     print("\n".join(lines), flush=True)
-
-
-def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Hydra job wrapper: user errors are printed without a traceback (single run) or logged
-    and re-raised so a multirun reports them at the end while the other jobs go on."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        return fn(cfg)
-    except RunStopped as e:  # a signal stops the whole launch (a sweep too), with a non-zero code
-        log.error("%s", e)
-        print(f"stopped: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(e.exit_code) from None
-    except Exception as e:
-        from dyconv.utils.checkpoint_io import is_disk_full
-
-        if is_disk_full(e) and not isinstance(e, DyconvError):  # metrics, logs, configs: the cause, plainly
-            where = getattr(e, "filename", None) or OmegaConf.select(
-                cfg, "paths.output_dir", default="the run directory", throw_on_resolution_failure=False)
-            e = DiskFullError(28, f"no space left on device: {where}; free some space and resume with the same "
-                                  "command + ckpt_path=last (checkpoints are written atomically)")
-        if not _is_user_error(e):
-            log.exception("Job failed")
-            raise
-        if multirun:
-            log.error("%s", e)
-            raise
-        raise SystemExit(f"error: {e}") from None
-
-
-def _is_user_error(e: BaseException) -> bool:
-    if isinstance(e, DyconvError):
-        return True
-    from hydra.errors import InstantiationException
-
-    # A config value or key the target rejected (Hydra's message names both).
-    return isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError))
-
-
-def require_ckpt_path(usage: str) -> None:
-    """Checkpoint tools: exit with their usage line (not Hydra's interpolation error) when the
-    command line names no ``ckpt_path``."""
-    args = sys.argv[1:]
-    if any(a.startswith(("ckpt_path=", "--", "-c", "-h")) for a in args):
-        return
-    sys.exit(f"usage: {usage}\n(ckpt_path is required: a checkpoint written by python -m dyconv.train)")
 
 
 def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | dict[str, float]:

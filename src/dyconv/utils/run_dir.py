@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,15 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from dyconv.errors import ConfigError, RunDirectoryError
+from dyconv.utils.run_state import read_completed
 
 __all__ = [
     "NotACheckpointError",
+    "already_finished",
+    "check_resume",
     "checkpoint_config",
     "config_differences",
     "keep_launch_config",
     "load_checkpoint",
+    "prepare_run_dir",
     "resolve_ckpt_path",
 ]
 
@@ -177,3 +183,57 @@ def keep_launch_config(output_dir: Path) -> Path | None:
         if (hydra_dir / name).is_file():
             shutil.copy2(hydra_dir / name, dest / name)
     return dest
+
+
+def already_finished(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
+    """``ckpt_path=last`` on a run that finished asking no more epochs/steps: its metrics, unchanged."""
+    if str(cfg.get("ckpt_path")) != "last" or not cfg.get("train", True):
+        return None
+    done = read_completed(output_dir)
+    if done is None:
+        return None
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if max_epochs is not None and max_epochs != -1 and done.get("max_epochs") not in (None, -1) \
+            and max_epochs > done["max_epochs"]:
+        return None  # asked to train longer: resume
+    if max_steps not in (None, -1) and done.get("max_steps") not in (None, -1) and max_steps > done["max_steps"]:
+        return None
+    try:
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    print(f"Run {output_dir} already finished ({done.get('finished', '?')}, epoch {done.get('epochs', '?')}); "
+          f"nothing to do. Metrics: {output_dir / 'metrics.json'}. To train longer raise trainer.max_epochs; "
+          "to train again start a new run (run_name=<new name>).", flush=True)
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def check_resume(ckpt_path: str | os.PathLike, run_config: Mapping[str, Any]) -> int:
+    """Load the checkpoint a run resumes from (data only, its stored config checked) and refuse
+    it when its model/data config differs from this launch's; returns its global step."""
+    resumed = load_checkpoint(ckpt_path)
+    step = int(resumed.get("global_step", 0))
+    diffs = config_differences(checkpoint_config(resumed, ckpt_path), run_config)
+    if diffs:
+        raise ConfigError(
+            f"refusing to resume {ckpt_path} with a different model/data config:\n  " + "\n  ".join(diffs)
+            + "\nresume with the original settings, or start a new run (run_name=<new name>)"
+        )
+    return step
+
+
+def prepare_run_dir(output_dir: Path, cfg: DictConfig) -> None:
+    """What a launch writes before training (rank 0): the resolved config, a copy of this
+    launch's Hydra files, no stale checkpoint temp files; a run that trains further moves its
+    previous ``metrics.json``/``completed.json`` to the launch that made them."""
+    from dyconv.utils.checkpoint_io import remove_stale_temp_files
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(output_dir / "checkpoints")
+    (output_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, output_dir / ".hydra" / "resolved_config.yaml", resolve=True)
+    launch = keep_launch_config(output_dir)
+    for name in ("metrics.json", "completed.json"):
+        if (output_dir / name).is_file() and launch is not None:
+            os.replace(output_dir / name, launch / f"previous_{name}")

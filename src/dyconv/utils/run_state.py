@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -24,7 +25,18 @@ from typing import Any
 
 from dyconv.errors import RunDirectoryError
 
-__all__ = ["COMPLETED_FILE", "LOCK_FILE", "RunLock", "is_stub", "read_completed", "remove_stub", "write_completed"]
+__all__ = [
+    "COMPLETED_FILE",
+    "LOCK_FILE",
+    "RunLock",
+    "is_stub",
+    "read_completed",
+    "remove_stub",
+    "remove_stub_on_error",
+    "write_completed",
+]
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 COMPLETED_FILE = "completed.json"
@@ -130,3 +142,20 @@ def remove_stub(run_dir: str | os.PathLike[str], log_files: tuple[str, ...] = ()
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
+
+
+@contextlib.contextmanager
+def remove_stub_on_error(output_dir: Path, rank: int, stub_files: tuple[str, ...]) -> Any:
+    """A single run that fails before it starts leaves no directory behind (Hydra creates it,
+    with its config files and the log, before the job runs). Sweeps keep it: the sweep summary
+    lists failed jobs from their directories."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        yield
+    except BaseException:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if rank == 0 and not multirun and remove_stub(output_dir, stub_files):
+            log.debug("removed the stub run directory %s", output_dir)
+        raise

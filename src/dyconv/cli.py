@@ -1,0 +1,112 @@
+"""What every entry point (train, eval, inspect, export) shares: the config directory, the
+process rank, Lightning's log routing, and the job wrapper that prints user errors in one line.
+Nothing here imports Lightning or builds anything."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dyconv.errors import DiskFullError, DyconvError, RunStopped
+from dyconv.utils.resolvers import register_resolvers
+
+__all__ = [
+    "CONF_DIR",
+    "is_user_error",
+    "launched_externally",
+    "plain",
+    "process_rank",
+    "require_ckpt_path",
+    "route_lightning_logs",
+    "run_job",
+]
+
+log = logging.getLogger("dyconv")
+register_resolvers()
+
+#: The shipped Hydra configs (``conf/`` at the repository root links here).
+CONF_DIR = str(Path(__file__).parent / "conf")
+
+
+def process_rank() -> int:
+    """Rank of this process as set by Lightning's launcher, torchrun or SLURM (0 if none)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def launched_externally() -> bool:
+    """Processes created by torchrun / SLURM / a Lightning parent, not by this process."""
+    return any(v in os.environ for v in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_NTASKS", "RANK"))
+
+
+def route_lightning_logs() -> None:
+    """Lightning adds its own console handler; drop it so its messages go through Hydra's
+    handlers once (console + the run's log file) instead of twice."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
+    """The named sections of a composed config as plain containers (resolved)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+            for k in keys if k in cfg}
+
+
+def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Hydra job wrapper: user errors are printed without a traceback (single run) or logged
+    and re-raised so a multirun reports them at the end while the other jobs go on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return fn(cfg)
+    except RunStopped as e:  # a signal stops the whole launch (a sweep too), with a non-zero code
+        log.error("%s", e)
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:
+        from dyconv.utils.checkpoint_io import is_disk_full
+
+        if is_disk_full(e) and not isinstance(e, DyconvError):  # metrics, logs, configs: the cause, plainly
+            where = getattr(e, "filename", None) or OmegaConf.select(
+                cfg, "paths.output_dir", default="the run directory", throw_on_resolution_failure=False)
+            e = DiskFullError(28, f"no space left on device: {where}; free some space and resume with the same "
+                                  "command + ckpt_path=last (checkpoints are written atomically)")
+        if not is_user_error(e):
+            log.exception("Job failed")
+            raise
+        if multirun:
+            log.error("%s", e)
+            raise
+        raise SystemExit(f"error: {e}") from None
+
+
+def is_user_error(e: BaseException) -> bool:
+    if isinstance(e, DyconvError):
+        return True
+    from hydra.errors import InstantiationException
+
+    # A config value or key the target rejected (Hydra's message names both).
+    return isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError))
+
+
+def require_ckpt_path(usage: str) -> None:
+    """Checkpoint tools: exit with their usage line (not Hydra's interpolation error) when the
+    command line names no ``ckpt_path``."""
+    args = sys.argv[1:]
+    if any(a.startswith(("ckpt_path=", "--", "-c", "-h")) for a in args):
+        return
+    sys.exit(f"usage: {usage}\n(ckpt_path is required: a checkpoint written by python -m dyconv.train)")
