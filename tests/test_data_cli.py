@@ -75,4 +75,6 @@ def test_fast_dev_run_on_fixture(data, runs):
     names = ("test/miou", "test/pixel_acc") if data.startswith("voc") else ("test/acc",)
     for name in names:
         assert 0.0 <= metrics[name] <= 1.0, metrics
+    if not data.startswith("voc"):  # one test batch of 2 images (fast_dev_run): a count of 2
+        assert metrics["test/acc"] * 2 == pytest.approx(round(metrics["test/acc"] * 2), abs=1e-6), metrics
     assert math.isfinite(metrics["train/loss_step"])

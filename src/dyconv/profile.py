@@ -4,9 +4,10 @@
     python -m dyconv.profile models=resnet10,dy_resnet10 rounds=10
     python -m dyconv.profile models=mobilenetv2 batch=32 threads=2 out=docs/profile.md
 
-Options (``key=value``): ``models`` (comma-separated names; a static or ``dy_`` name brings its
-twin along), ``batch`` (training-step batch; default 32, 8 for DeepLabV3+), ``rounds`` (timed
-rounds; default 5), ``threads`` (``torch.set_num_threads``), ``device``
+Options (``key=value`` overrides of the Hydra config ``conf/profile.yaml``): ``models`` (a list,
+or comma-separated names; a static or ``dy_`` name brings its twin along), ``batch``
+(training-step batch; default 32, 8 for DeepLabV3+), ``rounds`` (timed rounds; default 5),
+``threads`` (``torch.set_num_threads``), ``device``
 (``cpu`` or ``cuda``), ``dtype`` (``fp32``, default, or ``bf16``: autocast for the forward
 passes), ``size`` (override every input side), ``stat`` (``median``, default, or
 ``min``: the least disturbed round on a shared machine), ``tune_malloc`` (default true;
@@ -18,7 +19,7 @@ batch-1 eval latency, and one training step (forward, cross-entropy, backward, S
 training batch. Static and dynamic are timed interleaved in one process, the order alternating
 each round; a ratio is the median over rounds of that round's dynamic / static time (with
 ``stat=min``: the ratio of the minima).
-Nothing here imports Lightning or Hydra.
+Nothing here imports Lightning (a profile starts in a few seconds).
 """
 
 from __future__ import annotations
@@ -67,18 +68,6 @@ NATURAL_INPUTS: dict[str, ModelInput] = {
 _ORDER = list(NATURAL_INPUTS)
 DEFAULT_BATCH = 32
 STATS: dict[str, Callable[[Sequence[float]], float]] = {"median": statistics.median, "min": min}
-DEFAULTS: dict[str, Any] = {
-    "models": None,
-    "batch": None,
-    "rounds": 5,
-    "threads": None,
-    "device": "cpu",
-    "size": None,
-    "tune_malloc": True,
-    "out": None,
-    "stat": "median",
-    "dtype": "fp32",
-}
 #: ``dtype=`` option -> autocast dtype (None: plain float32)
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -93,41 +82,42 @@ def _bool(value: str) -> bool:
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` arguments (and ``--no-tune-malloc``) into an options dict."""
-    opts = dict(DEFAULTS)
+    """The options: ``conf/profile.yaml`` composed with the command-line overrides (Hydra's compose
+    API), then checked. ``models=a,b`` is read as the list ``[a,b]``; ``--no-tune-malloc`` as
+    ``tune_malloc=false``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from dyconv.cli import CONF_DIR
+
+    overrides = []
     for arg in argv:
         if arg in ("-h", "--help"):
             print(__doc__)
             raise SystemExit(0)
         if arg == "--no-tune-malloc":
-            opts["tune_malloc"] = False
-            continue
+            arg = "tune_malloc=false"
         key, sep, value = arg.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or key not in DEFAULTS:
-            raise SystemExit(f"dyconv.profile: bad argument {arg!r}; expected key=value with key in {sorted(DEFAULTS)}")
-        if key == "models":
-            opts[key] = [m for m in value.split(",") if m]
-        elif key in ("batch", "rounds", "threads", "size"):
-            opts[key] = int(value)
-            if opts[key] < 1:
-                raise SystemExit(f"dyconv.profile: {key} must be >= 1, got {value}")
-        elif key == "tune_malloc":
-            opts[key] = _bool(value)
-        elif key == "stat":
-            if value not in STATS:
-                raise SystemExit(f"dyconv.profile: stat must be one of {sorted(STATS)}, got {value!r}")
-            opts[key] = value
-        elif key == "dtype":
-            if value not in DTYPES:
-                raise SystemExit(f"dyconv.profile: dtype must be one of {sorted(DTYPES)}, got {value!r}")
-            opts[key] = value
-        elif key == "device":
-            if value not in ("cpu", "cuda"):
-                raise SystemExit(f"dyconv.profile: device must be cpu or cuda, got {value!r}")
-            opts[key] = value
-        else:
-            opts[key] = value
+        if sep and key.strip() == "models" and "," in value and not value.startswith("["):
+            arg = f"models=[{value}]"
+        overrides.append(arg)
+    try:
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            cfg = compose("profile", overrides=overrides)
+    except HydraException as e:
+        raise SystemExit(f"dyconv.profile: {e}; options are the keys of conf/profile.yaml") from None
+    opts = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(opts["models"], str):
+        opts["models"] = [m for m in opts["models"].split(",") if m]
+    for key in ("batch", "rounds", "threads", "size"):
+        if opts[key] is not None and (not isinstance(opts[key], int) or opts[key] < 1):
+            raise SystemExit(f"dyconv.profile: {key} must be an integer >= 1, got {opts[key]!r}")
+    if not isinstance(opts["tune_malloc"], bool):
+        opts["tune_malloc"] = _bool(str(opts["tune_malloc"]))
+    for key, allowed in (("stat", STATS), ("dtype", DTYPES), ("device", ("cpu", "cuda"))):
+        if opts[key] not in allowed:
+            raise SystemExit(f"dyconv.profile: {key} must be one of {sorted(allowed)}, got {opts[key]!r}")
     return opts
 
 

@@ -88,8 +88,6 @@ class BaseDataModule(L.LightningDataModule):
             that read image files; they implement :meth:`files_to_verify`).
     """
 
-    #: ``classification`` or ``segmentation``: which task a data config selects.
-    task: str = "classification"
     #: Per-channel normalisation of pixels in [0, 1] (exported with models for serving).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

@@ -185,7 +185,6 @@ class VOCDataModule(BaseDataModule):
     mean = tuple(IMAGENET_MEAN)
     std = tuple(IMAGENET_STD)
 
-    task = "segmentation"
     VOC_ARCHIVE = VOC_ARCHIVE
 
     def __init__(
