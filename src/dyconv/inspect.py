@@ -5,7 +5,7 @@
     python -m dyconv.inspect ckpt_path=... output_dir=/tmp/attn data.root=/new/place
 
 The model and data are rebuilt from the checkpoint alone (``data.<key>=...`` overrides the stored
-data config). Forward hooks (:class:`~dyconv.layers.recorder.AttentionRecorder`) collect the
+data config). Forward hooks (:class:`~dyconv.analysis.AttentionRecorder`) collect the
 attention ``pi(x)`` of every dynamic layer over the split, and per layer the tool reports the
 mean entropy against its maximum log K (1 = uniform, 0 = one kernel per sample), the mean
 weight of each kernel, how often each kernel wins (argmax), and the mean attention per class.
@@ -33,11 +33,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.attention import AttentionSummary
+from dyconv.analysis.recorder import AttentionRecorder
+from dyconv.analysis.summary import AttentionSummary
 from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
-from dyconv.layers.recorder import AttentionRecorder
 
 __all__ = ["Inspection", "format_report", "inspect_checkpoint", "main", "temperature_sweep", "write_outputs"]
 
@@ -199,7 +199,7 @@ def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
 
 def write_outputs(result: Inspection, output_dir: str | Path) -> list[Path]:
     """Write the CSV tables and PNG figures of ``result`` into ``output_dir``; returns the files."""
-    from dyconv.plots import attention_figures, temperature_figure
+    from dyconv.analysis.plots import attention_figures, temperature_figure
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Lightning callbacks: temperature annealing, attention statistics, RNG state in checkpoints, divergence stop,
 the last checkpoint before validation."""
 
-from dyconv.callbacks.attention import AttentionStatistics
+from dyconv.analysis.callback import AttentionStatistics
 from dyconv.callbacks.finite import NonFiniteGuard
 from dyconv.callbacks.last import LastCheckpoint
 from dyconv.callbacks.rng import RNGStateCallback

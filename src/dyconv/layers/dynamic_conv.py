@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dyconv.layers.routing import SoftmaxRouting
 from dyconv.runtime import large_alloc_cheap
 
 if TYPE_CHECKING:
@@ -127,6 +128,8 @@ class DynamicConv2d(nn.Module):
         bias: ``(K, out_channels)`` or ``None``.
         temperature: 0-dim buffer (in ``state_dict``), changed in place so compiled graphs stay
             valid.
+        routing: :class:`~dyconv.layers.routing.SoftmaxRouting`, logits to ``pi`` (no
+            parameters); its output is exactly what forward uses.
     """
 
     __constants__ = [
@@ -238,6 +241,8 @@ class DynamicConv2d(nn.Module):
         self.attn_fc2 = nn.Linear(self.hidden_channels, num_kernels, **factory_kwargs)
         temp_dtype = dtype if dtype is not None and torch.is_floating_point(torch.empty((), dtype=dtype)) else None
         self.register_buffer("temperature", torch.tensor(float(temperature), device=device, dtype=temp_dtype))
+        # Parameter-free: the state_dict keys stay those of the layer itself.
+        self.routing = SoftmaxRouting()
         self.reset_parameters()
 
     # ------------------------------------------------------------------ construction helpers
@@ -362,16 +367,14 @@ class DynamicConv2d(nn.Module):
 
     # ------------------------------------------------------------------ computation
     def attention(self, x: Tensor) -> Tensor:
-        """Per-sample softmax weights over the K kernels, shape ``(B, K)``."""
+        """Per-sample weights over the K kernels, shape ``(B, K)``: the output of
+        :attr:`routing` (hook it to observe exactly what forward mixes the kernels with)."""
         z = self.attn_fc2(F.relu(self.attn_fc1(x.mean(dim=(2, 3)))))
-        divide = True
+        temperature: Optional[Tensor] = self.temperature
         if not torch.jit.is_scripting():  # dyconv.utils.fold folded it into attn_fc2 for export
-            divide = not getattr(self, "_export_unit_temperature", False)
-        if divide:
-            z = z / self.temperature.to(z.dtype)
-        # Softmax in at least float32 (bf16/fp16 logits lose the near-uniform start).
-        pi = torch.softmax(z, dim=1, dtype=torch.promote_types(z.dtype, torch.float32))
-        return pi.to(z.dtype)
+            if getattr(self, "_export_unit_temperature", False):
+                temperature = None
+        return self.routing(z, temperature)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:

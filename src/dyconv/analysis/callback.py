@@ -1,4 +1,5 @@
-"""Log per-layer attention statistics of dynamic convolutions during validation."""
+"""Log per-layer attention statistics of dynamic convolutions during validation
+(re-exported as :class:`dyconv.callbacks.AttentionStatistics`, the name configs use)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from dyconv.attention import AttentionSummary
+from dyconv.analysis.recorder import AttentionRecorder
+from dyconv.analysis.summary import AttentionSummary
 from dyconv.layers import dynamic_layers
-from dyconv.layers.recorder import AttentionRecorder
 
 __all__ = ["AttentionStatistics"]
 
@@ -79,7 +80,7 @@ class AttentionStatistics(Callback):
             return
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        from dyconv.plots import attention_figures
+        from dyconv.analysis.plots import attention_figures
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

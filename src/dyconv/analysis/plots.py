@@ -9,7 +9,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from dyconv.attention import AttentionSummary
+    from dyconv.analysis.summary import AttentionSummary
 
 __all__ = ["attention_figures", "temperature_figure"]
 

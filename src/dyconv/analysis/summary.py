@@ -42,6 +42,8 @@ class LayerAttention:
 
     def update(self, pi: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         pi = pi.detach().to("cpu", torch.float64)
+        # The recorder passes pi in the dtype forward used; bf16 rows need not sum to exactly 1.
+        pi = pi / pi.sum(dim=1, keepdim=True).clamp_min(1e-12)
         self.count += pi.shape[0]
         self.entropy_sum += entropy(pi).sum()
         self.pi_sum += pi.sum(0)

@@ -7,8 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dyconv.layers.convert import dynamic_layers
-from dyconv.layers.dynamic_conv import DynamicConv2d
+from dyconv.layers import dynamic_layers
 
 __all__ = ["AttentionRecorder"]
 
@@ -16,8 +15,9 @@ __all__ = ["AttentionRecorder"]
 class AttentionRecorder:
     """Context manager that calls ``sink(name, pi)`` for each dynamic layer's attention.
 
-    It hooks each layer's ``attn_fc2`` (the logits) and applies the layer's own softmax with its
-    current temperature, so it costs one tiny softmax per layer and never changes the output.
+    It hooks each layer's ``routing`` submodule, whose output is the very tensor forward mixes
+    the kernels with (same values, same dtype), and passes it on detached; the output of the
+    model never changes.
 
         with AttentionRecorder(model, lambda name, pi: stats[name].append(pi)):
             model(x)
@@ -28,16 +28,15 @@ class AttentionRecorder:
         self.sink = sink
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _hook(self, name: str, layer: DynamicConv2d):
-        def hook(_module: nn.Module, _inputs: tuple, logits: torch.Tensor) -> None:
-            z = logits.detach() / layer.temperature.to(logits.dtype)
-            self.sink(name, torch.softmax(z.float(), dim=1))
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: tuple, pi: torch.Tensor) -> None:
+            self.sink(name, pi.detach())
 
         return hook
 
     def __enter__(self) -> AttentionRecorder:
         for name, layer in dynamic_layers(self.model):
-            self._handles.append(layer.attn_fc2.register_forward_hook(self._hook(name, layer)))
+            self._handles.append(layer.routing.register_forward_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc) -> None:
