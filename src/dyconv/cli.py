@@ -4,6 +4,7 @@ Nothing here imports Lightning or builds anything."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -83,8 +84,8 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if is_disk_full(e) and not isinstance(e, DyconvError):  # metrics, logs, configs: the cause, plainly
             where = getattr(e, "filename", None) or OmegaConf.select(
                 cfg, "paths.output_dir", default="the run directory", throw_on_resolution_failure=False)
-            e = DiskFullError(28, f"no space left on device: {where}; free some space and resume with the same "
-                                  "command + ckpt_path=last (checkpoints are written atomically)")
+            e = DiskFullError(errno.ENOSPC, f"no space left on device: {where}; free some space and resume with "
+                                            "the same command + ckpt_path=last (checkpoints are written atomically)")
         if not is_user_error(e):
             log.exception("Job failed")
             raise

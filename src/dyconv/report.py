@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dyconv.sweeps import SUMMARY_CSV, collect_jobs, split_override
+
 __all__ = ["Comparison", "Group", "build_report", "main"]
 
 SEED_KEYS = ("seed",)
@@ -76,6 +78,11 @@ class Comparison:
     high: float
 
 
+def _percent(metric: str) -> float:
+    """100 for accuracies and mIoU (reported in %), else 1."""
+    return 100.0 if metric.endswith(("acc", "miou")) else 1.0
+
+
 def _float(value: Any) -> float | None:
     try:
         v = float(value)
@@ -86,8 +93,6 @@ def _float(value: Any) -> float | None:
 
 def _jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Job records from the job directories (fresh), else from a ``summary.csv`` alone."""
-    from dyconv.sweeps import SUMMARY_CSV, collect_jobs
-
     jobs = collect_jobs(sweep_dir)
     if jobs:
         return jobs
@@ -127,7 +132,7 @@ def group_jobs(jobs: Sequence[dict[str, Any]], metric: str) -> tuple[list[Group]
     for job in jobs:
         if job["status"] != "completed" or metric not in job["metrics"]:
             continue
-        pairs = [tuple(o.lstrip("+~").split("=", 1)) for o in job["overrides"] if "=" in o]
+        pairs = [split_override(o) for o in job["overrides"] if "=" in o]
         key = tuple(sorted((k, v) for k, v in pairs if k not in SEED_KEYS))
         g = groups.setdefault(key, Group(key))
         m = job["metrics"]
@@ -209,7 +214,7 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
         return None
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    scale = 100.0 if metric.endswith(("acc", "miou")) else 1.0
+    scale = _percent(metric)
     xscale = 1.0
     if x_attr == "gflops" and max(max(g.gflops) for g in groups if g.gflops) < 1.0:
         xscale, xlabel = 1000.0, xlabel.replace("GFLOPs", "MFLOPs")
@@ -255,7 +260,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metri
         raise SystemExit(f"error: no completed job in {sweep_dir} reports {metric}")
     comparisons = compare(groups, varying)
     failed = [j for j in jobs if j["status"] != "completed"]
-    scale = 100.0 if metric.endswith(("acc", "miou")) else 1.0
+    scale = _percent(metric)
     unit = " (%)" if scale == 100.0 else ""
     title = title or f"{sweep_dir.name}: {metric}"
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-__all__ = ["SweepSummary", "collect_jobs", "write_summary"]
+from dyconv.utils.files import atomic_write_text
+
+__all__ = ["SweepSummary", "collect_jobs", "split_override", "write_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,6 @@ SUMMARY_MD = "summary.md"
 #: Metrics shown in summary.md (summary.csv has every metric).
 _MD_METRICS = ("test/acc", "test/miou", "test/loss", "val/acc", "val/miou", "model/params", "model/gflops",
                "time/fit_s")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -56,7 +52,8 @@ def _overrides(job_dir: Path) -> list[str]:
         return []
 
 
-def _split(override: str) -> tuple[str, str]:
+def split_override(override: str) -> tuple[str, str]:
+    """``"+model.width_mult=0.5"`` -> ``("model.width_mult", "0.5")``."""
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value
 
@@ -93,7 +90,7 @@ def _override_columns(jobs: Sequence[dict[str, Any]]) -> list[str]:
     cols: list[str] = []
     for j in jobs:
         for o in j["overrides"]:
-            key = _split(o)[0]
+            key = split_override(o)[0]
             if key not in cols:
                 cols.append(key)
     return cols
@@ -106,7 +103,7 @@ def summary_rows(jobs: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[s
     columns = ["job", "status", *okeys, "overrides", *mkeys, "error"]
     rows = []
     for j in jobs:
-        values = dict(_split(o) for o in j["overrides"])
+        values = dict(split_override(o) for o in j["overrides"])
         row: dict[str, Any] = {"job": j["job"], "status": j["status"], "overrides": " ".join(j["overrides"]),
                                "error": j["error"]}
         row.update({k: values.get(k, "") for k in okeys})
@@ -135,7 +132,7 @@ def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(rows)
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
-    _atomic_write(csv_path, buf.getvalue())
+    atomic_write_text(csv_path, buf.getvalue())
 
     shown = [c for c in columns if c not in ("overrides", "error") and (c not in _metric_columns(jobs)
                                                                          or c in _MD_METRICS)]
@@ -148,7 +145,7 @@ def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     if failed:
         lines += ["", "Failed or incomplete jobs:", ""]
         lines += [f"- `{r['job']}` ({r['status']}): {_fmt(r['error']) or 'no error recorded'}" for r in failed]
-    _atomic_write(md_path, "\n".join(lines) + "\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -165,13 +162,13 @@ class SweepSummary(Callback):
             error = ""
             if status == "failed":
                 err = job_return._return_value
-                error = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+                text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+                error = next(iter(text.strip().splitlines()), "")  # its first line
             record = {"status": status, "num": job_return.hydra_cfg.hydra.job.get("num"),
-                      "overrides": list(job_return.overrides or []), "error": error.strip().splitlines()[0:1],
+                      "overrides": list(job_return.overrides or []), "error": error,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            record["error"] = record["error"][0] if record["error"] else ""
             if out.is_dir():
-                _atomic_write(out / STATUS_FILE, json.dumps(record, indent=1))
+                atomic_write_text(out / STATUS_FILE, json.dumps(record, indent=1))
             # Hydra skips on_multirun_end when a job failed (and a killed sweep never gets there):
             # the summary is brought up to date after every job, and once more at the end.
             from hydra.core.hydra_config import HydraConfig

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -222,12 +221,12 @@ class _Run:
 
     def fit_and_test(self) -> dict[str, float]:
         import lightning as L
-        import torch
         from hydra.utils import instantiate
         from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+        from dyconv.utils.files import atomic_write_text
         from dyconv.utils.run_dir import prepare_run_dir
         from dyconv.utils.run_state import write_completed
 
@@ -275,7 +274,7 @@ class _Run:
             raise _stopped(trainer, output_dir) from None
         if trainer.received_sigterm:
             raise _stopped(trainer, output_dir)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        metrics = _scalar_metrics(trainer)
         metrics.update(self.model_stats)
         metrics["time/fit_s"] = fit_s
 
@@ -293,19 +292,22 @@ class _Run:
                     trainer.test(task, datamodule=datamodule, ckpt_path=best)
             except SIGTERMException:
                 raise _stopped(trainer, output_dir) from None
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
-                            if torch.as_tensor(v).numel() == 1})
+            metrics.update(_scalar_metrics(trainer))
 
         if trainer.is_global_zero:
-            metrics_path = output_dir / "metrics.json"
-            tmp = metrics_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
-            os.replace(tmp, metrics_path)
+            atomic_write_text(output_dir / "metrics.json", json.dumps(dict(sorted(metrics.items())), indent=2))
             if cfg.get("train", True) and not trainer.fast_dev_run:
                 write_completed(output_dir, epochs=trainer.current_epoch, global_step=trainer.global_step,
                                 max_epochs=trainer.max_epochs, max_steps=trainer.max_steps)
             _print_summary(output_dir, trainer, metrics)
         return metrics
+
+
+def _scalar_metrics(trainer: Any) -> dict[str, float]:
+    """The trainer's latest logged scalars (``callback_metrics``) as plain floats."""
+    import torch
+
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
 
 
 def _stopped(trainer: Any, output_dir: Path) -> RunStopped:

@@ -64,6 +64,9 @@ class RNGStateCallback(Callback):
     KEY = "rng_states"
     KEY_PER_RANK = "rng_states_per_rank"
 
+    def __init__(self) -> None:
+        self._pending: tuple[Any, Any] | None = None  # states to apply at train start (see below)
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[self.KEY] = get_rng_states()
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -83,7 +86,7 @@ class RNGStateCallback(Callback):
             self._apply(trainer, pending)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pending, self._pending = getattr(self, "_pending", None), None
+        pending, self._pending = self._pending, None
         if pending is not None:
             self._apply(trainer, pending)
 

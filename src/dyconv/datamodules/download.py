@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from dyconv.errors import DyconvError
+from dyconv.utils.files import atomic_write_text
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -532,11 +533,8 @@ def is_complete(dataset_dir: Path) -> bool:
 
 def write_marker(dataset_dir: Path, **info: object) -> Path:
     """Write the completion marker atomically (temp file + rename); call it after everything else."""
-    marker = Path(dataset_dir) / COMPLETE_MARKER
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}, default=str, indent=1))
-    os.replace(tmp, marker)
-    return marker
+    record = {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    return atomic_write_text(Path(dataset_dir) / COMPLETE_MARKER, json.dumps(record, default=str, indent=1))
 
 
 def check_not_interrupted(dataset_dir: Path, name: str, layout: str) -> None:

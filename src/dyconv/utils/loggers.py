@@ -18,6 +18,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from dyconv.utils.files import atomic_write_text
+
 __all__ = ["ResumableCSVLogger", "ResumableMLFlowLogger", "ResumableWandbLogger", "stored_run_id"]
 
 
@@ -41,9 +43,7 @@ def _store_run_id(path: str | os.PathLike[str], run_id: str) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, run_id + "\n")
 
 
 class _AppendingWriter(ExperimentWriter):

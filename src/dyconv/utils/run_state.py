@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dyconv.errors import RunDirectoryError
+from dyconv.utils.files import atomic_write_text
 
 __all__ = [
     "COMPLETED_FILE",
@@ -105,11 +106,8 @@ def _describe_holder(text: str) -> str:
 
 def write_completed(run_dir: str | os.PathLike[str], **info: Any) -> Path:
     """Mark the run finished (atomically), recording how far it trained."""
-    path = Path(run_dir) / COMPLETED_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    record = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    return atomic_write_text(Path(run_dir) / COMPLETED_FILE, json.dumps(record, indent=1, default=str))
 
 
 def read_completed(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
