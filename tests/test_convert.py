@@ -90,8 +90,8 @@ def test_pending_convs_are_built_once_with_their_own_k():
 
 
 def test_options_are_validated_and_frozen():
-    with pytest.raises(ValueError, match="routing 'sigmoid' is not implemented"):
-        DynamicOptions(routing="sigmoid")
+    with pytest.raises(ValueError, match="routing must be one of softmax, sigmoid, omni, got 'condconv'"):
+        DynamicOptions(routing="condconv")
     with pytest.raises(ValueError, match="positive integer"):
         DynamicOptions(num_kernels=[2, 0])
     with pytest.raises(ValueError, match="path"):

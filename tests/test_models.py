@@ -194,8 +194,10 @@ def test_one_options_object_builds_each_layer_once(monkeypatch):
     assert {(m.num_kernels, m.recompute_kernels, m.reduction) for _, m in dynamic_layers(model)} == {(3, False, 8)}
     with pytest.raises(TypeError, match="dy_resnet10"):
         create_model("resnet10", dynamic=options)
-    with pytest.raises(ValueError, match="routing 'omni' is not implemented"):
-        create_model("dy_resnet10", routing="omni")
+    with pytest.raises(ValueError, match="routing must be one of"):
+        create_model("dy_resnet10", routing="odconv")
+    omni = create_model("dy_resnet10", width_mult=0.25, routing="omni", num_kernels=[2] + [3] * 10)
+    assert {m.routing.kind for _, m in dynamic_layers(omni)} == {"omni"}
 
 
 def test_dynamic_kernels_initialised_one_by_one():

@@ -40,7 +40,7 @@ from torch import nn
 
 from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError, DyconvError
-from dyconv.layers.dynamic_conv import DynamicConv2d, export_batch
+from dyconv.layers.dynamic_conv import DynamicConvNd, export_batch
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
 
@@ -152,7 +152,7 @@ def export_model(
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = any(isinstance(m, DynamicConv2d) for m in model.modules())
+    dynamic = any(isinstance(m, DynamicConvNd) for m in model.modules())
     net: nn.Module = prepare_for_export(model, fold_bn=fold_bn) if dynamic and fmt != "torchscript" else model
     if batch is not None:
         example = example[:1].expand(batch, *example.shape[1:]).contiguous()

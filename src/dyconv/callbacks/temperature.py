@@ -35,7 +35,7 @@ def temperature_at(progress: float, start: float, end: float, mode: str = "linea
 
 
 class TemperatureScheduler(Callback):
-    """Set every ``DynamicConv2d``'s temperature from ``start`` to ``end`` over ``epochs`` epochs.
+    """Set every dynamic conv's temperature from ``start`` to ``end`` over ``epochs`` epochs.
 
     The one owner of the temperature while training (config key ``callbacks.temperature``): the
     model's ``temperature`` option only sets the buffers of a model built outside training.

@@ -8,19 +8,33 @@ from dyconv.layers.convert import (
     set_recompute_kernels,
     set_temperature,
 )
-from dyconv.layers.dynamic_conv import PATHS, DynamicConv2d, choose_path
-from dyconv.layers.options import ROUTINGS, DynamicOptions, KernelSpec, build_dynamic_convs, resolve_num_kernels
+from dyconv.layers.dynamic_conv import (
+    PATHS,
+    DynamicConv1d,
+    DynamicConv2d,
+    DynamicConv3d,
+    DynamicConvNd,
+    choose_path,
+    dynamic_class_for,
+)
+from dyconv.layers.options import DynamicOptions, KernelSpec, build_dynamic_convs, resolve_num_kernels
+from dyconv.layers.routing import ROUTINGS, OmniAttention
 
 __all__ = [
     "PATHS",
     "ROUTINGS",
+    "DynamicConv1d",
     "DynamicConv2d",
+    "DynamicConv3d",
+    "DynamicConvNd",
     "DynamicOptions",
     "KernelSpec",
     "ModuleFilter",
+    "OmniAttention",
     "build_dynamic_convs",
     "choose_path",
     "convert_to_dynamic",
+    "dynamic_class_for",
     "dynamic_layers",
     "get_temperature",
     "resolve_num_kernels",

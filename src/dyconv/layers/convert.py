@@ -11,7 +11,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from dyconv.layers.dynamic_conv import DynamicConv2d
+from dyconv.layers.dynamic_conv import DynamicConvNd, dynamic_class_for
 from dyconv.layers.options import DynamicOptions
 
 __all__ = [
@@ -28,16 +28,16 @@ __all__ = [
 ModuleFilter = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 
 
-def dynamic_layers(module: nn.Module) -> Iterator[tuple[str, DynamicConv2d]]:
-    """``(qualified name, layer)`` for every :class:`DynamicConv2d` in ``module``."""
+def dynamic_layers(module: nn.Module) -> Iterator[tuple[str, DynamicConvNd]]:
+    """``(qualified name, layer)`` for every dynamic conv (1-D, 2-D or 3-D) in ``module``."""
     for name, m in module.named_modules():
-        if isinstance(m, DynamicConv2d):
+        if isinstance(m, DynamicConvNd):
             yield name, m
 
 
 @torch.no_grad()
 def set_temperature(module: nn.Module, value: float) -> int:
-    """Set the softmax temperature of every dynamic layer in place; returns how many."""
+    """Set the temperature of every dynamic layer in place; returns how many."""
     if not value > 0:
         raise ValueError(f"temperature must be > 0, got {value!r}")
     n = 0
@@ -49,7 +49,7 @@ def set_temperature(module: nn.Module, value: float) -> int:
 
 def set_recompute_kernels(module: nn.Module, enabled: bool = True) -> int:
     """Trade a matmul per backward for activation memory in every dynamic layer (see
-    ``DynamicConv2d(recompute_kernels=...)``); returns how many layers were set."""
+    ``DynamicConvNd(recompute_kernels=...)``); returns how many layers were set."""
     n = 0
     for _, layer in dynamic_layers(module):
         layer.recompute_kernels = bool(enabled)
@@ -99,16 +99,19 @@ def convert_to_dynamic(
     skip_first: bool = False,
     skip_depthwise: bool = False,
     skip_pointwise: bool = False,
-    conv_types: Sequence[type[nn.Module]] = (nn.Conv2d,),
+    conv_types: Sequence[type[nn.Module]] = (nn.Conv1d, nn.Conv2d, nn.Conv3d),
     noise: float = 0.0,
     generator: torch.Generator | None = None,
     inplace: bool = True,
 ) -> nn.Module:
-    """Replace plain ``nn.Conv2d`` layers of any model with :class:`DynamicConv2d`.
+    """Replace plain ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` layers of any model with
+    :class:`DynamicConv1d` / :class:`DynamicConv2d` / :class:`DynamicConv3d`.
 
     Every kernel of a new layer is a copy of the static weight (and bias), so the converted
-    model computes exactly what the original did, whatever the attention; ``noise`` > 0 perturbs
-    the copies (relative to each weight's std) so the attention receives a gradient.
+    model computes exactly what the original did (see :meth:`DynamicConvNd.from_conv`: with
+    ``softmax`` whatever the attention, with ``sigmoid``/``omni`` at the neutral attention they
+    start from); ``noise`` > 0 perturbs the copies (relative to each weight's std) so the
+    softmax attention receives a gradient.
 
     Args:
         model: any ``nn.Module`` (torchvision, timm, your own); returned converted.
@@ -121,9 +124,10 @@ def convert_to_dynamic(
         skip_first: keep the model's first conv (in ``named_modules()`` order) static.
         skip_depthwise: keep depthwise convs (``groups == in_channels > 1``) static.
         skip_pointwise: keep 1x1 convs static.
-        conv_types: exact module types to convert. Subclasses of ``nn.Conv2d`` (timm's
-            ``Conv2dSame``, ``StdConv2d``) change what the conv computes and are left alone
-            unless listed here; a listed subclass is rebuilt from its ``nn.Conv2d`` arguments.
+        conv_types: exact module types to convert (default the three plain convs). Subclasses
+            (timm's ``Conv2dSame``, ``StdConv2d``) change what the conv computes and are left
+            alone unless listed here; a listed subclass is rebuilt from its ``nn.ConvNd``
+            arguments.
         inplace: modify ``model`` (default) or convert a deep copy.
     """
     if not inplace:
@@ -141,7 +145,7 @@ def convert_to_dynamic(
             continue
         if skip_depthwise and conv.groups == conv.in_channels and conv.groups > 1:
             continue
-        if skip_pointwise and tuple(conv.kernel_size) == (1, 1):
+        if skip_pointwise and all(k == 1 for k in conv.kernel_size):
             continue
         selected.append((name, conv))
     options = DynamicOptions() if options is None else options
@@ -149,5 +153,6 @@ def convert_to_dynamic(
     new: dict[int, nn.Module] = {}
     for (_, conv), k in zip(selected, ks):
         layer_options = dataclasses.replace(options, num_kernels=k)
-        new[id(conv)] = DynamicConv2d.from_conv(conv, layer_options, noise=noise, generator=generator)
+        cls = dynamic_class_for(conv)
+        new[id(conv)] = cls.from_conv(conv, layer_options, noise=noise, generator=generator)
     return replace_modules(model, new)

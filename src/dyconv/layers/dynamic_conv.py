@@ -1,16 +1,22 @@
-"""Dynamic convolution: attention over K convolution kernels.
+"""Dynamic convolution in 1, 2 and 3 dimensions: attention over K convolution kernels.
 
 Chen, Dai, Liu, Chen, Yuan, Liu, "Dynamic Convolution: Attention over Convolution Kernels",
 CVPR 2020 (arXiv:1912.03458).
 
-For each sample ``x`` the layer computes softmax attention weights ``pi(x)`` over K kernels
-(squeeze-and-excitation style, on the layer's input, divided by a temperature) and convolves
-``x`` with ``W(x) = sum_k pi_k(x) W_k`` plus ``b(x) = sum_k pi_k(x) b_k``. Convolution is
-linear in the kernel, so the layer may equally compute ``sum_k pi_k(x) (W_k * x)``; it picks
-whichever formulation is cheapest for the shape at hand (see :func:`choose_path`).
+For each sample ``x`` the layer computes attention weights ``pi(x)`` over K kernels
+(squeeze-and-excitation style, on the layer's input) and convolves ``x`` with
+``W(x) = sum_k pi_k(x) W_k`` plus ``b(x) = sum_k pi_k(x) b_k``. Convolution is linear in the
+kernel, so the layer may equally compute ``sum_k pi_k(x) (W_k * x)``; it picks whichever
+formulation is cheapest for the shape at hand (see :func:`choose_path`).
+
+One implementation, :class:`DynamicConvNd`, serves :class:`DynamicConv1d`,
+:class:`DynamicConv2d` and :class:`DynamicConv3d`; ``routing=`` selects how the attention is
+formed (:mod:`dyconv.layers.routing`): the paper's softmax, CondConv's sigmoid, or ODConv's
+omni-dimensional attention (kernels, output channels, input channels and kernel positions).
 """
 
 import contextlib
+import itertools
 import math
 from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
@@ -18,31 +24,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dyconv.layers.routing import SoftmaxRouting
+from dyconv.layers.routing import ROUTINGS, OmniAttention, make_routing
 from dyconv.runtime import large_alloc_cheap
 
 if TYPE_CHECKING:
     from dyconv.layers.options import DynamicOptions
 
 __all__ = [
+    "DYNAMIC_CONVS",
     "GROUPED_MAX_BYTES_UNTUNED",
     "MIXTURE_MAX_PIXELS",
     "PATHS",
+    "DynamicConv1d",
     "DynamicConv2d",
+    "DynamicConv3d",
+    "DynamicConvNd",
     "choose_path",
+    "dynamic_class_for",
     "export_batch",
 ]
 
 #: Computation strategies. ``auto`` picks one per call with :func:`choose_path`.
 PATHS = ("auto", "grouped", "mixture", "bmm")
 
-_size_2 = Union[int, Tuple[int, int]]
+_size_any = Union[int, Tuple[int, ...]]
 
-
-#: Output maps smaller than this many pixels use ``mixture`` for dense convs (measured).
+#: Output maps smaller than this many positions use ``mixture`` for dense convs (measured in 2-D).
 MIXTURE_MAX_PIXELS = 32
 #: Per-sample kernels larger than this are slow to allocate under glibc's default malloc.
 GROUPED_MAX_BYTES_UNTUNED = 128 * 2**20
+#: ODConv's smallest attention hidden width is 16; ours is ``min_hidden`` (default 1).
 
 
 # Batch the graph being exported is specialised to. Set by export_batch().
@@ -69,25 +80,29 @@ def choose_path(
     in_channels: int,
     out_channels: int,
     groups: int,
-    kernel_size: Tuple[int, int],
+    kernel_size: List[int],
     out_hw: int,
     cheap_alloc: bool = True,
     mixture_max_pixels: int = MIXTURE_MAX_PIXELS,
     grouped_max_bytes_untuned: int = GROUPED_MAX_BYTES_UNTUNED,
+    spatial_attention: bool = False,
 ) -> str:
     """Pick the cheapest exact formulation for one call; the rule the ``auto`` path follows.
 
-    - ``grouped``: aggregate one kernel per sample (``B*K*Cout*Cin/g*kh*kw`` MACs) and run ONE
-      convolution over the batch folded into groups. Cost ~ static conv + aggregation; the best
-      choice on maps of 7x7 and larger and for depthwise/grouped convs. At batch 1 it is one
-      ordinary conv with the aggregated kernel.
+    - ``grouped``: aggregate one kernel per sample (``B*K*Cout*Cin/g*prod(kernel)`` MACs) and
+      run ONE convolution over the batch folded into groups. Cost ~ static conv + aggregation;
+      the best choice on maps of 7x7 and larger and for depthwise/grouped convs. At batch 1 it
+      is one ordinary conv with the aggregated kernel.
     - ``mixture``: the K kernels as one dense conv with ``K*Cout`` outputs, outputs mixed by
       ``pi``: K times the static FLOPs but no per-sample kernels. Wins for dense convs on maps
-      under ``MIXTURE_MAX_PIXELS`` pixels (4x4, 2x2), where ``B`` copies of a large kernel cost
-      more than the convolution itself.
-    - ``bmm``: per-sample kernels applied by batched matmul, per group (pointwise convs directly,
-      others via ``unfold``): the best choice for dense 1x1 convs (MobileNet expand/project).
+      under ``MIXTURE_MAX_PIXELS`` positions (4x4, 2x2), where ``B`` copies of a large kernel
+      cost more than the convolution itself. Not exact with a per-sample spatial attention
+      (ODConv), so never chosen then.
+    - ``bmm``: per-sample kernels applied by batched matmul, per group (pointwise convs
+      directly, others via unfold): the best choice for dense pointwise convs (MobileNet
+      expand/project).
 
+    ``out_hw`` is the number of output positions (``H*W``; ``L`` in 1-D, ``D*H*W`` in 3-D).
     ``cheap_alloc`` is False on a CPU process whose malloc returns big blocks to the OS (see
     :mod:`dyconv.runtime`); then per-sample kernels over ``GROUPED_MAX_BYTES_UNTUNED`` bytes
     make ``grouped`` page-fault-bound and ``mixture`` is faster.
@@ -95,82 +110,89 @@ def choose_path(
     """
     if batch == 1:
         return "grouped"
-    kh, kw = kernel_size
+    taps = 1
+    for k in kernel_size:
+        taps *= k
     if groups == 1:
-        if kh == 1 and kw == 1:
+        if taps == 1:
             return "bmm"
-        if out_hw < mixture_max_pixels:
-            return "mixture"
-        if not cheap_alloc and 4 * batch * out_channels * in_channels * kh * kw > grouped_max_bytes_untuned:
-            return "mixture"
+        if not spatial_attention:
+            if out_hw < mixture_max_pixels:
+                return "mixture"
+            if not cheap_alloc and 4 * batch * out_channels * in_channels * taps > grouped_max_bytes_untuned:
+                return "mixture"
     return "grouped"
 
 
-class DynamicConv2d(nn.Module):
-    """Drop-in replacement for :class:`torch.nn.Conv2d` with K attention-mixed kernels.
+class DynamicConvNd(nn.Module):
+    """A dynamic convolution over ``_ndim`` spatial dims; use :class:`DynamicConv1d`,
+    :class:`DynamicConv2d` or :class:`DynamicConv3d` (``isinstance(m, DynamicConvNd)`` finds all).
 
-    Positional and keyword arguments are exactly ``nn.Conv2d``'s (validated by ``nn.Conv2d``
-    itself, so invalid combinations raise the same errors). Keyword-only extras:
+    Positional and keyword arguments are exactly those of the matching ``nn.ConvNd`` (validated
+    by ``nn.ConvNd`` itself, so invalid combinations raise the same errors). Keyword-only extras:
 
     Args:
         num_kernels: K, the number of kernels mixed per sample.
-        reduction: attention hidden width is ``max(in_channels // reduction, min_hidden)``.
+        reduction: attention hidden width is ``max(in_channels // reduction, min_hidden)``
+            (ODConv: ``reduction=16, min_hidden=16``).
         min_hidden: lower bound of that hidden width.
-        temperature: initial softmax temperature (30 in the paper, annealed to 1 by
-            :class:`dyconv.callbacks.TemperatureScheduler` or :func:`set_temperature`).
+        temperature: initial temperature (30 in the paper, annealed to 1 by
+            :class:`dyconv.callbacks.TemperatureScheduler` or :func:`set_temperature`); divides
+            the softmax logits (and, with ``omni``, every attention's logits).
         path: ``"auto"`` (default) or a fixed strategy from :data:`PATHS`.
         recompute_kernels: the ``grouped`` path recomputes the per-sample kernels in backward
             instead of saving them (B copies of the weight per layer, e.g. 290 MB for a 512-channel
             3x3 layer at batch 32): less activation memory for one extra matmul per backward.
+        routing: ``"softmax"`` (the paper), ``"sigmoid"`` (CondConv: ``sigmoid`` of one linear
+            layer on the pooled input, no hidden layer, no temperature) or ``"omni"`` (ODConv:
+            linear, BatchNorm, ReLU, then heads for the K kernels (softmax), the input channels,
+            the output channels (none for a depthwise conv) and the kernel positions (none for a
+            pointwise conv), each a sigmoid; all divided by the temperature).
 
     Attributes:
-        weight: ``(K, out_channels, in_channels // groups, kh, kw)``.
+        weight: ``(K, out_channels, in_channels // groups, *kernel_size)``.
         bias: ``(K, out_channels)`` or ``None``.
         temperature: 0-dim buffer (in ``state_dict``), changed in place so compiled graphs stay
             valid.
-        routing: :class:`~dyconv.layers.routing.SoftmaxRouting`, logits to ``pi`` (no
-            parameters); its output is exactly what forward uses.
+        routing: the parameter-free routing module (:mod:`dyconv.layers.routing`) whose output is
+            exactly what forward uses (hook it to observe the attention); ``routing.kind`` names it.
+        attn_fc1, attn_fc2: the attention's linear layers (``attn_fc2`` gives the K kernel logits;
+            ``attn_fc1`` is ``nn.Identity`` for ``sigmoid``); ``omni`` adds ``attn_bn``,
+            ``attn_in``, ``attn_out`` and ``attn_spatial`` (``None`` where a head is absent, and
+            ``attn_fc2`` is ``None`` when K is 1).
     """
 
-    __constants__ = [
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "dilation",
-        "groups",
-        "padding_mode",
-        "num_kernels",
-        "reduction",
-        "min_hidden",
-        "hidden_channels",
-        "path",
-        "recompute_kernels",
-    ]
+    _ndim: int = 2
+    _conv_cls = nn.Conv2d
+
+    __constants__ = ["_ndim", "num_kernels", "_has_hidden", "_routing_kind"]
 
     in_channels: int
     out_channels: int
-    kernel_size: Tuple[int, int]
-    stride: Tuple[int, int]
-    padding: Union[str, Tuple[int, int]]
-    dilation: Tuple[int, int]
     groups: int
     padding_mode: str
     num_kernels: int
     path: str
     recompute_kernels: bool
     _reversed_padding_repeated_twice: List[int]
-    _explicit_padding: Tuple[int, int]
-    _padding_str: str
+    _conv_padding: List[int]
+    _kernel: List[int]
+    _conv_stride: List[int]
+    _conv_dilation: List[int]
+    _pre_pad: List[int]
+    _pre_pad_mode: str
+    _spatial_dims: List[int]
+    _tap_offsets: List[List[int]]
+    _unfold_pad: List[int]
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: _size_2,
-        stride: _size_2 = 1,
-        padding: Union[str, _size_2] = 0,
-        dilation: _size_2 = 1,
+        kernel_size: _size_any,
+        stride: _size_any = 1,
+        padding: Union[str, _size_any] = 0,
+        dilation: _size_any = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -183,20 +205,12 @@ class DynamicConv2d(nn.Module):
         temperature: float = 30.0,
         path: str = "auto",
         recompute_kernels: bool = False,
+        routing: str = "softmax",
     ) -> None:
         super().__init__()
-        # nn.Conv2d on the meta device validates and normalises every argument for us.
-        ref = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            bias,
-            padding_mode,
-            device="meta",
+        # nn.ConvNd on the meta device validates and normalises every argument for us.
+        ref = self._conv_cls(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device="meta"
         )
         if not isinstance(num_kernels, int) or num_kernels < 1:
             raise ValueError(f"num_kernels must be a positive integer, got {num_kernels!r}")
@@ -208,46 +222,92 @@ class DynamicConv2d(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
         factory_kwargs = {"device": device, "dtype": dtype}
+        nd = self._ndim
 
         self.in_channels = ref.in_channels
         self.out_channels = ref.out_channels
-        self.kernel_size = (ref.kernel_size[0], ref.kernel_size[1])
-        self.stride = (ref.stride[0], ref.stride[1])
-        self.padding = ref.padding if isinstance(ref.padding, str) else (ref.padding[0], ref.padding[1])
-        self.dilation = (ref.dilation[0], ref.dilation[1])
+        self.kernel_size = tuple(int(k) for k in ref.kernel_size)
+        self.stride = tuple(int(s) for s in ref.stride)
+        self.padding = ref.padding if isinstance(ref.padding, str) else tuple(int(p) for p in ref.padding)
+        self.dilation = tuple(int(d) for d in ref.dilation)
         self.groups = ref.groups
         self.padding_mode = ref.padding_mode
         self._reversed_padding_repeated_twice = [int(p) for p in ref._reversed_padding_repeated_twice]
-        # Padding applied inside the conv call by the paths that need integers (unfold/bmm).
-        self._explicit_padding = (0, 0) if isinstance(ref.padding, str) else self.padding
-        self._padding_str = ref.padding if isinstance(ref.padding, str) else ""
+        self._kernel = list(self.kernel_size)
+        self._conv_stride = list(self.stride)
+        self._conv_dilation = list(self.dilation)
+        self._spatial_dims = list(range(2, 2 + nd))
+        self._tap_offsets = [list(o) for o in itertools.product(*[range(k) for k in self.kernel_size])]
+        # Every path pads in two steps: an optional F.pad (_pre_pad; a non-zero padding mode or
+        # an asymmetric "same") and the conv's own symmetric integer padding (_conv_padding).
+        pairs = self._reversed_padding_repeated_twice
+        per_dim = [(pairs[2 * (nd - 1 - i)], pairs[2 * (nd - 1 - i) + 1]) for i in range(nd)]
+        if self.padding_mode != "zeros":
+            self._pre_pad, self._pre_pad_mode, self._conv_padding = list(pairs), self.padding_mode, [0] * nd
+        elif isinstance(self.padding, str) and any(lo != hi for lo, hi in per_dim):
+            self._pre_pad, self._pre_pad_mode, self._conv_padding = list(pairs), "constant", [0] * nd
+        else:
+            self._pre_pad, self._pre_pad_mode, self._conv_padding = [], "constant", [lo for lo, _ in per_dim]
+        # The conv padding as F.pad amounts (for the slicing unfold); empty when there is none.
+        self._unfold_pad = [p for p in reversed(self._conv_padding) for _ in (0, 1)] if any(self._conv_padding) else []
         self.num_kernels = num_kernels
         self.reduction = reduction
         self.min_hidden = min_hidden
         self.hidden_channels = max(in_channels // reduction, min_hidden)
         self.path = path
         self.recompute_kernels = bool(recompute_kernels)
+        self._routing_kind = routing
 
-        kh, kw = self.kernel_size
         self.weight = nn.Parameter(
-            torch.empty(num_kernels, out_channels, in_channels // groups, kh, kw, **factory_kwargs)
+            torch.empty((num_kernels, out_channels, in_channels // groups) + self.kernel_size, **factory_kwargs)
         )
         if bias:
             self.bias = nn.Parameter(torch.empty(num_kernels, out_channels, **factory_kwargs))
         else:
             self.register_parameter("bias", None)
-        self.attn_fc1 = nn.Linear(in_channels, self.hidden_channels, **factory_kwargs)
-        self.attn_fc2 = nn.Linear(self.hidden_channels, num_kernels, **factory_kwargs)
+        self._build_attention(routing, factory_kwargs)
         temp_dtype = dtype if dtype is not None and torch.is_floating_point(torch.empty((), dtype=dtype)) else None
         self.register_buffer("temperature", torch.tensor(float(temperature), device=device, dtype=temp_dtype))
         # Parameter-free: the state_dict keys stay those of the layer itself.
-        self.routing = SoftmaxRouting()
+        self.routing = make_routing(routing)
+        if path == "mixture" and self.attn_spatial is not None:
+            raise ValueError(
+                "path='mixture' cannot apply ODConv's per-sample spatial attention (routing='omni' on a "
+                f"{'x'.join(map(str, self.kernel_size))} kernel); use path='auto', 'grouped' or 'bmm'"
+            )
         self.reset_parameters()
+
+    def _build_attention(self, routing: str, factory_kwargs: dict) -> None:
+        cin, hidden, k = self.in_channels, self.hidden_channels, self.num_kernels
+        self.attn_bn: Optional[nn.Module] = None
+        self.attn_in: Optional[nn.Module] = None
+        self.attn_out: Optional[nn.Module] = None
+        self.attn_spatial: Optional[nn.Module] = None
+        self._has_hidden = routing != "sigmoid"
+        if routing == "sigmoid":
+            self.attn_fc1: nn.Module = nn.Identity()
+            self.attn_fc2: Optional[nn.Module] = nn.Linear(cin, k, **factory_kwargs)
+            return
+        if routing == "softmax":
+            self.attn_fc1 = nn.Linear(cin, hidden, **factory_kwargs)
+            self.attn_fc2 = nn.Linear(hidden, k, **factory_kwargs)
+            return
+        self.attn_fc1 = nn.Linear(cin, hidden, bias=False, **factory_kwargs)
+        self.attn_bn = nn.BatchNorm1d(hidden, **factory_kwargs)
+        self.attn_fc2 = nn.Linear(hidden, k, **factory_kwargs) if k > 1 else None
+        self.attn_in = nn.Linear(hidden, cin, **factory_kwargs)
+        depthwise = self.groups == cin and cin == self.out_channels
+        self.attn_out = None if depthwise else nn.Linear(hidden, self.out_channels, **factory_kwargs)
+        taps = math.prod(self.kernel_size)
+        self.attn_spatial = None if taps == 1 else nn.Linear(hidden, taps, **factory_kwargs)
 
     # ------------------------------------------------------------------ construction helpers
     def reset_parameters(self) -> None:
-        """Initialise each kernel (and bias) independently, exactly as ``nn.Conv2d`` does."""
+        """Initialise each kernel (and bias) independently, exactly as ``nn.ConvNd`` does; the
+        attention as its paper does (``omni``: ODConv's Kaiming fan-out, zero biases)."""
         if self.weight.is_meta:
             return
         for w in self.weight.unbind(0):
@@ -257,11 +317,28 @@ class DynamicConv2d(nn.Module):
             if fan_in != 0:
                 bound = 1 / math.sqrt(fan_in)
                 nn.init.uniform_(self.bias, -bound, bound)
-        self.attn_fc1.reset_parameters()
-        self.attn_fc2.reset_parameters()
+        if self._routing_kind != "omni":
+            for m in (self.attn_fc1, self.attn_fc2):
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+            return
+        for m in self.attention_heads() + [self.attn_fc1]:
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        self.attn_bn.reset_parameters()
+
+    def attention_heads(self) -> List[nn.Module]:
+        """The linear layers whose outputs are attention logits (the last of each branch)."""
+        heads = [self.attn_fc2, self.attn_in, self.attn_out, self.attn_spatial]
+        return [h for h in heads if h is not None]
+
+    def temperature_heads(self) -> List[nn.Module]:
+        """The heads whose logits the temperature divides (what export folds it into)."""
+        return [] if self._routing_kind == "sigmoid" else self.attention_heads()
 
     def conv_kwargs(self) -> dict:
-        """The ``nn.Conv2d`` arguments that rebuild this layer's geometry."""
+        """The ``nn.ConvNd`` arguments that rebuild this layer's geometry."""
         return dict(
             in_channels=self.in_channels,
             out_channels=self.out_channels,
@@ -283,25 +360,29 @@ class DynamicConv2d(nn.Module):
             temperature=30.0 if self.temperature.is_meta else float(self.temperature),
             path=self.path,
             recompute_kernels=self.recompute_kernels,
+            routing=self._routing_kind,
         )
 
     @classmethod
     def from_conv(
         cls,
-        conv: nn.Conv2d,
+        conv: nn.Module,
         options: "Optional[DynamicOptions]" = None,
         *,
         noise: float = 0.0,
         generator: Optional[torch.Generator] = None,
-    ) -> "DynamicConv2d":
-        """Build a dynamic layer that computes exactly what ``conv`` computes, whatever the
-        attention: its weight and bias are copied into every kernel.
+    ) -> "DynamicConvNd":
+        """Build a dynamic layer that computes exactly what ``conv`` (an ``nn.ConvNd`` of this
+        class's dimension) computes, whatever the input: its weight and bias go into every kernel.
 
         ``options`` (:class:`~dyconv.layers.DynamicOptions`, default ``DynamicOptions()``) give
         K (an int here: :func:`~dyconv.layers.convert_to_dynamic` resolves per-layer specs) and
-        every other option, ``recompute_kernels`` included.
-        Identical kernels receive identical gradients, so the attention gets none; ``noise``
-        (relative to each kernel's standard deviation) perturbs the copies to break symmetry.
+        every other option. With ``softmax`` the copies are exact for any attention (the weights
+        sum to 1) and identical kernels receive identical gradients, so the attention learns
+        only once ``noise`` (relative to each kernel's standard deviation) breaks the symmetry.
+        ``sigmoid`` and ``omni`` attentions scale the result, so their last attention layers
+        start at zero (every sigmoid 1/2, the softmax 1/K) and the copies are scaled to
+        compensate: exact at conversion too, and the attention learns from the first step.
         """
         from dyconv.layers.options import DynamicOptions
 
@@ -310,6 +391,11 @@ class DynamicConv2d(nn.Module):
             raise ValueError(
                 f"from_conv needs one K, got the per-layer spec {options.num_kernels!r}; "
                 "use convert_to_dynamic to resolve it by layer name"
+            )
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or conv.weight.dim() != cls._ndim + 2:
+            raise TypeError(
+                f"{cls.__name__}.from_conv takes an nn.Conv{cls._ndim}d, got {type(conv).__name__}; "
+                "use dynamic_class_for(conv).from_conv or convert_to_dynamic"
             )
         padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
         layer = cls(
@@ -326,12 +412,13 @@ class DynamicConv2d(nn.Module):
             dtype=conv.weight.dtype,
             **options.layer_kwargs(options.num_kernels),
         )
+        weight_scale, bias_scale = layer._start_neutral()
         with torch.no_grad():
-            layer.weight.copy_(conv.weight.unsqueeze(0).expand_as(layer.weight))
+            layer.weight.copy_(conv.weight.unsqueeze(0).expand_as(layer.weight) * weight_scale)
             if conv.bias is not None:
-                layer.bias.copy_(conv.bias.unsqueeze(0).expand_as(layer.bias))
+                layer.bias.copy_(conv.bias.unsqueeze(0).expand_as(layer.bias) * bias_scale)
             if noise > 0:
-                std = conv.weight.std().clamp_min(1e-12)
+                std = layer.weight.std().clamp_min(1e-12)
                 layer.weight.add_(
                     torch.randn(layer.weight.shape, generator=generator, dtype=layer.weight.dtype).to(
                         layer.weight.device
@@ -341,11 +428,29 @@ class DynamicConv2d(nn.Module):
         layer.train(conv.training)
         return layer
 
+    @torch.no_grad()
+    def _start_neutral(self) -> Tuple[float, float]:
+        """Zero the last attention layers of a routing whose weights do not sum to 1 and return
+        the (kernel, bias) factors that make the kernels' copies exact at that attention."""
+        kind = self._routing_kind
+        if kind == "softmax":
+            return 1.0, 1.0
+        for head in self.attention_heads():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        if kind == "sigmoid":  # sum_k 1/2 * (2/K) W = W
+            scale = 2.0 / self.num_kernels
+            return scale, scale
+        bias_scale = 1.0 if self.attn_out is None else 2.0  # the output attention scales the bias
+        sigmoids = sum(h is not None for h in (self.attn_in, self.attn_out, self.attn_spatial))
+        return float(2**sigmoids), bias_scale
+
     def extra_repr(self) -> str:
+        nd = self._ndim
         s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
-        if self.padding != (0, 0):
+        if self.padding != (0,) * nd:
             s += ", padding={padding}"
-        if self.dilation != (1, 1):
+        if self.dilation != (1,) * nd:
             s += ", dilation={dilation}"
         if self.groups != 1:
             s += ", groups={groups}"
@@ -363,50 +468,112 @@ class DynamicConv2d(nn.Module):
             s += f", path={self.path!r}"
         if self.recompute_kernels:
             s += ", recompute_kernels=True"
+        if self._routing_kind != "softmax":
+            s += f", routing={self._routing_kind!r}"
         return s
 
-    # ------------------------------------------------------------------ computation
-    def attention(self, x: Tensor) -> Tensor:
-        """Per-sample weights over the K kernels, shape ``(B, K)``: the output of
-        :attr:`routing` (hook it to observe exactly what forward mixes the kernels with)."""
-        z = self.attn_fc2(F.relu(self.attn_fc1(x.mean(dim=(2, 3)))))
+    # ------------------------------------------------------------------ attention
+    def _logit_temperature(self) -> Optional[Tensor]:
         temperature: Optional[Tensor] = self.temperature
-        if not torch.jit.is_scripting():  # dyconv.utils.fold folded it into attn_fc2 for export
+        if not torch.jit.is_scripting():  # dyconv.utils.fold folded it into the heads for export
             if getattr(self, "_export_unit_temperature", False):
                 temperature = None
-        return self.routing(z, temperature)
+        return temperature
 
+    def _kernel_attention(self, x: Tensor) -> Tensor:
+        """``softmax``/``sigmoid`` routing: per-sample weights over the K kernels, ``(B, K)``."""
+        z = x.mean(dim=self._spatial_dims)
+        if self._has_hidden:
+            z = F.relu(self.attn_fc1(z))
+        logits = self.attn_fc2(z)
+        return self.routing(logits, self._logit_temperature())
+
+    @torch.jit.unused
+    def _omni_attention(self, x: Tensor) -> OmniAttention:
+        b = x.shape[0]
+        h = F.relu(self.attn_bn(self.attn_fc1(x.mean(dim=self._spatial_dims))))
+
+        def head(m: Optional[nn.Module]) -> Optional[Tensor]:
+            return None if m is None else m(h)
+
+        spatial = head(self.attn_spatial)
+        if spatial is not None:
+            spatial = spatial.reshape((b,) + self.kernel_size)
+        return self.routing(
+            head(self.attn_fc2), head(self.attn_in), head(self.attn_out), spatial, self._logit_temperature()
+        )
+
+    @torch.jit.unused
+    def attention(self, x: Tensor) -> Union[Tensor, OmniAttention]:
+        """What forward mixes with, the output of :attr:`routing`: the ``(B, K)`` kernel weights
+        (``softmax``/``sigmoid``) or an :class:`~dyconv.layers.routing.OmniAttention` (``omni``)."""
+        if self._routing_kind == "omni":
+            return self._omni_attention(x)
+        return self._kernel_attention(x)
+
+    # ------------------------------------------------------------------ computation
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError("DynamicConv2d expects a 4-D (N, C, H, W) input, got " + str(x.dim()) + "-D")
-        pi = self.attention(x)
-        return self.forward_with_attention(x, pi)
+        if x.dim() != self._ndim + 2:
+            raise ValueError(
+                "DynamicConv" + str(self._ndim) + "d expects a " + str(self._ndim + 2) + "-D (N, C, "
+                + "spatial...) input, got " + str(x.dim()) + "-D"
+            )
+        if self._routing_kind == "omni":
+            return self._forward_omni(x)
+        return self._forward_mixed(x, self._kernel_attention(x), None, None, None)
 
-    def forward_with_attention(self, x: Tensor, pi: Tensor) -> Tensor:
-        """Convolve ``x`` with kernels mixed by given attention weights ``pi`` of shape (B, K)."""
-        path = self._resolve_path(x)
-        if path == "mixture":
-            return self._forward_mixture(x, pi)
-        if path == "bmm":
-            return self._forward_bmm(x, pi)
+    @torch.jit.unused
+    def _forward_omni(self, x: Tensor) -> Tensor:
+        return self.forward_with_attention(x, self._omni_attention(x))
+
+    @torch.jit.unused
+    def forward_with_attention(self, x: Tensor, attention: Union[Tensor, OmniAttention]) -> Tensor:
+        """Convolve ``x`` with given attention: ``(B, K)`` kernel weights, or an
+        :class:`~dyconv.layers.routing.OmniAttention` for an ``omni`` layer."""
+        if isinstance(attention, OmniAttention):
+            if self._routing_kind != "omni":
+                raise TypeError("an OmniAttention needs a routing='omni' layer")
+            a = attention
+            return self._forward_mixed(x, a.kernel, a.in_channel, a.out_channel, a.spatial)
+        if self._routing_kind == "omni":
+            raise TypeError("an omni layer needs an OmniAttention (its attention(x)), not a tensor")
+        return self._forward_mixed(x, attention, None, None, None)
+
+    def _forward_mixed(
+        self,
+        x: Tensor,
+        pi: Tensor,
+        a_in: Optional[Tensor],
+        a_out: Optional[Tensor],
+        a_sp: Optional[Tensor],
+    ) -> Tensor:
+        """The convolution for kernel weights ``pi`` ``(B, K)`` and ODConv's optional input,
+        output and spatial attentions; the input and output ones scale the activations."""
+        if a_in is not None:
+            x = x * a_in.to(x.dtype).reshape(a_in.shape + (1,) * self._ndim)
+        path = self._resolve_path(x, a_sp is not None)
         if path == "static":
-            return self._forward_static(x, pi)
-        if path == "export":
-            return self._forward_export(x, pi)
-        return self._forward_grouped(x, pi)
+            y = self._forward_static(x, pi)
+        elif path == "mixture":
+            y = self._forward_mixture(x, pi)
+        elif path == "bmm":
+            y = self._forward_bmm(x, pi, a_sp)
+        elif path == "export":
+            y = self._forward_export(x, pi, a_sp)
+        else:
+            y = self._forward_grouped(x, pi, a_sp)
+        if a_out is not None:
+            y = y * a_out.to(y.dtype).reshape(a_out.shape + (1,) * self._ndim)
+        return y
 
-    def _resolve_path(self, x: Tensor) -> str:
-        if self.num_kernels == 1:
+    def _resolve_path(self, x: Tensor, spatial_attention: bool) -> str:
+        if self.num_kernels == 1 and not spatial_attention:
             return "static"
         if not torch.jit.is_scripting():
             if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
                 return "export"
         if self.path != "auto":
             return self.path
-        if self._padding_str == "same":
-            h, w = x.shape[-2], x.shape[-1]
-        else:
-            h, w = self._out_size(x.shape[-2], x.shape[-1], self._explicit_padding)
         cheap_alloc = True
         if not torch.jit.is_scripting():
             cheap_alloc = x.device.type != "cpu" or large_alloc_cheap()
@@ -415,42 +582,74 @@ class DynamicConv2d(nn.Module):
             self.in_channels,
             self.out_channels,
             self.groups,
-            self.kernel_size,
-            h * w,
+            self._kernel,
+            self._out_positions(x),
             cheap_alloc,
+            spatial_attention=spatial_attention,
         )
 
+    def _out_positions(self, x: Tensor) -> int:
+        n = 1
+        for i in range(self._ndim):
+            size = x.shape[2 + i]
+            if len(self._pre_pad) > 0:
+                size += self._pre_pad[2 * (self._ndim - 1 - i)] + self._pre_pad[2 * (self._ndim - 1 - i) + 1]
+            n *= self._out_len(size, i)
+        return n
+
+    def _out_len(self, size: int, i: int) -> int:
+        """Output length along spatial dim ``i`` of an input already pre-padded."""
+        span = self._conv_dilation[i] * (self.kernel_size[i] - 1) + 1
+        return (size + 2 * self._conv_padding[i] - span) // self._conv_stride[i] + 1
+
+    def _pre(self, x: Tensor) -> Tensor:
+        """The F.pad step (non-zero padding modes, asymmetric "same"); a no-op otherwise."""
+        if len(self._pre_pad) > 0:
+            return F.pad(x, self._pre_pad, mode=self._pre_pad_mode)
+        return x
+
     def _conv(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
-        """``F.conv2d`` with this layer's geometry, as ``nn.Conv2d._conv_forward``."""
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, (0, 0), self.dilation, groups)
-        if self._padding_str != "":
-            return F.conv2d(x, weight, bias, self.stride, self._padding_str, self.dilation, groups)
-        return F.conv2d(x, weight, bias, self.stride, self._explicit_padding, self.dilation, groups)
+        """The convolution with this layer's geometry (``nn.ConvNd._conv_forward``)."""
+        x = self._pre(x)
+        if self._ndim == 1:
+            return F.conv1d(x, weight, bias, self._conv_stride, self._conv_padding, self._conv_dilation, groups)
+        if self._ndim == 3:
+            return F.conv3d(x, weight, bias, self._conv_stride, self._conv_padding, self._conv_dilation, groups)
+        return F.conv2d(x, weight, bias, self._conv_stride, self._conv_padding, self._conv_dilation, groups)
 
     def _forward_static(self, x: Tensor, pi: Tensor) -> Tensor:
-        # K == 1: pi is exactly 1.0, so this is nn.Conv2d bit for bit (the product keeps the
-        # attention in the graph, e.g. for DDP's unused-parameter check).
+        # K == 1: a softmax pi is exactly 1.0, so this is nn.ConvNd bit for bit (the product keeps
+        # the attention in the graph, e.g. for DDP's unused-parameter check).
         bias = self.bias
         y = self._conv(x, self.weight[0], None if bias is None else bias[0], self.groups)
-        return y * pi.to(y.dtype).reshape(-1, 1, 1, 1)
+        return y * pi.to(y.dtype).reshape([-1] + [1] * (self._ndim + 1))
 
-    def _forward_grouped(self, x: Tensor, pi: Tensor) -> Tensor:
+    def _mixed_kernels(self, pi: Tensor, a_sp: Optional[Tensor]) -> Tensor:
+        """Per-sample kernels ``(B, Cout, Cin/g, *kernel)``, the spatial attention applied."""
+        b = pi.shape[0]
+        weight = torch.mm(pi, self.weight.reshape(self.num_kernels, -1))
+        weight = weight.reshape((b,) + self.weight.shape[1:])
+        if a_sp is not None:
+            weight = weight * a_sp.to(weight.dtype).reshape((b, 1, 1) + self.kernel_size)
+        return weight
+
+    def _mixed_bias(self, pi: Tensor) -> Optional[Tensor]:
+        bias = self.bias
+        if bias is None:
+            return None
+        return torch.mm(pi, bias).reshape(-1)
+
+    def _forward_grouped(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor]) -> Tensor:
         if not torch.jit.is_scripting():
             if self.recompute_kernels and torch.is_grad_enabled():
-                x, padding = self._pad_explicitly(x)
                 return _GroupedConvRecomputed.apply(
-                    x, pi, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+                    self._pre(x), pi, self.weight, self.bias, a_sp, self._conv_stride, self._conv_padding,
+                    self._conv_dilation, self.groups,
                 )
         b = x.shape[0]
-        k, cout = self.num_kernels, self.out_channels
-        weight = torch.mm(pi, self.weight.reshape(k, -1))
-        weight = weight.reshape((b * cout,) + self.weight.shape[2:])
-        bias = self.bias
-        mixed_bias: Optional[Tensor] = None
-        if bias is not None:
-            mixed_bias = torch.mm(pi, bias).reshape(b * cout)
+        cout = self.out_channels
+        weight = self._mixed_kernels(pi, a_sp).reshape((b * cout,) + self.weight.shape[2:])
+        mixed_bias = self._mixed_bias(pi)
         if b == 1:
             return self._conv(x, weight, mixed_bias, self.groups)
         x = x.reshape((1, b * self.in_channels) + x.shape[2:])
@@ -459,29 +658,31 @@ class DynamicConv2d(nn.Module):
 
     # ------------------------------------------------------------------ exported graphs
     @torch.jit.unused
-    def _forward_export(self, x: Tensor, pi: Tensor) -> Tensor:
+    def _forward_export(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor]) -> Tensor:
         """The exported computation: ``export_batch(1)`` or ``(B)`` fixes the batch; otherwise
         ``torch.cond`` (ONNX ``If``) on the batch size runs the batch-1 graph when it can and the
         batch-independent one otherwise (ONNX's Conv ``group`` is a fixed attribute, so per-sample
         kernels cannot be expressed for a symbolic batch)."""
         fixed = _EXPORT_BATCH
+        operands = (x, pi) if a_sp is None else (x, pi, a_sp)
         if fixed == 1:
-            return self._forward_single(x, pi)
+            return self._forward_single(*operands)
         if fixed == 0:
-            return self._forward_any_batch(x, pi)
+            return self._forward_any_batch(*operands)
         if fixed is not None:
-            return self._forward_fixed_batch(x, pi, fixed)
-        return torch.cond(x.shape[0] == 1, self._forward_single, self._forward_any_batch, (x, pi))
+            return self._forward_fixed_batch(fixed, *operands)
+        return torch.cond(x.shape[0] == 1, self._forward_single, self._forward_any_batch, operands)
 
-    def _forward_any_batch(self, x: Tensor, pi: Tensor) -> Tensor:
-        """Batch-independent: pointwise convs by batched matmul with per-sample kernels, the
-        rest as one conv with the K kernels whose outputs are mixed (K x the FLOPs)."""
-        kh, kw = self.kernel_size
-        if kh == 1 and kw == 1 and self.groups == 1 and self.path in ("auto", "bmm"):
-            return self._forward_bmm(x, pi)
+    def _forward_any_batch(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor] = None) -> Tensor:
+        """Batch-independent: pointwise convs (and convs with a spatial attention) by batched
+        matmul with per-sample kernels, the rest as one conv with the K kernels whose outputs
+        are mixed (K x the FLOPs)."""
+        pointwise = all(k == 1 for k in self.kernel_size)
+        if a_sp is not None or (pointwise and self.groups == 1 and self.path in ("auto", "bmm")):
+            return self._forward_bmm(x, pi, a_sp, export=True)
         return self._forward_mixture(x, pi)
 
-    def _forward_single(self, x: Tensor, pi: Tensor) -> Tensor:
+    def _forward_single(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor] = None) -> Tensor:
         """Batch 1: one conv with the aggregated kernel and bias, about the static cost.
 
         Measured in onnxruntime (1 thread, batch 1): a computed kernel cannot be pre-packed, yet
@@ -490,6 +691,8 @@ class DynamicConv2d(nn.Module):
         # pi[0], not pi: inside torch.cond the batch is still symbolic, the kernel must not be.
         k = self.num_kernels
         weight = torch.matmul(pi[0], self.weight.reshape(k, -1)).reshape(self.weight.shape[1:])
+        if a_sp is not None:
+            weight = weight * a_sp[0].to(weight.dtype)
         mixed_bias = self._export_bias(pi[0])
         return self._conv(x, weight, mixed_bias, self.groups)
 
@@ -504,10 +707,10 @@ class DynamicConv2d(nn.Module):
             return None
         return torch.matmul(pi, bias).reshape(-1)
 
-    def _forward_fixed_batch(self, x: Tensor, pi: Tensor, batch: int) -> Tensor:
+    def _forward_fixed_batch(self, batch: int, x: Tensor, pi: Tensor, a_sp: Optional[Tensor] = None) -> Tensor:
         """A graph for exactly ``batch`` samples: per-sample kernels in one grouped conv."""
-        k, cout = self.num_kernels, self.out_channels
-        weight = torch.mm(pi, self.weight.reshape(k, -1)).reshape((batch * cout,) + self.weight.shape[2:])
+        cout = self.out_channels
+        weight = self._mixed_kernels(pi, a_sp).reshape((batch * cout,) + self.weight.shape[2:])
         mixed_bias = self._export_bias(pi)
         y = self._conv(x.reshape((1, batch * self.in_channels) + x.shape[2:]), weight, mixed_bias, batch * self.groups)
         return y.reshape((batch, cout) + y.shape[2:])
@@ -523,69 +726,120 @@ class DynamicConv2d(nn.Module):
             weight = weight.reshape((k, g, cout // g) + weight.shape[2:]).transpose(0, 1)
             weight = weight.reshape((g * k * (cout // g),) + self.weight.shape[2:])
         y = self._conv(x, weight, None, g)
-        h, w = y.shape[-2], y.shape[-1]
-        y = y.reshape(b, g, k, (cout // g) * h * w)
-        out = torch.einsum("bk,bgkn->bgn", pi.to(y.dtype), y).reshape(b, cout, h, w)
+        spatial = y.shape[2:]
+        y = y.reshape(b, g, k, -1)
+        out = torch.einsum("bk,bgkn->bgn", pi.to(y.dtype), y).reshape((b, cout) + spatial)
         bias = self.bias
         if bias is not None:
-            out = out + torch.mm(pi, bias).to(out.dtype).reshape(b, cout, 1, 1)
+            out = out + torch.mm(pi, bias).to(out.dtype).reshape([b, cout] + [1] * self._ndim)
         return out
 
-    def _forward_bmm(self, x: Tensor, pi: Tensor) -> Tensor:
+    def _forward_bmm(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor], export: bool = False) -> Tensor:
         b = x.shape[0]
-        k, cout, g = self.num_kernels, self.out_channels, self.groups
-        kh, kw = self.kernel_size
-        # Per-sample kernels as (B, groups, Cout/g, Cin/g*kh*kw): one batched matmul per group.
-        weight = torch.mm(pi, self.weight.reshape(k, -1)).reshape(b, g, cout // g, -1)
-        x, padding = self._pad_explicitly(x)
-        if kh == 1 and kw == 1 and padding[0] == 0 and padding[1] == 0:
-            sh, sw = self.stride
-            if sh != 1 or sw != 1:
-                x = x[:, :, ::sh, ::sw]
-            h, w = x.shape[-2], x.shape[-1]
+        cout, g = self.out_channels, self.groups
+        # Per-sample kernels as (B, groups, Cout/g, Cin/g*taps): one batched matmul per group.
+        weight = self._mixed_kernels(pi, a_sp).reshape(b, g, cout // g, -1)
+        x = self._pre(x)
+        pointwise = True
+        for i in range(self._ndim):
+            if self.kernel_size[i] != 1 or self._conv_padding[i] != 0:
+                pointwise = False
+        if pointwise:
+            for i in range(self._ndim):
+                if self._conv_stride[i] != 1:
+                    x = torch.ops.aten.slice(x, 2 + i, 0, x.shape[2 + i], self._conv_stride[i])
+            spatial = x.shape[2:]
             cols = x.flatten(2)
         else:
-            h, w = self._out_size(x.shape[-2], x.shape[-1], padding)
-            cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)
+            spatial = [self._out_len(x.shape[2 + i], i) for i in range(self._ndim)]
+            cols = self._unfold(x, export)
         y = torch.matmul(weight, cols.reshape(b, g, -1, cols.shape[-1])).reshape(b, cout, -1)
         bias = self.bias
         if bias is not None:
             y = y + torch.mm(pi, bias).to(y.dtype).unsqueeze(-1)
-        return y.reshape(b, cout, h, w)
+        return y.reshape([b, cout] + list(spatial))
 
-    def _pad_explicitly(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """(input, integer padding) for the paths that cannot take a padding mode or "same"."""
-        if self.padding_mode != "zeros" or self._padding_str == "same":
-            x = F.pad(
-                x,
-                self._reversed_padding_repeated_twice,
-                mode="constant" if self.padding_mode == "zeros" else self.padding_mode,
-            )
-            return x, (0, 0)
-        return x, self._explicit_padding
+    def _unfold(self, x: Tensor, export: bool = False) -> Tensor:
+        """``(B, C*taps, L)`` patches of a pre-padded input, channel-major as the kernel's
+        layout: ``F.unfold`` in 2-D; otherwise (and for export) one strided slice per tap."""
+        if self._ndim == 2 and not export:
+            return F.unfold(x, self.kernel_size, self._conv_dilation, self._conv_padding, self._conv_stride)
+        if len(self._unfold_pad) > 0:
+            x = F.pad(x, self._unfold_pad)
+        outs = [self._out_len(x.shape[2 + i] - 2 * self._conv_padding[i], i) for i in range(self._ndim)]
+        positions = 1
+        for n in outs:
+            positions *= n
+        taps: List[Tensor] = []
+        for offsets in self._tap_offsets:
+            tap = x
+            for i in range(self._ndim):
+                start = offsets[i] * self._conv_dilation[i]
+                stop = start + self._conv_stride[i] * (outs[i] - 1) + 1
+                tap = torch.ops.aten.slice(tap, 2 + i, start, stop, self._conv_stride[i])
+            taps.append(tap)
+        cols = torch.stack(taps, dim=2)  # (B, C, taps, *out)
+        return cols.reshape(x.shape[0], -1, positions)
 
-    def _out_size(self, h: int, w: int, padding: Tuple[int, int]) -> Tuple[int, int]:
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        dh, dw = self.dilation
-        return (
-            (h + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1,
-            (w + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1,
-        )
+
+class DynamicConv1d(DynamicConvNd):
+    """Drop-in replacement for :class:`torch.nn.Conv1d` (audio, time series); see
+    :class:`DynamicConvNd` for the extras. ``weight``: ``(K, out, in/groups, k)``."""
+
+    _ndim = 1
+    _conv_cls = nn.Conv1d
+
+
+class DynamicConv2d(DynamicConvNd):
+    """Drop-in replacement for :class:`torch.nn.Conv2d`; see :class:`DynamicConvNd` for the
+    extras. ``weight``: ``(K, out, in/groups, kh, kw)``."""
+
+    _ndim = 2
+    _conv_cls = nn.Conv2d
+
+
+class DynamicConv3d(DynamicConvNd):
+    """Drop-in replacement for :class:`torch.nn.Conv3d` (video, volumes); see
+    :class:`DynamicConvNd` for the extras. ``weight``: ``(K, out, in/groups, kd, kh, kw)``."""
+
+    _ndim = 3
+    _conv_cls = nn.Conv3d
+
+
+#: Spatial dims -> dynamic layer class.
+DYNAMIC_CONVS = {1: DynamicConv1d, 2: DynamicConv2d, 3: DynamicConv3d}
+
+
+def dynamic_class_for(conv: nn.Module) -> type:
+    """The dynamic class replacing ``conv`` (an ``nn.Conv1d``/``2d``/``3d`` or a subclass)."""
+    if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed:
+        raise TypeError(f"expected an nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}")
+    return DYNAMIC_CONVS[conv.weight.dim() - 2]
 
 
 class _GroupedConvRecomputed(torch.autograd.Function):
-    """The ``grouped`` path, saving ``x``, ``pi`` and the K kernels instead of the B per-sample
-    kernels; backward recomputes them (one matmul) and uses ``aten.convolution_backward``."""
+    """The ``grouped`` path, saving ``x``, ``pi`` (and the spatial attention) and the K kernels
+    instead of the B per-sample kernels; backward recomputes them (one matmul) and uses
+    ``aten.convolution_backward``. ``x`` arrives pre-padded."""
 
     @staticmethod
-    def forward(ctx, x, pi, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
-        b, k, cout = x.shape[0], weight.shape[0], weight.shape[1]
-        kernels = torch.mm(pi, weight.reshape(k, -1)).reshape((b * cout,) + weight.shape[2:])
+    def _kernels(pi, weight, a_sp):
+        b = pi.shape[0]
+        mixed = torch.mm(pi, weight.reshape(weight.shape[0], -1)).reshape((b,) + weight.shape[1:])
+        if a_sp is None:
+            return mixed, mixed
+        return mixed, mixed * a_sp.to(mixed.dtype).reshape((b, 1, 1) + a_sp.shape[1:])
+
+    @staticmethod
+    def forward(ctx, x, pi, weight, bias, a_sp, stride, padding, dilation, groups):  # type: ignore[override]
+        b, cout = x.shape[0], weight.shape[1]
+        _, kernels = _GroupedConvRecomputed._kernels(pi, weight, a_sp)
+        kernels = kernels.reshape((b * cout,) + weight.shape[2:])
         mixed_bias = None if bias is None else torch.mm(pi, bias).reshape(b * cout)
-        y = F.conv2d(x.reshape((1, b * x.shape[1]) + x.shape[2:]), kernels, mixed_bias, stride, padding, dilation,
-                     b * groups)
-        ctx.save_for_backward(x, pi, weight, bias)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[len(stride) - 1]
+        x_groups = x.reshape((1, b * x.shape[1]) + x.shape[2:])
+        y = conv(x_groups, kernels, mixed_bias, stride, padding, dilation, b * groups)
+        ctx.save_for_backward(x, pi, weight, bias, a_sp)
         ctx.conv = (stride, padding, dilation, groups)
         device = x.device.type
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
@@ -594,35 +848,40 @@ class _GroupedConvRecomputed(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
-        x, pi, weight, bias = ctx.saved_tensors
+        x, pi, weight, bias, a_sp = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         enabled, autocast_dtype = ctx.autocast
         b, k, cout = x.shape[0], weight.shape[0], weight.shape[1]
         with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
-            kernels = torch.mm(pi, weight.reshape(k, -1)).reshape((b * cout,) + weight.shape[2:])
+            mixed, kernels = _GroupedConvRecomputed._kernels(pi, weight, a_sp)
         dtype = kernels.dtype
         grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
             grad_y.reshape((1, b * cout) + grad_y.shape[2:]).to(dtype),
             x.reshape((1, b * x.shape[1]) + x.shape[2:]).to(dtype),
-            kernels,
+            kernels.reshape((b * cout,) + weight.shape[2:]),
             None,
             list(stride),
             list(padding),
             list(dilation),
             False,
-            [0, 0],
+            [0] * len(stride),
             b * groups,
             [ctx.needs_input_grad[0], True, False],
         )
+        grad_kernels = grad_kernels.reshape(mixed.shape)
+        grad_a_sp = None
+        if a_sp is not None:
+            grad_a_sp = (grad_kernels * mixed).sum(dim=(1, 2)).to(a_sp.dtype)
+            grad_kernels = grad_kernels * a_sp.to(grad_kernels.dtype).reshape((b, 1, 1) + a_sp.shape[1:])
         w_flat = weight.reshape(k, -1)
         grad_k = grad_kernels.reshape(b, -1).to(weight.dtype)
         grad_pi = torch.mm(grad_k, w_flat.t())
         grad_weight = torch.mm(pi.t().to(weight.dtype), grad_k).reshape(weight.shape)
         grad_bias = None
         if bias is not None:
-            grad_mixed_bias = grad_y.sum(dim=(2, 3)).to(bias.dtype)  # (B, Cout)
+            grad_mixed_bias = grad_y.flatten(2).sum(dim=2).to(bias.dtype)  # (B, Cout)
             grad_bias = torch.mm(pi.t().to(bias.dtype), grad_mixed_bias)
             grad_pi = grad_pi + torch.mm(grad_mixed_bias, bias.t())
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape).to(x.dtype)
-        return grad_x, grad_pi.to(pi.dtype), grad_weight, grad_bias, None, None, None, None
+        return grad_x, grad_pi.to(pi.dtype), grad_weight, grad_bias, grad_a_sp, None, None, None, None

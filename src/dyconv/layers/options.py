@@ -1,8 +1,10 @@
 """The one carrier of dynamic-convolution options: :class:`DynamicOptions`.
 
-Models (``dynamic=``), :meth:`DynamicConv2d.from_conv` and :func:`convert_to_dynamic` all take
+Models (``dynamic=``), :meth:`DynamicConvNd.from_conv` and :func:`convert_to_dynamic` all take
 one frozen :class:`DynamicOptions`; the model registry maps the flat config keys
-(``num_kernels``, ``reduction``, ...) onto it in one place (:meth:`DynamicOptions.pop_from`).
+(``num_kernels``, ``reduction``, ``routing``, ...) onto it in one place
+(:meth:`DynamicOptions.pop_from`). The number of spatial dims is not an option: it is the conv's
+(``conv_layer_for(dims)`` gives the factory for 1-D, 2-D or 3-D model code).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Union
 
 from torch import nn
 
-from dyconv.layers.dynamic_conv import PATHS, DynamicConv2d
+from dyconv.layers.dynamic_conv import DYNAMIC_CONVS, PATHS
+from dyconv.layers.routing import ROUTINGS
 
 __all__ = ["ROUTINGS", "DynamicOptions", "KernelSpec", "build_dynamic_convs", "resolve_num_kernels"]
 
@@ -24,8 +27,6 @@ __all__ = ["ROUTINGS", "DynamicOptions", "KernelSpec", "build_dynamic_convs", "r
 #: fnmatch globs on qualified module names -> K (first match wins, unmatched layers: 4).
 KernelSpec = Union[int, Sequence[int], Mapping[str, int]]
 
-#: Attention routings; only the paper's softmax is implemented.
-ROUTINGS = ("softmax",)
 #: K of a layer no glob of a mapping spec matches.
 DEFAULT_NUM_KERNELS = 4
 
@@ -83,7 +84,8 @@ class DynamicOptions:
             :class:`dyconv.callbacks.TemperatureScheduler`, which owns it from then on).
         path: ``"auto"`` or a fixed strategy from :data:`~dyconv.layers.PATHS`.
         recompute_kernels: the grouped path recomputes per-sample kernels in backward.
-        routing: how attention logits become kernel weights; ``"softmax"`` (the paper).
+        routing: how the attention is formed (:mod:`dyconv.layers.routing`): ``"softmax"``
+            (the paper), ``"sigmoid"`` (CondConv) or ``"omni"`` (ODConv).
     """
 
     num_kernels: KernelSpec = 4
@@ -120,7 +122,7 @@ class DynamicOptions:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(
-                f"routing {self.routing!r} is not implemented; available: {', '.join(ROUTINGS)}"
+                f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}"
             )
         object.__setattr__(self, "recompute_kernels", bool(self.recompute_kernels))
 
@@ -144,7 +146,7 @@ class DynamicOptions:
 
     # ------------------------------------------------------------------ per layer
     def layer_kwargs(self, num_kernels: int) -> dict[str, Any]:
-        """The keyword-only ``DynamicConv2d`` arguments for one layer with ``num_kernels`` kernels."""
+        """The keyword-only ``DynamicConvNd`` arguments for one layer with ``num_kernels`` kernels."""
         return dict(
             num_kernels=num_kernels,
             reduction=self.reduction,
@@ -152,6 +154,7 @@ class DynamicOptions:
             temperature=self.temperature,
             path=self.path,
             recompute_kernels=self.recompute_kernels,
+            routing=self.routing,
         )
 
     def kernels_for(self, names: Sequence[str]) -> list[int]:
@@ -160,28 +163,35 @@ class DynamicOptions:
 
     @property
     def conv_layer(self) -> Callable[..., nn.Module]:
-        """A factory with ``nn.Conv2d``'s signature for model code. With one K for every layer
-        it builds the ``DynamicConv2d`` at once (in model order, so a seed gives the same weights
-        as any other way of building the model); with a per-layer K it records the arguments and
-        :func:`build_dynamic_convs` builds each layer once, with its own K, when names are known."""
+        """``conv_layer_for(2)``: the factory 2-D model code takes (``nn.Conv2d``'s signature)."""
+        return self.conv_layer_for(2)
+
+    def conv_layer_for(self, dims: int) -> Callable[..., nn.Module]:
+        """A factory with ``nn.Conv{dims}d``'s signature for model code. With one K for every
+        layer it builds the ``DynamicConv{dims}d`` at once (in model order, so a seed gives the
+        same weights as any other way of building the model); with a per-layer K it records the
+        arguments and :func:`build_dynamic_convs` builds each layer once, with its own K, when
+        names are known."""
+        if dims not in DYNAMIC_CONVS:
+            raise ValueError(f"dynamic convs have 1, 2 or 3 spatial dims, got {dims!r}")
         if _is_int(self.num_kernels):
-            return functools.partial(DynamicConv2d, **self.layer_kwargs(self.num_kernels))
-        return PendingConv
+            return functools.partial(DYNAMIC_CONVS[dims], **self.layer_kwargs(self.num_kernels))
+        return functools.partial(PendingConv, dims=dims)
 
 
 class PendingConv(nn.Module):
     """A conv whose K is not known until its qualified name is (see :func:`build_dynamic_convs`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dims: int = 2, **kwargs: Any) -> None:
         super().__init__()
-        self.args, self.kwargs = args, kwargs
+        self.args, self.kwargs, self.dims = args, kwargs, dims
 
     def forward(self, x: Any) -> Any:  # pragma: no cover - replaced before use
         raise RuntimeError("a PendingConv was not built; call build_dynamic_convs(model, options)")
 
 
 def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
-    """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConv2d` with its K
+    """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConvNd` with its K
     (resolved on the qualified names); returns ``model``. Models call it before their init."""
     from dyconv.layers.convert import replace_modules
 
@@ -192,7 +202,9 @@ def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
             "use the dy_ model or a dynamic conv_layer"
         )
     ks = options.kernels_for([n for n, _ in pending])
-    new = {id(m): DynamicConv2d(*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)}
+    new = {
+        id(m): DYNAMIC_CONVS[m.dims](*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)
+    }
     return replace_modules(model, new)
 
 

@@ -1,29 +1,108 @@
-"""How a dynamic layer turns attention logits into kernel weights ``pi``.
+"""How a dynamic layer turns attention logits into what forward mixes and scales with.
 
-A parameter-free submodule of :class:`~dyconv.layers.DynamicConv2d`, so that its output is the
-one place where ``pi`` exists: forward mixes the kernels with it, and
-:class:`dyconv.analysis.AttentionRecorder` hooks it to see exactly the same tensor.
+Each routing is a parameter-free submodule of a dynamic layer (``layer.routing``), so its
+output is the one place the attention exists: forward uses exactly that output, and
+:class:`dyconv.analysis.AttentionRecorder` hooks the module to see the same tensors.
+
+- ``softmax``: Chen et al., "Dynamic Convolution: Attention over Convolution Kernels", CVPR 2020:
+  ``softmax(z / T)`` over the K kernels (weights sum to 1).
+- ``sigmoid``: Yang et al., "CondConv: Conditionally Parameterized Convolutions", NeurIPS 2019:
+  independent ``sigmoid(z)`` per kernel; the temperature is not used.
+- ``omni``: Li, Zhou, Yao, "Omni-Dimensional Dynamic Convolution", ICLR 2022 (ODConv): a softmax
+  over the K kernels and sigmoid attentions over the input channels, the output channels and
+  the kernel's spatial positions, every one of them divided by the temperature.
 """
 
-from typing import Optional
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SoftmaxRouting"]
+__all__ = ["ROUTINGS", "OmniAttention", "OmniRouting", "SigmoidRouting", "SoftmaxRouting", "make_routing"]
+
+#: The routing options of every dynamic layer (``routing=``), the paper's first.
+ROUTINGS = ("softmax", "sigmoid", "omni")
+
+
+def _in_float32(fn, logits: Tensor) -> Tensor:
+    """``fn(logits)`` computed in at least float32 (bf16/fp16 lose the near-uniform start),
+    returned in the logits' dtype, the dtype the kernel mixing uses."""
+    return fn(logits.to(torch.promote_types(logits.dtype, torch.float32))).to(logits.dtype)
 
 
 class SoftmaxRouting(nn.Module):
     """``softmax(logits / temperature)`` over the K kernels (Chen et al. 2020), shape ``(B, K)``.
 
-    The softmax runs in at least float32 (bf16/fp16 logits lose the near-uniform start) and the
-    result is returned in the logits' dtype, the dtype the kernel mixing uses. ``temperature``
-    None skips the division (:func:`dyconv.utils.fold.fold_temperature` folded it into the
-    logits for export).
+    ``temperature`` None skips the division (:func:`dyconv.utils.fold.fold_temperature` folded
+    it into the logits for export).
     """
+
+    kind = "softmax"
 
     def forward(self, logits: Tensor, temperature: Optional[Tensor]) -> Tensor:
         if temperature is not None:
             logits = logits / temperature.to(logits.dtype)
         pi = torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))
         return pi.to(logits.dtype)
+
+
+class SigmoidRouting(nn.Module):
+    """CondConv's ``sigmoid(logits)``: one independent weight in (0, 1) per kernel, shape ``(B, K)``.
+    The weights do not sum to 1 and the temperature is ignored."""
+
+    kind = "sigmoid"
+
+    def forward(self, logits: Tensor, temperature: Optional[Tensor]) -> Tensor:
+        return _in_float32(torch.sigmoid, logits)
+
+
+class OmniAttention(NamedTuple):
+    """ODConv's four attentions for one batch; a part a layer does not have is ``None`` (a
+    constant 1), except ``kernel``, which is ``(B, 1)`` ones for a single-kernel layer.
+
+    The per-sample kernel they define is ``out ⊗ in ⊗ spatial ⊙ sum_k kernel_k W_k`` and the
+    bias ``out ⊙ sum_k kernel_k b_k``; forward scales the input by ``in_channel`` and the output
+    by ``out_channel`` instead of building that kernel where that is cheaper (it is the same).
+    """
+
+    kernel: Tensor  #: (B, K), softmax over the kernels
+    in_channel: Tensor  #: (B, in_channels), sigmoid
+    out_channel: Optional[Tensor]  #: (B, out_channels), sigmoid; None for a depthwise conv
+    spatial: Optional[Tensor]  #: (B, *kernel_size), sigmoid; None for a pointwise conv
+
+
+class OmniRouting(nn.Module):
+    """ODConv's attentions from four logit tensors (``None`` for an absent head), each divided
+    by ``temperature`` (None: folded into the logits for export)."""
+
+    kind = "omni"
+
+    def forward(
+        self,
+        kernel: Optional[Tensor],
+        in_channel: Tensor,
+        out_channel: Optional[Tensor],
+        spatial: Optional[Tensor],
+        temperature: Optional[Tensor],
+    ) -> OmniAttention:
+        def scaled(z: Tensor) -> Tensor:
+            return z if temperature is None else z / temperature.to(z.dtype)
+
+        def sig(z: Optional[Tensor]) -> Optional[Tensor]:
+            return None if z is None else _in_float32(torch.sigmoid, scaled(z))
+
+        if kernel is None:
+            pi = torch.ones(in_channel.shape[0], 1, dtype=in_channel.dtype, device=in_channel.device)
+        else:
+            pi = _in_float32(lambda z: torch.softmax(z, dim=1), scaled(kernel))
+        return OmniAttention(pi, sig(in_channel), sig(out_channel), sig(spatial))
+
+
+def make_routing(kind: str) -> nn.Module:
+    """The routing module for ``kind`` (one of :data:`ROUTINGS`)."""
+    modules = {"softmax": SoftmaxRouting, "sigmoid": SigmoidRouting, "omni": OmniRouting}
+    if kind not in modules:
+        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {kind!r}")
+    return modules[kind]()

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from dyconv.layers import DynamicConv2d, DynamicOptions, build_dynamic_convs
+from dyconv.layers import DynamicConvNd, DynamicOptions, build_dynamic_convs
 
 __all__ = [
     "DYNAMIC_KWARGS",
@@ -104,15 +104,16 @@ def init_weights(
 ) -> None:
     """torchvision-style init of a whole model.
 
-    Convs: kaiming normal (``conv_mode``), zero bias. A :class:`DynamicConv2d` is initialised per
-    kernel (``weight.unbind(0)``: the fan of one kernel, not of the 5-D tensor), zero biases; its
-    attention MLP keeps ``nn.Linear``'s default init (near-uniform attention at the start).
+    Convs: kaiming normal (``conv_mode``), zero bias. A dynamic conv is initialised per kernel
+    (``weight.unbind(0)``: the fan of one kernel, not of the 5-D tensor), zero biases; its
+    attention keeps the layer's own init (``nn.Linear``'s default: near-uniform attention at
+    the start; ODConv's for ``omni``).
     Norms: weight 1, bias 0. Linear layers: ``normal(0, linear_std)`` and zero bias if
     ``linear_std`` is given (MobileNets), else left at PyTorch's default (ResNet).
     """
     skip: set[int] = set()
     for m in model.modules():
-        if isinstance(m, DynamicConv2d):
+        if isinstance(m, DynamicConvNd):
             skip.update(id(sub) for sub in m.modules())
             _init_conv(m.weight.unbind(0), conv_mode, nonlinearity)
             if m.bias is not None:
