@@ -79,6 +79,18 @@ def _matches(filt: ModuleFilter | None, name: str, module: nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    """An ``nn.ConvNd`` or a subclass that computes exactly what it computes."""
+    base = next((c for c in _PLAIN_CONVS if isinstance(m, c)), None)
+    if base is None:
+        return False
+    cls = type(m)
+    return cls.forward is base.forward and cls._conv_forward is base._conv_forward
+
+
 def replace_modules(model: nn.Module, new: dict[int, nn.Module]) -> nn.Module:
     """Swap modules (by identity) everywhere they are referenced, shared ones included."""
     if id(model) in new:
@@ -99,7 +111,7 @@ def convert_to_dynamic(
     skip_first: bool = False,
     skip_depthwise: bool = False,
     skip_pointwise: bool = False,
-    conv_types: Sequence[type[nn.Module]] = (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    conv_types: Sequence[type[nn.Module]] | None = None,
     noise: float = 0.0,
     generator: torch.Generator | None = None,
     inplace: bool = True,
@@ -124,16 +136,20 @@ def convert_to_dynamic(
         skip_first: keep the model's first conv (in ``named_modules()`` order) static.
         skip_depthwise: keep depthwise convs (``groups == in_channels > 1``) static.
         skip_pointwise: keep 1x1 convs static.
-        conv_types: exact module types to convert (default the three plain convs). Subclasses
-            (timm's ``Conv2dSame``, ``StdConv2d``) change what the conv computes and are left
-            alone unless listed here; a listed subclass is rebuilt from its ``nn.ConvNd``
-            arguments.
+        conv_types: exact module types to convert. Default: ``nn.Conv1d/2d/3d`` and their
+            subclasses that keep ``nn.ConvNd``'s computation (no own ``forward`` or
+            ``_conv_forward``: torchvision's video ``Conv3DSimple``). Subclasses that change it
+            (timm's ``Conv2dSame``, ``StdConv2d``) are left alone unless listed here; a listed
+            subclass is rebuilt from its ``nn.ConvNd`` arguments.
         inplace: modify ``model`` (default) or convert a deep copy.
     """
     if not inplace:
         model = copy.deepcopy(model)
-    types = tuple(conv_types)
-    candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
+    if conv_types is None:
+        candidates = [(n, m) for n, m in model.named_modules() if _plain_conv(m)]
+    else:
+        types = tuple(conv_types)
+        candidates = [(n, m) for n, m in model.named_modules() if type(m) in types]
     first = candidates[0][0] if candidates else None
     selected = []
     for name, conv in candidates:

@@ -564,6 +564,11 @@ class DynamicConvNd(nn.Module):
             y = self._forward_grouped(x, pi, a_sp)
         if a_out is not None:
             y = y * a_out.to(y.dtype).reshape(a_out.shape + (1,) * self._ndim)
+        if not torch.jit.is_scripting():
+            # A BatchNorm shift dyconv.utils.fold could not put into the mixed bias.
+            post: Optional[Tensor] = getattr(self, "_post_bias", None)
+            if post is not None:
+                y = y + post.to(y.dtype).reshape([1, -1] + [1] * self._ndim)
         return y
 
     def _resolve_path(self, x: Tensor, spatial_attention: bool) -> str:

@@ -26,10 +26,15 @@ __all__ = ["ROUTINGS", "OmniAttention", "OmniRouting", "SigmoidRouting", "Softma
 ROUTINGS = ("softmax", "sigmoid", "omni")
 
 
-def _in_float32(fn, logits: Tensor) -> Tensor:
-    """``fn(logits)`` computed in at least float32 (bf16/fp16 lose the near-uniform start),
+def _sigmoid(logits: Tensor) -> Tensor:
+    """``sigmoid`` computed in at least float32 (bf16/fp16 lose the near-neutral start),
     returned in the logits' dtype, the dtype the kernel mixing uses."""
-    return fn(logits.to(torch.promote_types(logits.dtype, torch.float32))).to(logits.dtype)
+    return torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32))).to(logits.dtype)
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    """``softmax`` over dim 1 in at least float32, returned in the logits' dtype."""
+    return torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
 
 
 class SoftmaxRouting(nn.Module):
@@ -44,8 +49,7 @@ class SoftmaxRouting(nn.Module):
     def forward(self, logits: Tensor, temperature: Optional[Tensor]) -> Tensor:
         if temperature is not None:
             logits = logits / temperature.to(logits.dtype)
-        pi = torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        return pi.to(logits.dtype)
+        return _softmax(logits)
 
 
 class SigmoidRouting(nn.Module):
@@ -55,7 +59,7 @@ class SigmoidRouting(nn.Module):
     kind = "sigmoid"
 
     def forward(self, logits: Tensor, temperature: Optional[Tensor]) -> Tensor:
-        return _in_float32(torch.sigmoid, logits)
+        return _sigmoid(logits)
 
 
 class OmniAttention(NamedTuple):
@@ -91,12 +95,12 @@ class OmniRouting(nn.Module):
             return z if temperature is None else z / temperature.to(z.dtype)
 
         def sig(z: Optional[Tensor]) -> Optional[Tensor]:
-            return None if z is None else _in_float32(torch.sigmoid, scaled(z))
+            return None if z is None else _sigmoid(scaled(z))
 
         if kernel is None:
             pi = torch.ones(in_channel.shape[0], 1, dtype=in_channel.dtype, device=in_channel.device)
         else:
-            pi = _in_float32(lambda z: torch.softmax(z, dim=1), scaled(kernel))
+            pi = _softmax(scaled(kernel))
         return OmniAttention(pi, sig(in_channel), sig(out_channel), sig(spatial))
 
 
