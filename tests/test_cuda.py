@@ -1,10 +1,10 @@
-"""DynamicConv2d on CUDA (skipped without a GPU; scripts/gpu_check.py runs these on a GPU
+"""Dynamic convs on CUDA (skipped without a GPU; scripts/gpu_check.py runs these on a GPU
 machine): every path computes what the CPU computes, forward and backward, fp32 and bf16."""
 
 import pytest
 import torch
 
-from dyconv.layers import PATHS, DynamicConv2d
+from dyconv.layers import PATHS, DynamicConv1d, DynamicConv2d, DynamicConv3d
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -47,3 +47,23 @@ def test_bf16_autocast_close_to_fp32(path):
         out = layer(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("routing", ["softmax", "sigmoid", "omni"])
+@pytest.mark.parametrize(("cls", "shape"), [(DynamicConv1d, (20,)), (DynamicConv3d, (4, 6, 6))])
+@pytest.mark.parametrize("path", PATHS)
+def test_nd_and_routings_match_cpu(cls, shape, routing, path):
+    if path == "mixture" and routing == "omni":
+        pytest.skip("omni with a spatial attention has no mixture path")
+    torch.manual_seed(0)
+    layer = cls(8, 12, 3, 1, 1, num_kernels=3, temperature=1.5, path=path, routing=routing).eval()
+    x = torch.randn((5, 8, *shape), requires_grad=True)
+    ref = layer(x)
+    ref.square().sum().backward()
+    ref_grad = x.grad.clone()
+    gpu = layer.cuda()
+    xc = x.detach().cuda().requires_grad_(True)
+    out = gpu(xc)
+    out.square().sum().backward()
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xc.grad.cpu(), ref_grad, rtol=1e-3, atol=1e-3)
