@@ -93,9 +93,15 @@ def _zeros(*shape: int) -> torch.Tensor:
 @dataclass
 class PartStats:
     """Per-position running sums of one attention over samples: ``size`` positions (kernels,
-    channels or kernel taps), their sum and sum of squares over samples."""
+    channels or kernel taps), the sum and the sum of squares over samples of ``value - shift``.
+
+    ``shift`` is a constant near the values (1/K for softmax weights, 1/2 for sigmoids): it keeps
+    the variance ``E[d^2] - E[d]^2`` free of cancellation for near-constant attentions, and,
+    being the same on every process, the sums stay additive across processes.
+    """
 
     size: int
+    shift: float = 0.0
     count: torch.Tensor = field(default_factory=lambda: _zeros())
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
@@ -106,9 +112,10 @@ class PartStats:
 
     def update(self, values: torch.Tensor) -> None:
         """Add ``values`` (B, size), float64 on the CPU."""
+        d = values - self.shift
         self.count += values.shape[0]
-        self.total += values.sum(0)
-        self.squares += values.square().sum(0)
+        self.total += d.sum(0)
+        self.squares += d.square().sum(0)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.count, self.total, self.squares]
@@ -116,13 +123,13 @@ class PartStats:
     @property
     def position_mean(self) -> torch.Tensor:
         """Mean of each position over samples, (size,)."""
-        return self.total / self.count.clamp_min(1)
+        return self.total / self.count.clamp_min(1) + self.shift
 
     @property
     def position_sample_std(self) -> torch.Tensor:
         """Std of each position across samples (population), (size,)."""
-        mean = self.position_mean
-        return (self.squares / self.count.clamp_min(1) - mean.square()).clamp_min(0).sqrt()
+        mean_d = self.total / self.count.clamp_min(1)
+        return (self.squares / self.count.clamp_min(1) - mean_d.square()).clamp_min(0).sqrt()
 
     @property
     def mean(self) -> float:
@@ -166,7 +173,7 @@ class LayerAttention:
         if self.spec.num_kernels != self.num_kernels:
             raise ValueError(f"num_kernels {self.num_kernels} differs from the spec's {self.spec.num_kernels}")
         k, c = self.num_kernels, self.num_classes
-        self.weights = PartStats(k)
+        self.weights = PartStats(k, 1.0 / k if self.spec.kernel_softmax else 0.5)
         self.wins = _zeros(k)
         self.gates_on = _zeros(k)
         self.class_sum = _zeros(c, k)
@@ -174,7 +181,7 @@ class LayerAttention:
         if self.spec.routing == "omni":
             sizes = {"in_channel": self.spec.in_channels, "out_channel": self.spec.out_channels,
                      "spatial": self.spec.kernel_positions}
-            self.parts = {part: PartStats(n) for part, n in sizes.items() if n}
+            self.parts = {part: PartStats(n, 0.5) for part, n in sizes.items() if n}
 
     @property
     def routing(self) -> str:
