@@ -278,11 +278,11 @@ def format_report(result: Inspection, max_classes: int = 20) -> str:
                      "sum_k gate_k; >0.5: how often each gate is above 0.5; norm. entropy: entropy of the gates "
                      "divided by their sum (how evenly they spread; log K = evenly)")
         g_width = 6 * max(la.num_kernels for la in gates.values()) - 1
-        lines.append(f"{'layer':<{width}}  {'K':>2}  {'gate sum':>8}  {'norm. entropy':>13}  "
+        lines.append(f"{'layer':<{width}}  {'routing':<7}  {'K':>2}  {'gate sum':>8}  {'norm. entropy':>13}  "
                      f"{'mean gate':<{g_width}}  {'>0.5':<{g_width}}  {'wins':<{g_width}}  sample std")
         for name, la in gates.items():
             lines.append(
-                f"{name:<{width}}  {la.num_kernels:>2}  {float(la.mean_weight.sum()):>8.4f}  "
+                f"{name:<{width}}  {la.routing:<7}  {la.num_kernels:>2}  {float(la.mean_weight.sum()):>8.4f}  "
                 f"{la.normalised_gate_entropy:>13.4f}  {_floats(la.mean_weight):<{g_width}}  "
                 f"{_floats(la.gate_on_rate):<{g_width}}  {_floats(la.win_rate):<{g_width}}  {la.weights.sample_std:.4f}"
             )
