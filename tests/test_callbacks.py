@@ -67,6 +67,74 @@ def test_attention_statistics_callback_logs_entropy(tmp_path):
     assert float(metrics["attention/entropy_ratio"]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_attention_statistics_metric_names_and_values_per_routing(tmp_path):
+    """One net with a softmax, a sigmoid and an omni (depthwise: no output attention) layer: each
+    logs its own metric names, and the values equal plain torch on a rerun of the validation set."""
+    from torch import nn
+
+    from dyconv.analysis import AttentionRecorder
+    from dyconv.layers import DynamicConv2d, dynamic_layers
+    from dyconv.layers.routing import OmniAttention
+
+    def net(num_classes: int = 10) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            DynamicConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0),
+            DynamicConv2d(6, 6, 3, padding=1, num_kernels=2, routing="sigmoid"),
+            DynamicConv2d(6, 6, 3, padding=1, groups=6, num_kernels=2, routing="omni", temperature=1.0, reduction=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, num_classes),
+        )
+
+    torch.manual_seed(0)
+    dm = MNISTOfflineDataModule(batch_size=25, splits=(50, 50, 50))
+    task = ClassificationTask(net(), num_classes=10, optimizer=functools.partial(torch.optim.SGD, lr=0.05))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[AttentionStatistics()],
+                        default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("attention/")}
+    soft, gate, omni = "attention/model.1/", "attention/model.2/", "attention/model.3/"
+    assert set(logged) == {
+        "attention/entropy_ratio",
+        *(soft + m for m in ("entropy", "pi_sample_std", "pi_0", "pi_1", "pi_2")),
+        *(gate + m for m in ("gate_sum", "gate_sample_std", "gate_0", "gate_1")),
+        *(omni + m for m in ("entropy", "pi_sample_std", "pi_0", "pi_1", "in_mean", "in_sample_std", "spatial_mean",
+                             "spatial_sample_std")),
+    }
+    # The same validation pass again (weights unchanged after the last validation), by hand.
+    seen: dict[str, list] = {}
+    task.eval()
+    dm.setup("validate")
+    with torch.no_grad(), AttentionRecorder(task, lambda n, a: seen.setdefault(n, []).append(a)):
+        for x, _ in dm.val_dataloader():
+            task(x)
+    pi = torch.cat(seen["model.1"]).double()
+    g = torch.cat(seen["model.2"]).double()
+    om = seen["model.3"]
+    assert all(isinstance(a, OmniAttention) and a.out_channel is None for a in om)
+    pk = torch.cat([a.kernel for a in om]).double()
+    a_in = torch.cat([a.in_channel for a in om]).double()
+    a_sp = torch.cat([a.spatial for a in om]).double().flatten(1)
+
+    def ent(p):
+        return float(-(p * p.log()).sum(1).mean())
+
+    assert logged[soft + "entropy"] == pytest.approx(ent(pi), rel=1e-5)
+    assert logged[soft + "pi_2"] == pytest.approx(float(pi[:, 2].mean()), rel=1e-5)
+    assert logged[gate + "gate_sum"] == pytest.approx(float(g.sum(1).mean()), rel=1e-5)
+    assert logged[gate + "gate_1"] == pytest.approx(float(g[:, 1].mean()), rel=1e-5)
+    assert logged[gate + "gate_sample_std"] == pytest.approx(float(g.std(0, unbiased=False).mean()), rel=1e-4)
+    assert logged[omni + "entropy"] == pytest.approx(ent(pk), rel=1e-5)
+    assert logged[omni + "in_mean"] == pytest.approx(float(a_in.mean()), rel=1e-5)
+    assert logged[omni + "spatial_sample_std"] == pytest.approx(float(a_sp.std(0, unbiased=False).mean()), rel=1e-4)
+    # Only the two kernel softmaxes (K > 1) enter the entropy ratio; the sigmoid gates have none.
+    ratio = (ent(pi) / math.log(3) + ent(pk) / math.log(2)) / 2
+    assert logged["attention/entropy_ratio"] == pytest.approx(ratio, rel=1e-5)
+    assert len(list(dynamic_layers(task))) == 3
+
+
 def test_rng_states_round_trip_through_weights_only_checkpoint(tmp_path):
     random.seed(1)
     np.random.seed(2)

@@ -156,3 +156,65 @@ def test_segmentation_run_has_no_per_class_means(tmp_path):
     assert all(int(la.count) == 3 for la in result.summary.layers.values())
     names = {p.name for p in write_outputs(result, tmp_path / "out")}
     assert "layers.csv" in names and "per_class.csv" not in names
+
+
+@pytest.mark.parametrize("routing", ["sigmoid", "omni"])
+def test_inspect_reports_each_routing(tmp_path, routing):
+    """CondConv gates: no entropy, no temperature sweep (the temperature is unused); ODConv: the
+    kernel softmax with its sweep plus the sigmoid attentions; tables, CSV and figures name the routing."""
+    from dyconv.inspect import format_report
+
+    ckpt = make_checkpoint(tmp_path / routing / "checkpoints" / "last.ckpt",
+                           [*SMALL_RESNET, "model.width_mult=0.125", f"++model.routing={routing}"])
+    result = inspect_checkpoint(ckpt, "val", max_batches=1, temperatures=[1.0, 30.0], temperature_batches=1)
+    assert set(result.summary.routings.values()) == {routing} and len(result.summary.layers) == 11
+    files = {p.name for p in write_outputs(result, tmp_path / "out")}
+    rows = {r["layer"]: r for r in csv.DictReader((tmp_path / "out" / "layers.csv").open())}
+    assert {r["routing"] for r in rows.values()} == {routing} and int(rows[UNIFORM]["samples"]) == 16
+    per_class = list(csv.DictReader((tmp_path / "out" / "per_class.csv").open()))
+    report = format_report(result)
+    if routing == "sigmoid":
+        assert result.sweep == {} and result.trained_temperatures == {}
+        assert not {"entropy", "entropy_ratio", "mean_pi_0"} & set(rows[UNIFORM])
+        gates = [float(rows[UNIFORM][f"mean_gate_{k}"]) for k in range(4)]
+        assert float(rows[UNIFORM]["gate_sum"]) == pytest.approx(sum(gates), rel=1e-9)
+        assert {"mean_gate.png", "gate_on.png", "win_rate.png"} <= files and "entropy.png" not in files
+        assert "temperature.csv" not in files and "mean_gate_0" in per_class[0]
+        assert "Kernel gates (sigmoid, CondConv)" in report and "Temperature sweep: none" in report
+        assert "Kernel softmax" not in report
+    else:
+        assert sorted(result.sweep) == [1.0, 30.0] and len(result.sweep[1.0]) == 11
+        assert rows[UNIFORM]["spatial_mean"] != "" and rows[FORCED]["spatial_mean"] == ""  # 1x1 downsample
+        assert 0 < float(rows[UNIFORM]["in_mean"]) < 1 and float(rows[UNIFORM]["in_sample_std"]) >= 0
+        assert {"entropy.png", "mean_pi.png", "omni_attention.png", "temperature.png"} <= files
+        assert "ODConv sigmoid attentions (omni)" in report and "mean_pi_0" in per_class[0]
+    kernel_line = next(line for line in report.splitlines() if line.startswith(UNIFORM + " "))
+    assert kernel_line.split()[1:3] == [routing, "4"]
+
+
+def test_report_names_the_routing_of_every_layer():
+    """A model mixing the three routings: one table per kind of kernel weights, each layer once
+    in it with its routing; omni's sigmoid attentions in their own table ('-' where absent)."""
+    from dyconv.analysis import AttentionRecorder, AttentionSummary
+    from dyconv.inspect import Inspection, format_report
+    from dyconv.layers import DynamicConv2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        DynamicConv2d(3, 4, 3, padding=1, temperature=1.0),
+        DynamicConv2d(4, 4, 1, routing="sigmoid"),
+        DynamicConv2d(4, 4, 3, padding=1, groups=4, num_kernels=2, routing="omni", temperature=1.0),
+    ).eval()
+    summary = AttentionSummary.for_model(model)
+    with torch.no_grad(), AttentionRecorder(model, summary):
+        model(torch.randn(4, 3, 16, 16))
+    report = format_report(Inspection(Path("x.ckpt"), "val", summary, trained_temperatures={"0": 1.0, "2": 1.0}))
+    lines = report.splitlines()
+    assert "routing softmax, sigmoid, omni" in lines[0] and "trained temperature 1" in lines[0]
+    kernel_rows = [line.split()[:2] for line in lines if line.startswith(("0 ", "2 "))]
+    assert kernel_rows[:2] == [["0", "softmax"], ["2", "omni"]]
+    (gate_line,) = [line for line in lines if line.startswith("1 ")]
+    assert gate_line.split()[1:3] == ["sigmoid", "4"]  # K; the gate sum follows
+    assert float(gate_line.split()[3]) == pytest.approx(float(summary.layers["1"].mean_weight.sum()), abs=1e-4)
+    omni_line = [line for line in lines if line.startswith("2 ")][-1]
+    assert omni_line.split()[6] == "-" and omni_line.count("/") == 4  # in and spatial; out absent (depthwise)

@@ -5,12 +5,23 @@
     python -m dyconv.inspect ckpt_path=... output_dir=/tmp/attn data.root=/new/place
 
 The model and data are rebuilt from the checkpoint alone (``data.<key>=...`` overrides the stored
-data config). Forward hooks (:class:`~dyconv.analysis.AttentionRecorder`) collect the
-attention ``pi(x)`` of every dynamic layer over the split, and per layer the tool reports the
-mean entropy against its maximum log K (1 = uniform, 0 = one kernel per sample), the mean
-weight of each kernel, how often each kernel wins (argmax), and the mean attention per class.
+data config). Forward hooks (:class:`~dyconv.analysis.AttentionRecorder`) collect what every
+dynamic layer's routing outputs over the split, and per layer, by its routing (shown in every
+table and figure), the tool reports:
+
+- ``softmax`` (the paper): the mean entropy of ``pi(x)`` against its maximum log K (1 = uniform,
+  0 = one kernel per sample), the mean weight of each kernel, how often each kernel wins
+  (argmax), the mean attention per class and the std across samples (input dependence);
+- ``sigmoid`` (CondConv): the gates are independent and do not sum to 1, so no entropy over K:
+  the mean gate of each kernel, how often each gate is above 0.5, the mean sum of the gates,
+  wins, per-class mean gates, and the entropy of the gates divided by their sum (labelled so);
+- ``omni`` (ODConv): its kernel softmax as ``softmax``, plus the mean, the spread across
+  channels and the input dependence (mean over channels of the std across samples) of its
+  input-channel, output-channel and spatial sigmoid attentions.
+
 It then re-runs the first ``temperature_batches`` batches at several temperatures (the trained
-one included, restored afterwards) to show how sharp the attention is at each.
+one included, restored afterwards) to show how sharp the kernel softmax is at each (``sigmoid``
+layers ignore the temperature and are left out).
 
 Segmentation runs: labels are per pixel while the attention is per image, so there are no
 per-class means (``per_class.csv`` is not written).
@@ -23,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +44,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.analysis.recorder import AttentionRecorder
-from dyconv.analysis.summary import AttentionSummary
+from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary, LayerSpec
 from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
+from dyconv.layers.routing import ROUTINGS
 
 __all__ = ["Inspection", "format_report", "inspect_checkpoint", "main", "temperature_sweep", "write_outputs"]
 
@@ -51,9 +62,10 @@ class Inspection:
     ckpt_path: Path
     split: str
     summary: AttentionSummary
-    #: ``{temperature: {layer: mean entropy / log K}}`` over the first batches of the split.
+    #: ``{temperature: {layer: mean entropy / log K}}`` over the first batches of the split,
+    #: for the layers whose routing uses the temperature (not ``sigmoid``).
     sweep: dict[float, dict[str, float]] = field(default_factory=dict)
-    #: Each layer's temperature as trained (the checkpoint's buffers).
+    #: The temperature as trained (the checkpoint's buffers) of each layer whose routing uses it.
     trained_temperatures: dict[str, float] = field(default_factory=dict)
     per_class: bool = False
     #: Why there are no per-class means (when ``per_class`` is False).
@@ -80,29 +92,29 @@ def _batches(loader: Iterable[Any], max_batches: int | None) -> Iterable[tuple[t
             yield batch, None
 
 
-def _ratio(entropy: float, num_kernels: int) -> float:
-    return entropy / math.log(num_kernels) if num_kernels > 1 else 1.0
-
-
 def temperature_sweep(
     model: torch.nn.Module, inputs: Sequence[torch.Tensor], temperatures: Sequence[float]
 ) -> dict[float, dict[str, float]]:
-    """Mean entropy / log K of every dynamic layer on ``inputs`` with all layers set to each
-    temperature in turn; every layer's own temperature is restored afterwards, even on error."""
+    """Mean entropy / log K of the kernel softmax of every dynamic layer that uses the
+    temperature (``softmax``, ``omni``; not ``sigmoid``) on ``inputs`` with all layers set to
+    each temperature in turn; every layer's own temperature is restored afterwards, even on error."""
     layers = dict(dynamic_layers(model))
+    swept = [name for name, layer in layers.items() if LayerSpec.of(layer).uses_temperature]
     original = {name: layer.temperature.detach().clone() for name, layer in layers.items()}
     out: dict[float, dict[str, float]] = {}
+    if not swept:
+        return out
     try:
         for t in temperatures:
             if not t > 0:
                 raise ConfigError(f"temperatures must all be > 0, got {t}")
             for layer in layers.values():
                 layer.temperature.fill_(float(t))
-            summary = AttentionSummary({name: layer.num_kernels for name, layer in layers.items()})
+            summary = AttentionSummary.for_model(model)
             with torch.no_grad(), AttentionRecorder(model, summary):
                 for x in inputs:
                     model(x)
-            out[float(t)] = {name: _ratio(la.mean_entropy, la.num_kernels) for name, la in summary.layers.items()}
+            out[float(t)] = {name: summary.layers[name].entropy_ratio for name in swept}
     finally:
         for name, layer in layers.items():
             layer.temperature.copy_(original[name])
@@ -152,7 +164,7 @@ def inspect_checkpoint(
 
     segmentation = run.task.kind == "segmentation"
     num_classes = 0 if segmentation else int(run.config.get("data", {}).get("num_classes") or 0)
-    summary = AttentionSummary({name: layer.num_kernels for name, layer in layers.items()}, num_classes)
+    summary = AttentionSummary.for_model(model, num_classes)
     kept: list[torch.Tensor] = []
     with torch.no_grad(), AttentionRecorder(model, summary):
         for x, y in _batches(loader, max_batches):
@@ -164,8 +176,9 @@ def inspect_checkpoint(
     if not next(iter(summary.layers.values())).count:
         raise ConfigError(f"the {split} split of {run.ckpt_path}'s data is empty: nothing to inspect")
 
-    trained = {name: float(layer.temperature) for name, layer in layers.items()}
-    temps = sorted({float(t) for t in temperatures} | set(trained.values()))
+    uses = {name for name, la in summary.layers.items() if la.spec.uses_temperature}
+    trained = {name: float(layer.temperature) for name, layer in layers.items() if name in uses}
+    temps = sorted({float(t) for t in temperatures} | set(trained.values())) if trained else []
     sweep = temperature_sweep(model, kept, temps) if temps and kept else {}
     note = (
         "segmentation labels are per pixel, the attention per image"
@@ -189,10 +202,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
     rows = []
     for name, la in summary.layers.items():
-        means = la.class_mean_pi
+        means = la.class_mean_weight
+        column = "mean_pi_{}" if la.spec.kernel_softmax else "mean_gate_{}"
         for c in range(la.num_classes):
-            row: dict[str, Any] = {"layer": name, "class": c, "samples": int(la.class_count[c])}
-            row.update({f"mean_pi_{k}": float(means[c, k]) for k in range(la.num_kernels)})
+            row: dict[str, Any] = {"layer": name, "routing": la.routing, "class": c, "samples": int(la.class_count[c])}
+            row.update({column.format(k): float(means[c, k]) for k in range(la.num_kernels)})
             rows.append(row)
     return rows
 
@@ -227,45 +241,84 @@ def write_outputs(result: Inspection, output_dir: str | Path) -> list[Path]:
     return files
 
 
+def _floats(values: Iterable[float]) -> str:
+    return " ".join(f"{float(v):.3f}" for v in values)
+
+
 def format_report(result: Inspection, max_classes: int = 20) -> str:
-    """The human-readable table printed by the CLI (at most ``max_classes`` per-class rows)."""
+    """The human-readable tables printed by the CLI (at most ``max_classes`` per-class rows)."""
     summary = result.summary
-    first = next(iter(summary.layers.values()))
+    layers = summary.layers
+    first = next(iter(layers.values()))
     temps = sorted(set(result.trained_temperatures.values()))
+    routings = sorted(set(summary.routings.values()), key=ROUTINGS.index)
+    trained = f"trained temperature {', '.join(f'{t:g}' for t in temps)}" if temps else "no temperature used"
     lines = [
-        f"Attention of {result.ckpt_path} on {result.split} ({int(first.count)} images, "
-        f"trained temperature {', '.join(f'{t:g}' for t in temps)})",
-        "entropy/logK: 1 = uniform over the K kernels, 0 = one kernel per image; "
-        "wins: how often each kernel is the argmax",
+        f"Attention of {result.ckpt_path} on {result.split} ({int(first.count)} images, routing "
+        f"{', '.join(routings)}, {trained})",
     ]
-    width = max(len("layer"), *(len(n) for n in summary.layers))
-    pi_width = 6 * max(la.num_kernels for la in summary.layers.values()) - 1
-    lines.append(f"{'layer':<{width}}  {'K':>2}  {'entropy':>7}  {'/logK':>5}  {'mean pi':<{pi_width}}  wins")
-    for name, la in summary.layers.items():
-        pis = " ".join(f"{float(p):.3f}" for p in la.mean_pi)
-        wins = " ".join(f"{float(w):.3f}" for w in la.win_rate)
-        ratio = _ratio(la.mean_entropy, la.num_kernels)
-        lines.append(
-            f"{name:<{width}}  {la.num_kernels:>2}  {la.mean_entropy:>7.4f}  {ratio:>5.3f}  {pis:<{pi_width}}  {wins}"
-        )
+    width = max(len("layer"), *(len(n) for n in layers))
+    softmax = {n: la for n, la in layers.items() if la.spec.kernel_softmax}
+    gates = {n: la for n, la in layers.items() if not la.spec.kernel_softmax}
+    if softmax:
+        lines.append("Kernel softmax (softmax, omni): entropy/logK 1 = uniform over the K kernels, 0 = one kernel per "
+                     "image; wins: how often each kernel is the argmax; sample std: mean over kernels of the std of "
+                     "pi across images (0 = the same for every input)")
+        pi_width = 6 * max(la.num_kernels for la in softmax.values()) - 1
+        lines.append(f"{'layer':<{width}}  {'routing':<7}  {'K':>2}  {'entropy':>7}  {'/logK':>5}  "
+                     f"{'mean pi':<{pi_width}}  {'wins':<{pi_width}}  sample std")
+        for name, la in softmax.items():
+            lines.append(
+                f"{name:<{width}}  {la.routing:<7}  {la.num_kernels:>2}  {la.mean_entropy:>7.4f}  "
+                f"{la.entropy_ratio:>5.3f}  {_floats(la.mean_pi):<{pi_width}}  {_floats(la.win_rate):<{pi_width}}  "
+                f"{la.weights.sample_std:.4f}"
+            )
+    if gates:
+        lines.append("Kernel gates (sigmoid, CondConv): independent, in (0, 1), not summing to 1; gate sum: mean of "
+                     "sum_k gate_k; >0.5: how often each gate is above 0.5; norm. entropy: entropy of the gates "
+                     "divided by their sum (how evenly they spread; log K = evenly)")
+        g_width = 6 * max(la.num_kernels for la in gates.values()) - 1
+        lines.append(f"{'layer':<{width}}  {'routing':<7}  {'K':>2}  {'gate sum':>8}  {'norm. entropy':>13}  "
+                     f"{'mean gate':<{g_width}}  {'>0.5':<{g_width}}  {'wins':<{g_width}}  sample std")
+        for name, la in gates.items():
+            lines.append(
+                f"{name:<{width}}  {la.routing:<7}  {la.num_kernels:>2}  {float(la.mean_weight.sum()):>8.4f}  "
+                f"{la.normalised_gate_entropy:>13.4f}  {_floats(la.mean_weight):<{g_width}}  "
+                f"{_floats(la.gate_on_rate):<{g_width}}  {_floats(la.win_rate):<{g_width}}  {la.weights.sample_std:.4f}"
+            )
+    omni = {n: la for n, la in layers.items() if la.parts}
+    if omni:
+        lines.append("ODConv sigmoid attentions (omni): mean / std across channels (or positions) of the mean / "
+                     "input dependence (mean over channels of the std across images); '-': the layer has none "
+                     "(out: depthwise, spatial: 1x1)")
+        lines.append(f"{'layer':<{width}}  " + "  ".join(f"{short:<23}" for short in OMNI_PARTS.values()).rstrip())
+        for name, la in omni.items():
+            cells = [
+                f"{p.mean:.3f} / {p.position_std:.3f} / {p.sample_std:.4f}" if (p := la.parts.get(part)) else "-"
+                for part in OMNI_PARTS
+            ]
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{c:<23}" for c in cells).rstrip())
     if result.per_class:
-        # The most class-dependent layer: largest deviation of a class's mean attention from the layer's.
-        spread = {n: float((la.class_mean_pi - la.mean_pi).abs().max()) for n, la in summary.layers.items()}
+        # The most class-dependent layer: largest deviation of a class's mean kernel weights from the layer's.
+        spread = {n: float((la.class_mean_weight - la.mean_weight).abs().max()) for n, la in layers.items()}
         name = max(spread, key=spread.get)
-        la = summary.layers[name]
-        deviation = (la.class_mean_pi - la.mean_pi).abs().amax(dim=1)
+        la = layers[name]
+        deviation = (la.class_mean_weight - la.mean_weight).abs().amax(dim=1)
         classes = [c for c in range(la.num_classes) if la.class_count[c] > 0]
         shown = sorted(sorted(classes, key=lambda c: -float(deviation[c]))[:max_classes])
         which = "" if len(shown) == len(classes) else f", the {len(shown)} classes furthest from the layer mean"
-        lines.append(f"Per-class mean attention of {name} (most class-dependent layer{which}; all in per_class.csv):")
+        what = "pi" if la.spec.kernel_softmax else "gates"
+        lines.append(f"Per-class mean kernel {what} of {name} [{la.routing}] (most class-dependent layer{which}; "
+                     "all in per_class.csv):")
         for c in shown:
-            pis = " ".join(f"{float(p):.3f}" for p in la.class_mean_pi[c])
-            lines.append(f"  class {c:>4} ({int(la.class_count[c]):>5} images): {pis}")
+            lines.append(f"  class {c:>4} ({int(la.class_count[c]):>5} images): {_floats(la.class_mean_weight[c])}")
     else:
         lines.append(f"Per-class means: not computed ({result.per_class_note})")
     if result.sweep:
-        lines.append("Mean entropy/logK over layers vs temperature (first batches of the split):")
+        lines.append("Mean entropy/logK of the kernel softmax over layers vs temperature (first batches of the split):")
         lines.append("  " + "  ".join(f"T={t:g}: {sum(v.values()) / len(v):.3f}" for t, v in result.sweep.items()))
+    elif gates and not softmax:
+        lines.append("Temperature sweep: none (sigmoid routing does not use the temperature)")
     if result.files:
         lines.append(f"Files in {result.files[0].parent}: " + ", ".join(p.name for p in result.files))
     return "\n".join(lines)

@@ -10,18 +10,28 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from dyconv.analysis.recorder import AttentionRecorder
-from dyconv.analysis.summary import AttentionSummary
+from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary
 from dyconv.layers import dynamic_layers
 
 __all__ = ["AttentionStatistics"]
 
 
 class AttentionStatistics(Callback):
-    """Collects ``pi(x)`` of every dynamic layer over the validation set and logs, per layer,
-    the mean entropy (``attention/<layer>/entropy``, nats; log K is uniform) and the mean weight
-    of each kernel (``attention/<layer>/pi_<k>``), plus ``attention/entropy_ratio`` (mean over
-    layers of entropy / log K: 1 = uniform, 0 = one kernel per sample). With a TensorBoard
-    logger it also adds the inspection tool's figures every ``figure_every_n_epochs`` epochs.
+    """Collects the attention of every dynamic layer over the validation set and logs, per layer,
+    by its routing (``attention/<layer>/...``):
+
+    - ``softmax``: ``entropy`` (mean, nats; log K is uniform), ``pi_<k>`` (mean weight of each
+      kernel) and ``pi_sample_std`` (mean over kernels of the std across samples: 0 = the same
+      weights for every input);
+    - ``sigmoid`` (independent gates, no entropy): ``gate_<k>`` (mean gate of each kernel),
+      ``gate_sum`` (mean sum of the gates) and ``gate_sample_std``;
+    - ``omni``: its kernel softmax as ``softmax``, plus ``in_mean``/``in_sample_std``,
+      ``out_...`` and ``spatial_...`` for the sigmoid attentions the layer has;
+
+    plus ``attention/entropy_ratio``: the mean over the layers with a kernel softmax and K > 1 of
+    entropy / log K (1 = uniform, 0 = one kernel per sample; not logged without such layers).
+    ``per_kernel=False`` drops the per-kernel metrics. With a TensorBoard logger it also adds
+    the inspection tool's figures every ``figure_every_n_epochs`` epochs.
     """
 
     def __init__(self, every_n_epochs: int = 1, per_kernel: bool = True, figure_every_n_epochs: int = 0) -> None:
@@ -35,13 +45,12 @@ class AttentionStatistics(Callback):
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = {name: layer.num_kernels for name, layer in dynamic_layers(pl_module)}
-        if not layers or not self._active(trainer):
+        if not self._active(trainer) or next(dynamic_layers(pl_module), None) is None:
             return
         # Classification tasks: per-class means too (segmentation labels are per pixel).
         classification = getattr(pl_module, "kind", "classification") == "classification"
         num_classes = int(getattr(pl_module, "num_classes", 0)) if classification else 0
-        self._summary = AttentionSummary(layers, num_classes=num_classes)
+        self._summary = AttentionSummary.for_model(pl_module, num_classes=num_classes)
         self._recorder = AttentionRecorder(pl_module, self._summary).__enter__()
 
     def on_validation_batch_start(
@@ -60,20 +69,38 @@ class AttentionStatistics(Callback):
         summary, self._recorder, self._summary = self._summary, None, None
         if trainer.world_size > 1:
             summary.reduce(lambda t: trainer.strategy.reduce(t.to(pl_module.device), reduce_op="sum"))
-        metrics: dict[str, float] = {}
-        ratios = []
-        for row in summary.rows():
-            name = row["layer"]
-            metrics[f"attention/{name}/entropy"] = float(row["entropy"])
-            ratios.append(float(row["entropy_ratio"]))
-            if self.per_kernel:
-                for k in range(int(row["num_kernels"])):
-                    metrics[f"attention/{name}/pi_{k}"] = float(row[f"mean_pi_{k}"])
-        metrics["attention/entropy_ratio"] = sum(ratios) / len(ratios)
+        metrics = self.metrics(summary)
         # Already reduced across ranks: log plain floats without another sync.
         pl_module.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
         if self.figure_every_n_epochs and trainer.current_epoch % self.figure_every_n_epochs == 0:
             self._log_figures(trainer, summary)
+
+    def metrics(self, summary: AttentionSummary) -> dict[str, float]:
+        """The logged metrics of a finished summary (names in the class docstring)."""
+        metrics: dict[str, float] = {}
+        ratios = []
+        for name, la in summary.layers.items():
+            row = la.row(name)
+            prefix = f"attention/{name}/"
+            if la.spec.kernel_softmax:
+                metrics[prefix + "entropy"] = float(row["entropy"])
+                metrics[prefix + "pi_sample_std"] = float(row["pi_sample_std"])
+                if la.num_kernels > 1:
+                    ratios.append(float(row["entropy_ratio"]))
+                kernel_column, metric = "mean_pi_{}", "pi_{}"
+            else:
+                metrics[prefix + "gate_sum"] = float(row["gate_sum"])
+                metrics[prefix + "gate_sample_std"] = float(row["gate_sample_std"])
+                kernel_column, metric = "mean_gate_{}", "gate_{}"
+            if self.per_kernel:
+                for k in range(la.num_kernels):
+                    metrics[prefix + metric.format(k)] = float(row[kernel_column.format(k)])
+            for short in (OMNI_PARTS[part] for part in la.parts):
+                metrics[prefix + f"{short}_mean"] = float(row[f"{short}_mean"])
+                metrics[prefix + f"{short}_sample_std"] = float(row[f"{short}_sample_std"])
+        if ratios:
+            metrics["attention/entropy_ratio"] = sum(ratios) / len(ratios)
+        return metrics
 
     def _log_figures(self, trainer: L.Trainer, summary: AttentionSummary) -> None:
         if not trainer.is_global_zero:
