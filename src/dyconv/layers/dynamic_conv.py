@@ -575,7 +575,9 @@ class DynamicConvNd(nn.Module):
         if self.num_kernels == 1 and not spatial_attention:
             return "static"
         if not torch.jit.is_scripting():
-            if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            # is_in_onnx_export only under the TorchScript-based ONNX exporter, which traces
+            # (it costs microseconds per call; the dynamo exporter sets is_exporting).
+            if torch.compiler.is_exporting() or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()):
                 return "export"
         if self.path != "auto":
             return self.path
