@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
+    ODCONV,
     ConvLayer,
     ConvNormAct,
-    ODCONV,
     LayerFactory,
     check_width_mult,
     dynamic_conv_layer,

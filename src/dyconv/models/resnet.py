@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
-    ConvLayer,
     ODCONV,
+    ConvLayer,
     LayerFactory,
     check_width_mult,
     dynamic_conv_layer,
