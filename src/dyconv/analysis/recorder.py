@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dyconv.layers import dynamic_layers
+from dyconv.layers.routing import OmniAttention
 
 __all__ = ["AttentionRecorder"]
 
@@ -17,7 +18,9 @@ class AttentionRecorder:
 
     It hooks each layer's ``routing`` submodule, whose output is the very tensor forward mixes
     the kernels with (same values, same dtype), and passes it on detached; the output of the
-    model never changes.
+    model never changes. For ODConv's ``omni`` routing ``pi`` is its kernel attention
+    (:attr:`OmniAttention.kernel`, ``(B, K)``; ones for K = 1), the part comparable with the
+    other routings.
 
         with AttentionRecorder(model, lambda name, pi: stats[name].append(pi)):
             model(x)
@@ -29,7 +32,8 @@ class AttentionRecorder:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: tuple, pi: torch.Tensor) -> None:
+        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor | OmniAttention) -> None:
+            pi = out.kernel if isinstance(out, OmniAttention) else out
             self.sink(name, pi.detach())
 
         return hook
