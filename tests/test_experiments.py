@@ -113,11 +113,12 @@ _pair("imagenet_mobilenetv2_x05", IMAGENET_MOBILE, "mobilenetv2", 0.5, PAPER_TEM
 _pair("imagenet_mobilenetv3_small", IMAGENET_MOBILE, "mobilenetv3_small", 1.0, PAPER_TEMPERATURE)
 
 # ODConv's README (OSVAI/ODConv): ResNets the paper's recipe with dropout 0.2 (its example command);
-# MobileNetV2 150 epochs. Static baselines: the model's own dropout (the README states none).
+# MobileNetV2 150 epochs. Static baselines: ODConv's plain ResNet (no dropout, classifier init
+# normal(0, 0.01)); MobileNetV2 the model's own dropout (the README states none).
 ODCONV_RESNET = dict(IMAGENET_RESNET)
 ODCONV_MOBILE = dict(IMAGENET_MOBILE, epochs=150)
 for _m, _ks in [("resnet18", (1, 4)), ("resnet50", (1, 4)), ("resnet101", (1, 2))]:
-    RECIPES[f"odconv_{_m}"] = dict(ODCONV_RESNET, model=_m, width=1.0, dropout=None)
+    RECIPES[f"odconv_{_m}"] = dict(ODCONV_RESNET, model=_m, width=1.0, dropout=None, fc_init_std=0.01)
     for _k in _ks:
         RECIPES[f"odconv_{_m}_{_k}x"] = dict(
             ODCONV_RESNET, model=f"od_{_m}", width=1.0, k=_k, temperature=PAPER_TEMPERATURE, dropout=0.2
@@ -327,6 +328,8 @@ def test_recipe_numbers(name):
 
     if r.get("dropout") is not None:
         assert cfg.model.dropout == r["dropout"]
+    if "fc_init_std" in r:
+        assert cfg.model.fc_init_std == r["fc_init_std"]
     temp = cfg.callbacks.temperature
     if r["model"].startswith(("dy_", "od_")):
         k = cfg.model.num_kernels
