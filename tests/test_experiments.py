@@ -112,6 +112,24 @@ _pair("imagenet_mobilenetv2", IMAGENET_MOBILE, "mobilenetv2", 1.0, PAPER_TEMPERA
 _pair("imagenet_mobilenetv2_x05", IMAGENET_MOBILE, "mobilenetv2", 0.5, PAPER_TEMPERATURE)
 _pair("imagenet_mobilenetv3_small", IMAGENET_MOBILE, "mobilenetv3_small", 1.0, PAPER_TEMPERATURE)
 
+# ODConv's README (OSVAI/ODConv): ResNets the paper's recipe with dropout 0.2 (its example command);
+# MobileNetV2 150 epochs. Static baselines: ODConv's plain ResNet (no dropout, classifier init
+# normal(0, 0.01)); MobileNetV2 the model's own dropout (the README states none).
+ODCONV_RESNET = dict(IMAGENET_RESNET)
+ODCONV_MOBILE = dict(IMAGENET_MOBILE, epochs=150)
+for _m, _ks in [("resnet18", (1, 4)), ("resnet50", (1, 4)), ("resnet101", (1, 2))]:
+    RECIPES[f"odconv_{_m}"] = dict(ODCONV_RESNET, model=_m, width=1.0, dropout=None, fc_init_std=0.01)
+    for _k in _ks:
+        RECIPES[f"odconv_{_m}_{_k}x"] = dict(
+            ODCONV_RESNET, model=f"od_{_m}", width=1.0, k=_k, temperature=PAPER_TEMPERATURE, dropout=0.2
+        )
+for _w, _sfx in [(1.0, ""), (0.75, "_x075"), (0.5, "_x05")]:
+    RECIPES[f"odconv_mobilenetv2{_sfx}"] = dict(ODCONV_MOBILE, model="mobilenetv2", width=_w, dropout=None)
+    for _k in (1, 4):
+        RECIPES[f"odconv_mobilenetv2{_sfx}_{_k}x"] = dict(
+            ODCONV_MOBILE, model="od_mobilenetv2", width=_w, k=_k, temperature=PAPER_TEMPERATURE, dropout=0.2
+        )
+
 # The reference README's printed parameter counts, typed here from the README (independently of
 # dyconv.published's exact integers): the experiment's model must print the same.
 README_PARAMS = {
@@ -127,6 +145,13 @@ README_PARAMS = {
     "imagenette_mobilenetv3_small": "1.67M", "imagenette_dy_mobilenetv3_small": "5.80M",
     "voc_deeplabv3plus": "5.81M", "voc_dy_deeplabv3plus": "18.4M",
     "voc_sbd_deeplabv3plus_x05": "3.40M", "voc_sbd_dy_deeplabv3plus_x05": "8.44M",
+    # ODConv's README (rounded to 0.01M)
+    "odconv_resnet18": "11.69M", "odconv_resnet18_1x": "11.94M", "odconv_resnet18_4x": "44.90M",
+    "odconv_resnet50": "25.56M", "odconv_resnet50_1x": "28.64M", "odconv_resnet50_4x": "90.67M",
+    "odconv_resnet101": "44.55M", "odconv_resnet101_1x": "50.82M", "odconv_resnet101_2x": "90.44M",
+    "odconv_mobilenetv2": "3.50M", "odconv_mobilenetv2_1x": "4.94M", "odconv_mobilenetv2_4x": "11.51M",
+    "odconv_mobilenetv2_x075": "2.64M", "odconv_mobilenetv2_x075_1x": "3.51M", "odconv_mobilenetv2_x075_4x": "7.50M",
+    "odconv_mobilenetv2_x05": "1.97M", "odconv_mobilenetv2_x05_1x": "2.43M", "odconv_mobilenetv2_x05_4x": "4.44M",
 }  # fmt: skip
 # Exact counts of the reference code where the issue / experiments.md state them.
 EXACT_PARAMS = {
@@ -301,11 +326,18 @@ def test_recipe_numbers(name):
     if "stem" in r:
         assert cfg.model.stem == r["stem"]
 
+    if r.get("dropout") is not None:
+        assert cfg.model.dropout == r["dropout"]
+    if "fc_init_std" in r:
+        assert cfg.model.fc_init_std == r["fc_init_std"]
     temp = cfg.callbacks.temperature
-    if r["model"].startswith("dy_"):
+    if r["model"].startswith(("dy_", "od_")):
         k = cfg.model.num_kernels
         assert (OmegaConf.to_container(k) if not isinstance(k, int) else k) == r["k"]
-        assert cfg.model.reduction == 4
+        if r["model"].startswith("od_"):  # ODConv: omni attention, r = 1/16, hidden width at least 16
+            assert (cfg.model.routing, cfg.model.reduction, cfg.model.min_hidden) == ("omni", 16, 16)
+        else:
+            assert cfg.model.reduction == 4
         interval, epochs = r["temperature"]
         assert (temp.start, temp.end, temp.mode, temp.interval, temp.epochs) == (30.0, 1.0, "linear", interval, epochs)
         if interval == "epoch":  # the reference's per-epoch sequence, epoch by epoch
@@ -336,7 +368,7 @@ def test_model_at_real_size(name):
     if name in EXACT_PARAMS:
         assert n == EXACT_PARAMS[name]
     layers = list(dynamic_layers(model))
-    assert bool(layers) == r["model"].startswith("dy_")
+    assert bool(layers) == r["model"].startswith(("dy_", "od_"))
     if r.get("k") == PER_LAYER_K:
         assert len(layers) == 11  # ResNet-10 x0.5, small stem: 2 + 3 + 3 + 3 dynamic convs, stem static
         assert [layer.num_kernels for _, layer in layers] == PER_LAYER_K

@@ -18,8 +18,9 @@ from dyconv.models import create_model, list_models, load_torchvision_backbone_s
 from dyconv.models.factory import DYNAMIC_KWARGS
 
 CONF_DIR = Path(dyconv.__file__).parent / "conf" / "model"
-STATIC = [n for n in list_models() if not n.startswith("dy_")]
+STATIC = [n for n in list_models() if not n.startswith(("dy_", "od_"))]
 DYNAMIC = list_models("dy_*")
+ODCONV = list_models("od_*")  # ODConv's networks (tests/test_odconv_zoo.py)
 
 
 def n_params(model: nn.Module) -> int:
@@ -47,7 +48,8 @@ def test_registry_lists_every_family_static_and_dynamic():
     }
     assert expected <= set(STATIC)
     assert {"dy_" + n for n in STATIC} == set(DYNAMIC)
-    assert list_models("resnet1*") == ["resnet10", "resnet18"]
+    assert set(ODCONV) == {"od_resnet18", "od_resnet34", "od_resnet50", "od_resnet101", "od_mobilenetv2"}
+    assert list_models("resnet1*") == ["resnet10", "resnet101", "resnet18"]
 
 
 def test_registry_rejects_duplicates_and_unknown_names():
@@ -90,8 +92,8 @@ def test_static_models_equal_torchvision(name, tv_builder, kwargs, count):
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
 
 
-def test_resnet34_and_resnet50_counts_and_keys():
-    for name in ("resnet34", "resnet50"):
+def test_resnet34_resnet50_resnet101_counts_and_keys():
+    for name in ("resnet34", "resnet50", "resnet101"):
         with torch.device("meta"):
             ours = create_model(name)
             ref = getattr(torchvision.models, name)()
@@ -259,6 +261,7 @@ SMALL = {
     "resnet18": ({"width_mult": 0.25}, (3, 64, 64)),
     "resnet34": ({"width_mult": 0.125}, (3, 64, 64)),
     "resnet50": ({"width_mult": 0.125}, (3, 64, 64)),
+    "resnet101": ({"width_mult": 0.125}, (3, 32, 32)),
     "mobilenetv2": ({"width_mult": 0.35}, (3, 64, 64)),
     "mobilenetv3_small": ({"width_mult": 0.5}, (3, 64, 64)),
     "mobilenetv3_large": ({"width_mult": 0.5}, (3, 64, 64)),
@@ -268,7 +271,7 @@ SMALL = {
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_forward_backward(name):
-    base = name.removeprefix("dy_")
+    base = name.removeprefix("dy_").removeprefix("od_")
     kwargs, shape = SMALL.get(base, ({}, (3, 64, 64)))
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=shape[0], **kwargs).train()
@@ -280,7 +283,7 @@ def test_every_model_forward_backward(name):
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    if name.startswith("dy_"):
+    if name.startswith(("dy_", "od_")):
         assert any(isinstance(m, DynamicConv2d) for m in model.modules())
 
 
@@ -291,7 +294,7 @@ def test_every_registered_model_has_a_config_that_instantiates():
     for f in files:
         conf = OmegaConf.load(f)
         assert conf.name == f.stem
-        assert ("num_kernels" in conf) == f.stem.startswith("dy_")
+        assert ("num_kernels" in conf) == f.stem.startswith(("dy_", "od_"))
         cfg = OmegaConf.create({"data": {"num_classes": 7, "in_channels": 3}, "model": conf})
         with torch.device("meta"):
             model = instantiate(cfg.model)

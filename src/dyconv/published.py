@@ -8,7 +8,9 @@ are generated from :data:`ROWS` (``python scripts/published_tables.py`` rewrites
 fails if they drift).
 
 Sources: ``ref-first`` / ``ref-latest`` are the first and the latest README of the 2021 reference
-implementation (TArdelean/DynamicConvolution); ``paper`` is Chen et al., CVPR 2020.
+implementation (TArdelean/DynamicConvolution); ``paper`` is Chen et al., CVPR 2020; ``odconv`` is
+the README of ODConv's official code (OSVAI/ODConv; Li, Zhou, Yao, "Omni-Dimensional Dynamic
+Convolution", ICLR 2022), whose networks are the ``od_*`` models.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ SOURCES = {
     "ref-first": "reference implementation, first README",
     "ref-latest": "reference implementation, latest README",
     "paper": "the paper (Chen et al., CVPR 2020)",
+    "odconv": "ODConv's README (Li et al., ICLR 2022)",
 }
 
 #: table key -> (title, metric)
@@ -29,6 +32,7 @@ TABLES = {
     "imagenette": ("Imagenette (10 classes, imagenette2-320, 224 px crops), top-1 % on val", "top-1"),
     "voc": ("Pascal VOC 2012 val (21 classes), mIoU %", "mIoU"),
     "imagenet": ("ImageNet (1000 classes, 224 px), top-1 % on val", "top-1"),
+    "imagenet_odconv": ("ImageNet (1000 classes, 224 px), ODConv's networks and recipes, top-1 % on val", "top-1"),
 }
 
 
@@ -63,6 +67,11 @@ class Published:
     trained_on: str | None = None
     note: str | None = None
 
+
+_OD_BASELINE = (
+    "ODConv's README gives no dropout for its static MobileNetV2 baselines (its training script's default is 0); "
+    "the experiment uses the model's default, 0.2"
+)
 
 _NLL = (
     "the reference's MobileNetV2 returned raw logits under NLLLoss, so its number is not comparable; "
@@ -322,6 +331,190 @@ ROWS: tuple[Published, ...] = (
     Published("imagenet_dy_mobilenetv2_x05", "imagenet", "DY-MobileNetV2 x0.5", None, None, 69.9, "paper"),
     Published("imagenet_mobilenetv3_small", "imagenet", "MobileNetV3-Small", 2_542_856, None, 67.4, "paper"),
     Published("imagenet_dy_mobilenetv3_small", "imagenet", "DY-MobileNetV3-Small", None, None, 70.3, "paper"),
+    # ImageNet: ODConv's README (its own re-implementation's figures; r = 1/16; `config`: its --arch and K)
+    Published(
+        "odconv_resnet18",
+        "imagenet_odconv",
+        "ResNet-18",
+        11_689_512,
+        "11.69M",
+        70.25,
+        "odconv",
+        config="--arch resnet18",
+    ),
+    Published(
+        "odconv_resnet18_1x",
+        "imagenet_odconv",
+        "ResNet-18 + ODConv (1x)",
+        11_943_944,
+        "11.94M",
+        73.05,
+        "odconv",
+        config="--arch od_resnet18 --kernel_num 1",
+    ),
+    Published(
+        "odconv_resnet18_4x",
+        "imagenet_odconv",
+        "ResNet-18 + ODConv (4x)",
+        44_901_640,
+        "44.90M",
+        74.19,
+        "odconv",
+        config="--arch od_resnet18 --kernel_num 4",
+    ),
+    Published(
+        "odconv_resnet50",
+        "imagenet_odconv",
+        "ResNet-50",
+        25_557_032,
+        "25.56M",
+        76.23,
+        "odconv",
+        config="--arch resnet50",
+    ),
+    Published(
+        "odconv_resnet50_1x",
+        "imagenet_odconv",
+        "ResNet-50 + ODConv (1x)",
+        28_635_112,
+        "28.64M",
+        77.87,
+        "odconv",
+        config="--arch od_resnet50 --kernel_num 1",
+    ),
+    Published(
+        "odconv_resnet50_4x",
+        "imagenet_odconv",
+        "ResNet-50 + ODConv (4x)",
+        90_670_888,
+        "90.67M",
+        78.50,
+        "odconv",
+        config="--arch od_resnet50 --kernel_num 4",
+    ),
+    Published(
+        "odconv_resnet101",
+        "imagenet_odconv",
+        "ResNet-101",
+        44_549_160,
+        "44.55M",
+        77.44,
+        "odconv",
+        config="--arch resnet101",
+    ),
+    Published(
+        "odconv_resnet101_1x",
+        "imagenet_odconv",
+        "ResNet-101 + ODConv (1x)",
+        50_818_769,
+        "50.82M",
+        78.84,
+        "odconv",
+        config="--arch od_resnet101 --kernel_num 1",
+    ),
+    Published(
+        "odconv_resnet101_2x",
+        "imagenet_odconv",
+        "ResNet-101 + ODConv (2x)",
+        90_441_623,
+        "90.44M",
+        79.15,
+        "odconv",
+        config="--arch od_resnet101 --kernel_num 2",
+    ),
+    Published(
+        "odconv_mobilenetv2",
+        "imagenet_odconv",
+        "MobileNetV2 x1.0",
+        3_504_872,
+        "3.50M",
+        71.65,
+        "odconv",
+        config="--arch mobilenetv2_100",
+        note=_OD_BASELINE,
+    ),
+    Published(
+        "odconv_mobilenetv2_1x",
+        "imagenet_odconv",
+        "MobileNetV2 x1.0 + ODConv (1x)",
+        4_940_185,
+        "4.94M",
+        74.74,
+        "odconv",
+        config="--arch od_mobilenetv2_100 --kernel_num 1",
+    ),
+    Published(
+        "odconv_mobilenetv2_4x",
+        "imagenet_odconv",
+        "MobileNetV2 x1.0 + ODConv (4x)",
+        11_512_149,
+        "11.51M",
+        75.29,
+        "odconv",
+        config="--arch od_mobilenetv2_100 --kernel_num 4",
+    ),
+    Published(
+        "odconv_mobilenetv2_x075",
+        "imagenet_odconv",
+        "MobileNetV2 x0.75",
+        2_636_424,
+        "2.64M",
+        69.18,
+        "odconv",
+        config="--arch mobilenetv2_075",
+        note=_OD_BASELINE,
+    ),
+    Published(
+        "odconv_mobilenetv2_x075_1x",
+        "imagenet_odconv",
+        "MobileNetV2 x0.75 + ODConv (1x)",
+        3_507_113,
+        "3.51M",
+        72.71,
+        "odconv",
+        config="--arch od_mobilenetv2_075 --kernel_num 1",
+    ),
+    Published(
+        "odconv_mobilenetv2_x075_4x",
+        "imagenet_odconv",
+        "MobileNetV2 x0.75 + ODConv (4x)",
+        7_496_013,
+        "7.50M",
+        74.01,
+        "odconv",
+        config="--arch od_mobilenetv2_075 --kernel_num 4",
+    ),
+    Published(
+        "odconv_mobilenetv2_x05",
+        "imagenet_odconv",
+        "MobileNetV2 x0.5",
+        1_968_680,
+        "1.97M",
+        64.30,
+        "odconv",
+        config="--arch mobilenetv2_050",
+        note=_OD_BASELINE,
+    ),
+    Published(
+        "odconv_mobilenetv2_x05_1x",
+        "imagenet_odconv",
+        "MobileNetV2 x0.5 + ODConv (1x)",
+        2_425_537,
+        "2.43M",
+        68.06,
+        "odconv",
+        config="--arch od_mobilenetv2_050 --kernel_num 1",
+    ),
+    Published(
+        "odconv_mobilenetv2_x05_4x",
+        "imagenet_odconv",
+        "MobileNetV2 x0.5 + ODConv (4x)",
+        4_435_501,
+        "4.44M",
+        70.23,
+        "odconv",
+        config="--arch od_mobilenetv2_050 --kernel_num 4",
+    ),
 )
 
 _BY_EXPERIMENT = {row.experiment: row for row in ROWS}
@@ -361,15 +554,29 @@ def _source(r: Published) -> str:
 def readme_table() -> str:
     """The README's results table (markdown), one line per published row."""
     lines = ["| experiment | published | params | source | dyconv |", "| --- | ---: | ---: | --- | ---: |"]
+    notes: list[str] = []
     for table, (title, _) in TABLES.items():
         lines.append(f"| **{title}** | | | | |")
         for r in rows(table):
             extra = f" ({r.trained_on})" if r.trained_on else ""
-            mark = " (1)" if r.note else ""
-            lines.append(f"| `{r.experiment}`{extra} | {_value(r)}{mark} | {_params(r)} | {_source(r)} | |")
-    lines.append("")
-    lines.append(f"(1) {_NLL[0].upper()}{_NLL[1:]}.")
-    return "\n".join(lines)
+            lines.append(f"| `{r.experiment}`{extra} | {_value(r)}{_mark(r, notes)} | {_params(r)} | {_source(r)} | |")
+    return "\n".join(lines + _footnotes(notes))
+
+
+def _mark(r: Published, notes: list[str]) -> str:
+    """`` (n)`` for a row with a note (numbered in order of first use, collected in ``notes``)."""
+    if not r.note:
+        return ""
+    if r.note not in notes:
+        notes.append(r.note)
+    return f" ({notes.index(r.note) + 1})"
+
+
+def _footnotes(notes: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, note in enumerate(notes, 1):
+        out += ["", f"({i}) {note[0].upper()}{note[1:]}."]
+    return out
 
 
 def docs_table(table: str) -> str:
@@ -381,16 +588,9 @@ def docs_table(table: str) -> str:
     notes: list[str] = []
     for r in rows(table):
         network = r.network + (f" ({r.trained_on})" if r.trained_on else "")
-        mark = ""
-        if r.note:
-            if r.note not in notes:
-                notes.append(r.note)
-            mark = f" ({notes.index(r.note) + 1})"
         cmd = f"`python -m dyconv.train experiment={r.experiment} trainer=gpu`"
-        lines.append(f"| {network} | {cmd} | {_value(r)}{mark} | {_params(r)} | {_source(r)} | |")
-    for i, note in enumerate(notes, 1):
-        lines += ["", f"({i}) {note[0].upper()}{note[1:]}."]
-    return "\n".join(lines)
+        lines.append(f"| {network} | {cmd} | {_value(r)}{_mark(r, notes)} | {_params(r)} | {_source(r)} | |")
+    return "\n".join(lines + _footnotes(notes))
 
 
 #: generated regions: ``<!-- published:<key> -->`` ... ``<!-- /published:<key> -->``

@@ -19,6 +19,7 @@ from dyconv.layers import DynamicConvNd, DynamicOptions, build_dynamic_convs
 
 __all__ = [
     "DYNAMIC_KWARGS",
+    "ODCONV",
     "ConvLayer",
     "ConvNormAct",
     "LayerFactory",
@@ -38,6 +39,11 @@ LayerFactory = Callable[..., nn.Module]
 #: Flat keyword arguments that only the dynamic builders (``dy_*``) accept.
 DYNAMIC_KWARGS = DynamicOptions.fields()
 
+#: The ``od_*`` builders' defaults: ODConv (Li, Zhou, Yao, "Omni-Dimensional Dynamic Convolution",
+#: ICLR 2022) with its published settings: omni-dimensional attention, hidden width
+#: ``max(in_channels // 16, 16)`` (r = 1/16) and K = 4 ("ODConv (4x)"; ``num_kernels=1`` is "1x").
+ODCONV = DynamicOptions(num_kernels=4, reduction=16, min_hidden=16, routing="omni")
+
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never going down by more than 10%
@@ -55,12 +61,16 @@ def check_width_mult(width_mult: float) -> None:
         raise ValueError(f"width_mult must be > 0, got {width_mult}")
 
 
-def dynamic_from_kwargs(model_name: str, dynamic: bool, kwargs: dict[str, Any]) -> DynamicOptions | None:
+def dynamic_from_kwargs(
+    model_name: str, dynamic: bool, kwargs: dict[str, Any], default: DynamicOptions | None = None
+) -> DynamicOptions | None:
     """The one place a builder's flat keys (``num_kernels``, ``reduction``, ``temperature``, ...,
     what configs and stored run configs hold) become a :class:`~dyconv.layers.DynamicOptions`.
 
     Pops them (and a ``dynamic=DynamicOptions(...)`` entry, which they override) from
-    ``kwargs``. A static builder (``dynamic`` False) rejects them with ``TypeError``.
+    ``kwargs``. ``default`` is the base the flat keys override when no ``dynamic`` entry is given
+    (the ``od_*`` builders pass :data:`ODCONV`; None: ``DynamicOptions()``'s defaults). A static
+    builder (``dynamic`` False) rejects them with ``TypeError``.
     """
     if not dynamic:
         bad = [k for k in DYNAMIC_KWARGS if k in kwargs]
@@ -73,6 +83,8 @@ def dynamic_from_kwargs(model_name: str, dynamic: bool, kwargs: dict[str, Any]) 
             )
         kwargs.pop("dynamic", None)
         return None
+    if default is not None and kwargs.get("dynamic") is None:
+        kwargs["dynamic"] = default
     return DynamicOptions.pop_from(kwargs)
 
 

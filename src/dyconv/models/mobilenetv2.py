@@ -1,7 +1,8 @@
 """MobileNetV2 (Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018).
 
 Layout and module names are torchvision's ``mobilenet_v2``, so the static model loads its
-``state_dict`` as is. One code path builds the static and the dynamic (``dy_``) network.
+``state_dict`` as is. One code path builds the static, the dynamic (``dy_``) and ODConv's
+(``od_``, Li, Zhou, Yao, ICLR 2022) network.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
+    ODCONV,
     ConvLayer,
     ConvNormAct,
     LayerFactory,
@@ -25,7 +27,7 @@ from dyconv.models.factory import (
 )
 from dyconv.models.registry import register_model
 
-__all__ = ["InvertedResidual", "MobileNetV2", "dy_mobilenetv2", "mobilenetv2"]
+__all__ = ["InvertedResidual", "MobileNetV2", "dy_mobilenetv2", "mobilenetv2", "od_mobilenetv2"]
 
 #: The paper's table: expansion t, output channels c, repeats n, first stride s.
 INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -178,7 +180,8 @@ class MobileNetV2(nn.Module):
 
 
 def _create_mobilenetv2(name: str, is_dynamic: bool, **kwargs: Any) -> MobileNetV2:
-    return MobileNetV2(dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs), **kwargs)
+    default = ODCONV if name.startswith("od_") else None
+    return MobileNetV2(dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs, default), **kwargs)
 
 
 @register_model
@@ -191,3 +194,10 @@ def mobilenetv2(**kwargs: Any) -> MobileNetV2:
 def dy_mobilenetv2(**kwargs: Any) -> MobileNetV2:
     """DY-MobileNetV2: every conv dynamic (depthwise included) except the stem."""
     return _create_mobilenetv2("dy_mobilenetv2", True, **kwargs)
+
+
+@register_model
+def od_mobilenetv2(**kwargs: Any) -> MobileNetV2:
+    """ODConv MobileNetV2 (Li, Zhou, Yao, ICLR 2022): the same convs as ``dy_mobilenetv2`` with
+    ODConv's options (:data:`~dyconv.models.factory.ODCONV`, K = 4; ``num_kernels=1``: "1x")."""
+    return _create_mobilenetv2("od_mobilenetv2", True, **kwargs)

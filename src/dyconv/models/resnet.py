@@ -2,7 +2,9 @@
 
 The layout and module names are torchvision's, so a static ``resnet18/34/50`` loads
 torchvision's ``state_dict`` as is. One code path builds both forms: the dynamic builders
-(``dy_*``) pass a :class:`~dyconv.layers.DynamicConv2d` ``conv_layer``.
+(``dy_*``) pass a :class:`~dyconv.layers.DynamicConv2d` ``conv_layer``. The ``od_*`` builders
+build ODConv's networks (Li, Zhou, Yao, ICLR 2022): omni-dimensional attention in every block
+conv, static 1x1 downsample shortcuts, dropout before the classifier.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 
 from dyconv.layers import DynamicOptions
 from dyconv.models.factory import (
+    ODCONV,
     ConvLayer,
     LayerFactory,
     check_width_mult,
@@ -32,10 +35,16 @@ __all__ = [
     "dy_resnet18",
     "dy_resnet34",
     "dy_resnet50",
+    "dy_resnet101",
+    "od_resnet18",
+    "od_resnet34",
+    "od_resnet50",
+    "od_resnet101",
     "resnet10",
     "resnet18",
     "resnet34",
     "resnet50",
+    "resnet101",
 ]
 
 STEMS = ("imagenet", "small")
@@ -113,6 +122,7 @@ class ResNet(nn.Module):
     every block, the 1x1 ``downsample`` shortcuts included, is built by ``conv_layer``; the stem
     conv uses ``stem_conv_layer`` (``nn.Conv2d`` by default: on a 3-channel input the attention's
     global pool has almost nothing to work with) and the classifier stays a static linear layer.
+    ODConv's networks (``od_*``) keep the downsample static too (``downsample_conv_layer``).
     With static convs and ``width_mult=1`` it is torchvision's ResNet, module for module.
 
     Args:
@@ -128,7 +138,12 @@ class ResNet(nn.Module):
         conv_layer: builds the block convs (``nn.Conv2d`` default; a partial of
             ``DynamicConv2d`` for the dynamic network).
         stem_conv_layer: builds the stem conv (default ``nn.Conv2d``).
+        downsample_conv_layer: builds the 1x1 downsample convs (None: as the block convs;
+            ``nn.Conv2d`` keeps them static in a dynamic network, as ODConv does).
         norm_layer: normalisation (default ``nn.BatchNorm2d``).
+        dropout: dropout probability before the classifier (ODConv's; 0 by default, no parameters).
+        fc_init_std: initialise the classifier ``normal(0, fc_init_std)`` with a zero bias (ODConv:
+            0.01); None keeps PyTorch's default (torchvision's ResNet).
         dynamic: makes the ``conv_layer`` convs dynamic with these options (None: static); a
             per-layer K list follows ``named_modules()`` order (conv1, conv2, downsample per block).
     """
@@ -145,7 +160,10 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         conv_layer: ConvLayer = nn.Conv2d,
         stem_conv_layer: ConvLayer = nn.Conv2d,
+        downsample_conv_layer: ConvLayer | None = None,
         norm_layer: LayerFactory = nn.BatchNorm2d,
+        dropout: float = 0.0,
+        fc_init_std: float | None = None,
         dynamic: DynamicOptions | None = None,
     ) -> None:
         super().__init__()
@@ -154,7 +172,10 @@ class ResNet(nn.Module):
         if len(layers) != 4:
             raise ValueError(f"layers must give 4 stage depths, got {list(layers)}")
         check_width_mult(width_mult)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self._conv_layer = dynamic_conv_layer(conv_layer, dynamic)
+        self._downsample_conv_layer = self._conv_layer if downsample_conv_layer is None else downsample_conv_layer
         self._norm_layer = norm_layer
         widths = [max(1, int(c * width_mult)) for c in (64, 128, 256, 512)]
         self.inplanes = widths[0]
@@ -174,9 +195,10 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = widths[3] * block.expansion
+        self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
 
-        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu")
+        finish_model(self, dynamic, conv_mode="fan_out", nonlinearity="relu", linear_std=fc_init_std)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
@@ -188,7 +210,9 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                self._conv_layer(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+                self._downsample_conv_layer(
+                    self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False
+                ),
                 self._norm_layer(planes * block.expansion),
             )
         kw = dict(conv_layer=self._conv_layer, norm_layer=self._norm_layer)
@@ -204,13 +228,21 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.forward_features(x))
-        return self.fc(torch.flatten(x, 1))
+        return self.fc(self.dropout(torch.flatten(x, 1)))
 
 
 def _create_resnet(
     name: str, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], is_dynamic: bool, **kwargs: Any
 ) -> ResNet:
     return ResNet(block, layers, dynamic=dynamic_from_kwargs(name, is_dynamic, kwargs), **kwargs)
+
+
+def _create_od_resnet(name: str, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], **kwargs: Any):
+    """ODConv's ResNet: :data:`~dyconv.models.factory.ODCONV` options (overridable by the flat
+    keys), static stem and downsample, classifier initialised ``normal(0, 0.01)``."""
+    kwargs.setdefault("downsample_conv_layer", nn.Conv2d)
+    kwargs.setdefault("fc_init_std", 0.01)
+    return ResNet(block, layers, dynamic=dynamic_from_kwargs(name, True, kwargs, ODCONV), **kwargs)
 
 
 @register_model
@@ -259,3 +291,39 @@ def resnet50(**kwargs: Any) -> ResNet:
 def dy_resnet50(**kwargs: Any) -> ResNet:
     """DY-ResNet-50: every block conv and downsample dynamic, stem static."""
     return _create_resnet("dy_resnet50", Bottleneck, [3, 4, 6, 3], True, **kwargs)
+
+
+@register_model
+def resnet101(**kwargs: Any) -> ResNet:
+    """ResNet-101: Bottleneck, [3, 4, 23, 3] (torchvision's ``resnet101``, v1.5)."""
+    return _create_resnet("resnet101", Bottleneck, [3, 4, 23, 3], False, **kwargs)
+
+
+@register_model
+def dy_resnet101(**kwargs: Any) -> ResNet:
+    """DY-ResNet-101: every block conv and downsample dynamic, stem static."""
+    return _create_resnet("dy_resnet101", Bottleneck, [3, 4, 23, 3], True, **kwargs)
+
+
+@register_model
+def od_resnet18(**kwargs: Any) -> ResNet:
+    """ODConv ResNet-18: block convs ODConv (K = 4 default; ``num_kernels=1``: "1x"), stem and downsample static."""
+    return _create_od_resnet("od_resnet18", BasicBlock, [2, 2, 2, 2], **kwargs)
+
+
+@register_model
+def od_resnet34(**kwargs: Any) -> ResNet:
+    """ODConv ResNet-34: block convs ODConv, stem and downsample static."""
+    return _create_od_resnet("od_resnet34", BasicBlock, [3, 4, 6, 3], **kwargs)
+
+
+@register_model
+def od_resnet50(**kwargs: Any) -> ResNet:
+    """ODConv ResNet-50: the three convs of each bottleneck ODConv, stem and downsample static."""
+    return _create_od_resnet("od_resnet50", Bottleneck, [3, 4, 6, 3], **kwargs)
+
+
+@register_model
+def od_resnet101(**kwargs: Any) -> ResNet:
+    """ODConv ResNet-101 (published with K = 1 and K = 2): bottleneck convs ODConv, stem and downsample static."""
+    return _create_od_resnet("od_resnet101", Bottleneck, [3, 4, 23, 3], **kwargs)
