@@ -294,7 +294,12 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in args.batch:
                 for backward in (False, True):
                     mode = "fwd+bwd" if backward else "fwd"
-                    print(f"\n## {_section_title(dims, routing, tagged)}batch {batch}, {mode}")
+                    note = (
+                        ""
+                        if training_mode(batch, True, routing) or not backward
+                        else " (attention BatchNorm in eval mode)"
+                    )
+                    print(f"\n## {_section_title(dims, routing, tagged)}batch {batch}, {mode}{note}")
                     header = (
                         f"{'shape':<{width}} {_static_name(dims):>8} {'auto':>16} {'grouped':>14} {'mixture':>14}"
                         f" {'bmm':>14} {'timm':>14} {'auto/best':>9} {'timm/auto':>9}"
@@ -378,6 +383,13 @@ def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
     return f"{t[name] * 1e3:7.2f} ({t[name] / base:4.1f}x)".rjust(width)
 
 
+def training_mode(batch: int, backward: bool, routing: str) -> bool:
+    """Forward rows measure inference (eval mode); fwd+bwd rows a training step, except omni
+    at batch 1: its attention's BatchNorm (as in ODConv) cannot train on one sample, so its
+    running statistics are used there."""
+    return backward and not (batch == 1 and routing == "omni")
+
+
 def auto_path(shape: Shape, batch: int, routing: str = "softmax") -> str:
     """The path ``path='auto'`` takes for ``shape`` at ``batch`` on the benchmark's device."""
     cheap_alloc = DEVICE.type != "cpu" or large_alloc_cheap()
@@ -403,6 +415,8 @@ def _row(
     width: int = 18,
 ) -> tuple[str, dict, str]:
     cands = {k: m.to(DEVICE) for k, m in build_candidates(shape, num_kernels, batch, routing).items()}
+    for m in cands.values():
+        m.train(training_mode(batch, backward, routing))
     x = torch.randn(batch, shape.cin, *shape.input_size, device=DEVICE)
     t = time_interleaved(cands, x, backward, rounds)
     base = t["static"]
