@@ -1,14 +1,18 @@
-"""Benchmark DynamicConv2d's computation paths against nn.Conv2d and timm's CondConv2d.
+"""Benchmark the dynamic layers' computation paths against the static nn.Conv1d/2d/3d.
 
 Every candidate runs on the same input, interleaved round by round in one process, so the
 printed ratios compare like with like on a noisy machine. Per shape it prints median times of
-nn.Conv2d, each path of DynamicConv2d, the auto choice and timm's CondConv2d (fed the same
-attention), their ratio to nn.Conv2d, forward and forward+backward, at batch 32 and batch 1,
-plus forward FLOPs (torch.utils.flop_counter) and bytes saved for backward.
+the static conv, each path of the dynamic layer, the auto choice (and the path it chose) and,
+in 2-D, timm's CondConv2d (fed the same attention), their ratio to the static conv, forward
+and forward+backward, at batch 32 and batch 1, plus forward FLOPs (torch.utils.flop_counter)
+and bytes saved for backward. ``--dims`` picks 2-D (image), 1-D (audio, time series) and/or
+3-D (video) shapes, ``--routing`` the attention (softmax: the paper, sigmoid: CondConv, omni:
+ODConv); one section per dims x routing x batch x mode.
 
-    python scripts/benchmark_layer.py                 # every shape of the issue
+    python scripts/benchmark_layer.py                 # every 2-D shape, softmax routing
     python scripts/benchmark_layer.py --quick         # fewer rounds
     python scripts/benchmark_layer.py --shapes r18_64@16 mnv2_dw@56 --batch 32
+    python scripts/benchmark_layer.py --dims 1 3 --routing softmax sigmoid omni --batch 8 1
     python scripts/benchmark_layer.py --device cuda --markdown docs/benchmark_layer_cuda.md   # GPU
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import statistics
 import sys
 import time
@@ -27,7 +32,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dyconv.layers import DynamicConv2d, choose_path
-from dyconv.runtime import tune_malloc
+from dyconv.layers.dynamic_conv import DYNAMIC_CONVS
+from dyconv.runtime import large_alloc_cheap, tune_malloc
+
+STATIC_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+ROUTINGS = ("softmax", "sigmoid", "omni")
 
 
 @dataclass(frozen=True)
@@ -35,14 +44,23 @@ class Shape:
     name: str
     cin: int
     cout: int
-    kernel: int
-    size: int  # input height = width
+    kernel: int  # the same along every spatial dim
+    size: int | tuple[int, ...]  # input length, height = width, or (depth, height, width)
     stride: int = 1
     groups: int = 1
+    dims: int = 2
 
     @property
     def padding(self) -> int:
         return self.kernel // 2
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return self.size if isinstance(self.size, tuple) else (self.size,) * self.dims
+
+    @property
+    def output_size(self) -> tuple[int, ...]:
+        return tuple((n + 2 * self.padding - self.kernel) // self.stride + 1 for n in self.input_size)
 
 
 SHAPES = [
@@ -71,6 +89,29 @@ SHAPES = [
     Shape("mnv2_project@7", 960, 160, 1, 7),
 ]
 
+SHAPES_1D = [
+    # Audio / time series: a 3-tap conv over 1000 steps (e.g. 16 kHz features), a TCN block on
+    # 128 steps, the same on a short sequence (16 outputs: under MIXTURE_MAX_PIXELS), a
+    # pointwise conv and a Conformer-style depthwise conv (31 taps).
+    Shape("audio_64@1000", 64, 64, 3, 1000, dims=1),
+    Shape("tcn_256@128", 256, 256, 3, 128, dims=1),
+    Shape("tcn_512@16", 512, 512, 3, 16, dims=1),
+    Shape("pw1d_256@128", 256, 256, 1, 128, dims=1),
+    Shape("conformer_dw_256@128", 256, 256, 31, 128, groups=256, dims=1),
+]
+
+SHAPES_3D = [
+    # Video, r3d_18-like 3x3x3 convs on an 8-frame 112 px clip (named by depth x height x width)
+    # and a pointwise expansion.
+    Shape("r3d_64@8x28x28", 64, 64, 3, (8, 28, 28), dims=3),
+    Shape("r3d_128@4x14x14", 128, 128, 3, (4, 14, 14), dims=3),
+    Shape("r3d_256@2x7x7", 256, 256, 3, (2, 7, 7), dims=3),
+    Shape("pw3d_128>256@4x14x14", 128, 256, 1, (4, 14, 14), dims=3),
+]
+
+#: --dims -> its shapes
+SHAPES_BY_DIMS = {1: SHAPES_1D, 2: SHAPES, 3: SHAPES_3D}
+
 
 class CondConvPeer(nn.Module):
     """timm's CondConv2d routed by the same attention as DynamicConv2d (fair comparison)."""
@@ -96,25 +137,42 @@ class CondConvPeer(nn.Module):
         return self.conv(x, self.dyn.attention(x))
 
 
-def build_candidates(shape: Shape, num_kernels: int, batch: int) -> dict[str, nn.Module]:
+def spatial_attention(shape: Shape, routing: str) -> bool:
+    """Whether the layer has ODConv's per-sample spatial attention (omni, kernel larger than 1)."""
+    return routing == "omni" and shape.kernel > 1
+
+
+def layer_paths(shape: Shape, routing: str = "softmax") -> list[str]:
+    """The fixed paths the layer offers for ``shape``: ``mixture`` cannot apply a spatial
+    attention (the layer refuses it); ``bmm`` is left out for grouped convs (as in 2-D so far)."""
+    paths = ["grouped"]
+    if not spatial_attention(shape, routing):
+        paths.append("mixture")
+    if shape.groups == 1:
+        paths.append("bmm")
+    return paths
+
+
+def build_candidates(shape: Shape, num_kernels: int, batch: int, routing: str = "softmax") -> dict[str, nn.Module]:
+    """``static`` (the nn.ConvNd), ``auto`` and each fixed path, plus timm's CondConv2d in 2-D
+    for the routings that give plain kernel weights."""
     args = (shape.cin, shape.cout, shape.kernel, shape.stride, shape.padding, 1, shape.groups)
-    cands: dict[str, nn.Module] = {"conv2d": nn.Conv2d(*args)}
-    for path in ("auto", "grouped", "mixture", "bmm"):
-        if path == "bmm" and shape.groups != 1:
-            continue  # bmm falls back to grouped for grouped convs
-        cands[path] = DynamicConv2d(*args, num_kernels=num_kernels, path=path, temperature=1.0)
-    with contextlib.suppress(ImportError):  # timm is a dev extra
-        cands["timm_condconv"] = CondConvPeer(cands["grouped"])
+    cands: dict[str, nn.Module] = {"static": STATIC_CONVS[shape.dims](*args)}
+    dynamic = DYNAMIC_CONVS[shape.dims]
+    for path in ("auto", *layer_paths(shape, routing)):
+        cands[path] = dynamic(*args, num_kernels=num_kernels, path=path, temperature=1.0, routing=routing)
+    if shape.dims == 2 and routing != "omni":
+        with contextlib.suppress(ImportError):  # timm is a dev extra
+            cands["timm_condconv"] = CondConvPeer(cands["grouped"])
     return cands
 
 
 def memory_floor(shape: Shape, num_kernels: int, batch: int) -> float:
     """Least dynamic / static time ratio a memory-bound layer can reach: bytes it must move
-    (K kernels, input, output) over those of nn.Conv2d (one kernel). Near 1 where the
+    (K kernels, input, output) over those of the static conv (one kernel). Near 1 where the
     activations dominate; near K on weight-bound layers (small maps, many channels) at batch 1."""
-    weight = shape.cout * shape.cin // shape.groups * shape.kernel**2
-    ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
-    acts = batch * (shape.cin * shape.size**2 + shape.cout * ho * ho)
+    weight = shape.cout * shape.cin // shape.groups * shape.kernel**shape.dims
+    acts = batch * (shape.cin * math.prod(shape.input_size) + shape.cout * math.prod(shape.output_size))
     return (num_kernels * weight + acts) / (weight + acts)
 
 
@@ -171,9 +229,29 @@ def _device_name() -> str:
     return f"cuda ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else "cpu"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _static_name(dims: int) -> str:
+    return f"conv{dims}d"
+
+
+def _section_title(dims: int, routing: str, tagged: bool) -> str:
+    """``1-D (nn.Conv1d), routing=omni: `` when not the default 2-D softmax run, else empty."""
+    return f"{dims}-D (nn.Conv{dims}d), routing={routing}: " if tagged else ""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns ``{(dims, routing, shape, batch, backward): (times, auto's path)}``
+    (times in seconds by candidate: ``static``, ``auto``, each path, ``timm_condconv``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="*", help="subset of shape names (default: all)")
+    parser.add_argument("--shapes", nargs="*", help="subset of shape names (default: all of --dims)")
+    parser.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        choices=(1, 2, 3),
+        default=None,
+        help="spatial dims: 1 (nn.Conv1d), 2 (nn.Conv2d, default), 3 (nn.Conv3d); default with --shapes: any",
+    )
+    parser.add_argument("--routing", nargs="+", choices=ROUTINGS, default=["softmax"], help="attention routings")
     parser.add_argument("--batch", type=int, nargs="*", default=[32, 1])
     parser.add_argument("--num-kernels", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=15)
@@ -191,76 +269,111 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 5 if args.quick else args.rounds
-    shapes = [s for s in SHAPES if not args.shapes or s.name in args.shapes]
-    if args.shapes and len(shapes) != len(args.shapes):
-        known = ", ".join(s.name for s in SHAPES)
-        sys.exit(f"unknown shape in {args.shapes}; known: {known}")
+    dims_list = list(dict.fromkeys(args.dims or ([1, 2, 3] if args.shapes else [2])))
+    routings = list(dict.fromkeys(args.routing))
+    pool = [s for d in dims_list for s in SHAPES_BY_DIMS[d]]
+    shapes = [s for s in pool if not args.shapes or s.name in args.shapes]
+    if args.shapes and len(shapes) != len(set(args.shapes)):
+        known = ", ".join(s.name for s in pool)
+        sys.exit(f"unknown shape in {args.shapes} for --dims {' '.join(map(str, dims_list))}; known: {known}")
+    dims_list = [d for d in dims_list if any(s.dims == d for s in shapes)]
+    # The default run (2-D, softmax) prints exactly what it always has; any other adds a tag.
+    tagged = dims_list != [2] or routings != ["softmax"]
     torch.manual_seed(0)
     print(
         f"# torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K={args.num_kernels},"
         f" median of {rounds} interleaved rounds, tune_malloc={tuned}"
     )
-    print("# times in ms; (x) = ratio to nn.Conv2d; auto -> the path it chose; best = fastest dynamic path")
-    results: dict[tuple[str, int, bool], tuple[dict[str, float], str]] = {}
-    for batch in args.batch:
-        for backward in (False, True):
-            mode = "fwd+bwd" if backward else "fwd"
-            print(f"\n## batch {batch}, {mode}")
-            header = (
-                f"{'shape':<18} {'conv2d':>8} {'auto':>16} {'grouped':>14} {'mixture':>14} {'bmm':>14} {'timm':>14}"
-                f" {'auto/best':>9} {'timm/auto':>9}"
-            )
-            if backward:
-                header += f" {'MB saved conv':>13} {'MB saved auto':>13}"
-            else:
-                header += f" {'GFLOP conv':>10} {'GFLOP auto':>10}"
-            print(header)
-            for shape in shapes:
-                line, t, chosen = _row(shape, args.num_kernels, batch, backward, rounds)
-                results[(shape.name, batch, backward)] = (t, chosen)
-                print(line, flush=True)
+    static = "the static nn.ConvNd" if tagged else "nn.Conv2d"
+    print(f"# times in ms; (x) = ratio to {static}; auto -> the path it chose; best = fastest dynamic path")
+    results: dict[tuple[int, str, str, int, bool], tuple[dict[str, float], str]] = {}
+    for dims in dims_list:
+        dim_shapes = [s for s in shapes if s.dims == dims]
+        width = max(18, max(len(s.name) for s in dim_shapes) + 1)
+        for routing in routings:
+            for batch in args.batch:
+                for backward in (False, True):
+                    mode = "fwd+bwd" if backward else "fwd"
+                    note = (
+                        ""
+                        if training_mode(batch, True, routing) or not backward
+                        else " (attention BatchNorm in eval mode)"
+                    )
+                    print(f"\n## {_section_title(dims, routing, tagged)}batch {batch}, {mode}{note}")
+                    header = (
+                        f"{'shape':<{width}} {_static_name(dims):>8} {'auto':>16} {'grouped':>14} {'mixture':>14}"
+                        f" {'bmm':>14} {'timm':>14} {'auto/best':>9} {'timm/auto':>9}"
+                    )
+                    if backward:
+                        header += f" {'MB saved conv':>13} {'MB saved auto':>13}"
+                    else:
+                        header += f" {'GFLOP conv':>10} {'GFLOP auto':>10}"
+                    print(header)
+                    for shape in dim_shapes:
+                        line, t, chosen = _row(shape, args.num_kernels, batch, backward, rounds, routing, width)
+                        results[(dims, routing, shape.name, batch, backward)] = (t, chosen)
+                        print(line, flush=True)
     if args.markdown:
         Path(args.markdown).write_text(_markdown(shapes, results, argv, rounds, tuned, args.num_kernels))
         print(f"\nwrote {args.markdown}")
+    return results
 
 
 def _markdown(
     shapes: list[Shape], results: dict, argv: list[str] | None, rounds: int, tuned: bool, num_kernels: int = 4
 ) -> str:
-    """Ratios to nn.Conv2d per shape: auto (and its path), timm's CondConv2d, per batch/mode."""
+    """Ratios to the static conv per shape: auto (and its path), timm's CondConv2d (2-D) or the
+    fastest path, per batch/mode; one table per dims x routing (untitled for the default run)."""
     cmd = " ".join(["python scripts/benchmark_layer.py", *(argv if argv is not None else sys.argv[1:])])
-    cols = sorted({(b, bw) for _, b, bw in results}, key=lambda c: (-c[0], c[1]))
-    head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / timm" for b, bw in cols)
-    floors = sorted({b for _, b, bw in results if not bw})
-    head += "".join(f" | b{b} fwd: memory floor / auto to floor" for b in floors)
+    sections = list(dict.fromkeys((d, r) for d, r, *_ in results))
+    tagged = sections != [(2, "softmax")]
+    static = "the static `nn.ConvNd`" if tagged else "`nn.Conv2d`"
     lines = [
         f"`{cmd}` (torch {torch.__version__}, {_device_name()}, {torch.get_num_threads()} threads, K={num_kernels},"
         f" median of {rounds}"
-        f" interleaved rounds, tune_malloc={tuned}). Ratios of time to `nn.Conv2d` on the same input;"
+        f" interleaved rounds, tune_malloc={tuned}). Ratios of time to {static} on the same input;"
         " the path auto chose in brackets. Memory floor: bytes of K kernels + activations over those of one"
         " kernel + activations (what a layer that must read K kernels cannot beat); auto to floor: auto's ratio"
         " over it, the gap to what is possible.",
-        "",
-        f"| shape (Cin>Cout, /stride, @input) | {head} |",
-        "| --- |" + " ---: |" * (len(cols) + len(floors)),
     ]
-    for shape in shapes:
-        cells = []
-        for b, bw in cols:
-            if (shape.name, b, bw) not in results:
-                cells.append("")
+    for dims, routing in sections:
+        sec = {(n, b, bw): v for (d, r, n, b, bw), v in results.items() if (d, r) == (dims, routing)}
+        has_timm = any("timm_condconv" in t for t, _ in sec.values())
+        other = "timm" if has_timm else "best path"
+        cols = sorted({(b, bw) for _, b, bw in sec}, key=lambda c: (-c[0], c[1]))
+        head = " | ".join(f"b{b} {'fwd+bwd' if bw else 'fwd'}: auto / {other}" for b, bw in cols)
+        floors = sorted({b for _, b, bw in sec if not bw})
+        head += "".join(f" | b{b} fwd: memory floor / auto to floor" for b in floors)
+        lines.append("")
+        if tagged:
+            lines += [f"### {dims}-D (`nn.Conv{dims}d`), routing={routing}", ""]
+        lines += [
+            f"| shape (Cin>Cout, /stride, @input) | {head} |",
+            "| --- |" + " ---: |" * (len(cols) + len(floors)),
+        ]
+        for shape in shapes:
+            if shape.dims != dims:
                 continue
-            t, chosen = results[(shape.name, b, bw)]
-            timm = f"{t['timm_condconv'] / t['conv2d']:.1f}x" if "timm_condconv" in t else "-"
-            cells.append(f"{t['auto'] / t['conv2d']:.2f}x ({chosen}) / {timm}")
-        for b in floors:
-            if (shape.name, b, False) not in results:
-                cells.append("")
-                continue
-            t, _ = results[(shape.name, b, False)]
-            floor = memory_floor(shape, num_kernels, b)
-            cells.append(f"{floor:.2f}x / {t['auto'] / t['conv2d'] / floor:.2f}")
-        lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
+            cells = []
+            for b, bw in cols:
+                if (shape.name, b, bw) not in sec:
+                    cells.append("")
+                    continue
+                t, chosen = sec[(shape.name, b, bw)]
+                if has_timm:
+                    peer = f"{t['timm_condconv'] / t['static']:.1f}x" if "timm_condconv" in t else "-"
+                else:
+                    best = min(layer_paths(shape, routing), key=lambda p: t[p])
+                    peer = f"{t[best] / t['static']:.2f}x ({best})"
+                cells.append(f"{t['auto'] / t['static']:.2f}x ({chosen}) / {peer}")
+            for b in floors:
+                if (shape.name, b, False) not in sec:
+                    cells.append("")
+                    continue
+                t, _ = sec[(shape.name, b, False)]
+                floor = memory_floor(shape, num_kernels, b)
+                cells.append(f"{floor:.2f}x / {t['auto'] / t['static'] / floor:.2f}")
+            lines.append(f"| {shape.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -270,24 +383,55 @@ def _cell(t: dict[str, float], name: str, base: float, width: int = 14) -> str:
     return f"{t[name] * 1e3:7.2f} ({t[name] / base:4.1f}x)".rjust(width)
 
 
-def _row(shape: Shape, num_kernels: int, batch: int, backward: bool, rounds: int) -> tuple[str, dict, str]:
-    cands = {k: m.to(DEVICE) for k, m in build_candidates(shape, num_kernels, batch).items()}
-    x = torch.randn(batch, shape.cin, shape.size, shape.size, device=DEVICE)
+def training_mode(batch: int, backward: bool, routing: str) -> bool:
+    """Forward rows measure inference (eval mode); fwd+bwd rows a training step, except omni
+    at batch 1: its attention's BatchNorm (as in ODConv) cannot train on one sample, so its
+    running statistics are used there."""
+    return backward and not (batch == 1 and routing == "omni")
+
+
+def auto_path(shape: Shape, batch: int, routing: str = "softmax") -> str:
+    """The path ``path='auto'`` takes for ``shape`` at ``batch`` on the benchmark's device."""
+    cheap_alloc = DEVICE.type != "cpu" or large_alloc_cheap()
+    return choose_path(
+        batch,
+        shape.cin,
+        shape.cout,
+        shape.groups,
+        [shape.kernel] * shape.dims,
+        math.prod(shape.output_size),
+        cheap_alloc,
+        spatial_attention=spatial_attention(shape, routing),
+    )
+
+
+def _row(
+    shape: Shape,
+    num_kernels: int,
+    batch: int,
+    backward: bool,
+    rounds: int,
+    routing: str = "softmax",
+    width: int = 18,
+) -> tuple[str, dict, str]:
+    cands = {k: m.to(DEVICE) for k, m in build_candidates(shape, num_kernels, batch, routing).items()}
+    for m in cands.values():
+        m.train(training_mode(batch, backward, routing))
+    x = torch.randn(batch, shape.cin, *shape.input_size, device=DEVICE)
     t = time_interleaved(cands, x, backward, rounds)
-    base = t["conv2d"]
-    ho = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
-    chosen = choose_path(batch, shape.cin, shape.cout, shape.groups, (shape.kernel,) * 2, ho * ho)
-    best = min(v for k, v in t.items() if k in ("grouped", "mixture", "bmm"))
+    base = t["static"]
+    chosen = auto_path(shape, batch, routing)
+    best = min(t[p] for p in layer_paths(shape, routing))
     auto_cell = f"{chosen[:3]} {_cell(t, 'auto', base, 0)}".rjust(16)
     timm_ratio = f"{t['timm_condconv'] / t['auto']:8.1f}x" if "timm_condconv" in t else f"{'-':>9}"
     line = (
-        f"{shape.name:<18} {base * 1e3:8.2f} {auto_cell} {_cell(t, 'grouped', base)} {_cell(t, 'mixture', base)}"
+        f"{shape.name:<{width}} {base * 1e3:8.2f} {auto_cell} {_cell(t, 'grouped', base)} {_cell(t, 'mixture', base)}"
         f" {_cell(t, 'bmm', base)} {_cell(t, 'timm_condconv', base)} {t['auto'] / best:8.2f}x {timm_ratio}"
     )
     if not backward:
-        line += f" {fwd_flops(cands['conv2d'], x) / 1e9:10.3f} {fwd_flops(cands['auto'], x) / 1e9:10.3f}"
+        line += f" {fwd_flops(cands['static'], x) / 1e9:10.3f} {fwd_flops(cands['auto'], x) / 1e9:10.3f}"
     else:
-        line += f" {saved_bytes(cands['conv2d'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
+        line += f" {saved_bytes(cands['static'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
     return line, t, chosen
 
 

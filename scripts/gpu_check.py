@@ -4,8 +4,10 @@
     python scripts/gpu_check.py                      # on a GPU machine, ~8 minutes; tables in gpu_results/
     python scripts/gpu_check.py --dry-run --out /tmp/g   # CPU, tiny sizes, seconds (what CI runs)
 
-Writes ``<out>/benchmark_layer_cuda.md``, ``<out>/profile_cuda_fp32.md``, ``<out>/profile_cuda_bf16.md``
-and ``<out>/pytest_cuda.txt``; copy the tables into docs/ and name the GPU (they do).
+Writes ``<out>/benchmark_layer_cuda.md`` (2-D, softmax), ``<out>/benchmark_layer_nd_cuda.md`` (1-D and
+3-D shapes and a few 2-D ones, softmax and omni routing side by side), ``<out>/profile_cuda_fp32.md``,
+``<out>/profile_cuda_bf16.md`` and ``<out>/pytest_cuda.txt``; copy the tables into docs/ and name the
+GPU (they do).
 Nothing in dyconv depends on a GPU: this script is how GPU numbers are produced when one is lent.
 """
 
@@ -23,6 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 #: models profiled on the GPU (static + dynamic twins), training batch 128
 GPU_MODELS = "resnet10,resnet18,resnet50,mobilenetv2,mobilenetv3_large"
+#: 2-D shapes benchmarked with omni routing too (with every 1-D and 3-D shape): a large map,
+#: a weight-bound 7x7 map, a pointwise and a depthwise conv
+ND_2D_SHAPES = ["r18_64@56", "r18_512@7", "mnv2_expand@56", "mnv2_dw@56"]
+#: the dry run's: one cheap shape per dims
+DRY_ND_SHAPES = ["pw1d_256@128", "mnv2_dw@7", "pw3d_128>256@4x14x14"]
 
 
 def _script(name: str):
@@ -62,7 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     layer_args = ["--device", device, "--markdown", str(out / f"benchmark_layer_{device}.md")]
     dry_layer = ["--shapes", "r18_512@2", "--batch", "2", "1", "--rounds", "1"]
     layer_args += dry_layer if args.dry_run else ["--rounds", "10"]
-    _script("benchmark_layer").main(layer_args)
+    benchmark_layer = _script("benchmark_layer")
+    benchmark_layer.main(layer_args)
+
+    step("layer benchmark: 1-D, 3-D, omni routing")
+    nd_args = ["--device", device, "--markdown", str(out / f"benchmark_layer_nd_{device}.md"),
+               "--dims", "1", "2", "3", "--routing", "softmax", "omni"]
+    if args.dry_run:
+        nd_args += ["--shapes", *DRY_ND_SHAPES, "--batch", "2", "--rounds", "1"]
+    else:
+        every_nd = [s.name for s in benchmark_layer.SHAPES_1D + benchmark_layer.SHAPES_3D]
+        nd_args += ["--shapes", *every_nd, *ND_2D_SHAPES, "--rounds", "5"]
+    benchmark_layer.main(nd_args)
 
     from dyconv.profile import main as profile_main
 
