@@ -143,6 +143,8 @@ def test_omni_attention_parts_and_heads():
     assert torch.equal(att.kernel, torch.ones(5, 1))
     pw = DynamicConv1d(8, 4, 1, routing="omni")
     assert pw.attn_spatial is None and pw.attention(torch.randn(2, 8, 5)).spatial is None
+    with pytest.raises(ValueError, match="more than one sample per batch in training mode"):
+        DynamicConv2d(8, 12, 3, routing="omni").train()(torch.randn(1, 8, 6, 6))
     with pytest.raises(ValueError, match="path='mixture' cannot apply ODConv's per-sample spatial attention"):
         DynamicConv3d(4, 4, 3, routing="omni", path="mixture")
 

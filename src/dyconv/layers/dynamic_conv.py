@@ -491,6 +491,12 @@ class DynamicConvNd(nn.Module):
     @torch.jit.unused
     def _omni_attention(self, x: Tensor) -> OmniAttention:
         b = x.shape[0]
+        if b == 1 and self.attn_bn.training:
+            raise ValueError(
+                "routing='omni' normalises its attention with BatchNorm (as ODConv does), which needs more "
+                "than one sample per batch in training mode; train with batches of 2 or more "
+                "(data.drop_last=true drops a last batch of one) or call .eval() for inference"
+            )
         h = F.relu(self.attn_bn(self.attn_fc1(x.mean(dim=self._spatial_dims))))
 
         def head(m: Optional[nn.Module]) -> Optional[Tensor]:
