@@ -59,3 +59,15 @@ def test_profile_module_entry_point():
     assert res.returncode == 0, res.stderr
     assert "malloc tuning: off" in res.stdout
     assert "simple_cnn / dy_simple_cnn" in res.stdout  # a dynamic name brings its static twin
+
+
+def test_odconv_models_pair_with_their_static_twin():
+    from dyconv.profile import _pairs
+
+    pairs = _pairs(["od_resnet18", "resnet18", "dy_mobilenetv2", "od_mobilenetv2"])
+    assert ("resnet18", ["resnet18", "od_resnet18"]) in pairs and ("resnet18", ["resnet18", "dy_resnet18"]) in pairs
+    assert ("mobilenetv2", ["mobilenetv2", "od_mobilenetv2"]) in pairs and len(pairs) == 4
+    row = {"family": "m", "members": ["m", "od_m"], "input": "3x8x8", "batch": 2, "note": "",
+           "m": {"params": 1e6, "flops": 2e9, "latency_ms": 2.0, "train_ms": 10.0},
+           "od_m": {"params": 2e6, "flops": 3e9, "latency_ms": 3.0, "train_ms": 15.0}}
+    assert "| m / od_m | 3x8x8 | 1.00 / 2.00 | 2.00x |" in format_table([row])

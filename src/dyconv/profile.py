@@ -122,19 +122,21 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _pairs(names: Sequence[str] | None) -> list[tuple[str, list[str]]]:
-    """Group model names into ``(family, [static, dynamic])``; a name brings its registered twin."""
+    """Group model names into ``(family, [static, dynamic])``: a ``dy_`` or ``od_`` (ODConv)
+    name brings its static twin, a static name its ``dy_`` twin."""
     from dyconv.models import get_model_builder, is_model, list_models
 
     if names is None:
         names = list_models()
     for n in names:
         get_model_builder(n)  # unknown name: ValueError with close matches
-    families: dict[str, list[str]] = {}
+    families: dict[tuple[str, str], list[str]] = {}
     for n in names:
-        base = n[3:] if n.startswith("dy_") else n
-        families[base] = [m for m in (base, "dy_" + base) if is_model(m)]
-    order = sorted(families, key=lambda b: (_ORDER.index(b) if b in _ORDER else len(_ORDER), b))
-    return [(b, families[b]) for b in order]
+        prefix = n[:3] if n[:3] in ("dy_", "od_") else "dy_"
+        base = n[3:] if n.startswith(prefix) else n
+        families[(base, prefix)] = [m for m in (base, prefix + base) if is_model(m)]
+    order = sorted(families, key=lambda k: (_ORDER.index(k[0]) if k[0] in _ORDER else len(_ORDER), k))
+    return [(k[0], families[k]) for k in order]
 
 
 def _sync(device: torch.device) -> None:
@@ -256,7 +258,13 @@ def profile_models(
                 + ", ".join(f"{x.name} {x.train[-1] * 1e3:.0f} ms" for x in benches)
             )
         shape = tuple(benches[0].x1.shape[1:])
-        row: dict[str, Any] = {"family": family, "input": "x".join(map(str, shape)), "batch": b, "note": spec.note}
+        row: dict[str, Any] = {
+            "family": family,
+            "members": list(members),
+            "input": "x".join(map(str, shape)),
+            "batch": b,
+            "note": spec.note,
+        }
         for bench in benches:
             row[bench.name] = {
                 "params": bench.params,
@@ -294,8 +302,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     ]
     for row in results:
         fam = row["family"]
-        s, d = row.get(fam), row.get("dy_" + fam)
-        names = " / ".join(n for n, r in ((fam, s), ("dy_" + fam, d)) if r is not None)
+        members = row.get("members") or [fam, "dy_" + fam]
+        dyn = next((m for m in members if m != fam), "dy_" + fam)
+        s, d = row.get(fam), row.get(dyn)
+        names = " / ".join(n for n, r in ((fam, s), (dyn, d)) if r is not None)
         params = _cells(s, d, "params", lambda v: f"{v / 1e6:.2f}")
         flops = _cells(s, d, "flops", lambda v: f"{v / 1e9:.3f}")
         ratios = row.get("ratios", {})
