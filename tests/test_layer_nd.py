@@ -266,3 +266,19 @@ def test_torchscript_every_dim():
                 layer = CLASSES[nd](4, 6, 3, padding=1, num_kernels=3, path=path, routing=routing).eval()
                 x = torch.randn((2, 4) + INPUT[nd])
                 torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
+
+
+def test_options_build_1d_and_3d_model_code_with_per_layer_k():
+    from dyconv.layers import build_dynamic_convs
+
+    for dims, cls in ((1, DynamicConv1d), (3, DynamicConv3d)):
+        options = DynamicOptions(num_kernels={"1": 5}, routing="sigmoid", reduction=2)
+        conv = options.conv_layer_for(dims)
+        net = nn.Sequential(conv(2, 4, 3, padding=1), conv(4, 4, 1))
+        build_dynamic_convs(net, options)
+        assert [type(m) for m in net] == [cls, cls] and [m.num_kernels for m in net] == [4, 5]
+        assert {m.routing.kind for m in net} == {"sigmoid"}
+        one_k = DynamicOptions(num_kernels=2, routing="omni").conv_layer_for(dims)(4, 6, 3)
+        assert isinstance(one_k, cls) and one_k.num_kernels == 2 and one_k.routing.kind == "omni"
+    with pytest.raises(ValueError, match="1, 2 or 3 spatial dims"):
+        DynamicOptions().conv_layer_for(4)
