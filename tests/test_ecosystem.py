@@ -259,3 +259,17 @@ def test_missing_optional_packages_name_the_extra(monkeypatch):
     with pytest.raises(SystemExit, match=r"pip install 'dyconv\[optuna\]'"):
         _require_sweeper(["-m", "hparams_search=mnist_offline_optuna"])
     _require_sweeper(["model=simple_cnn"])  # nothing asked, nothing needed
+
+
+@pytest.mark.parametrize("tool", ["eval", "inspect", "export"])
+def test_tool_help_lists_every_key_of_its_config(tool):
+    text = (CONF / f"{tool}.yaml").read_text()
+    assert f"override hydra/help: {tool}" in text
+    config = yaml.safe_load(text)
+    template = yaml.safe_load((CONF / "hydra" / "help" / f"{tool}.yaml").read_text())["template"]
+    for key, value in config.items():
+        if key in ("defaults", "hydra", "task_name", "sweep_name"):
+            continue
+        for name in [f"{key}.{sub}" for sub in value] if isinstance(value, dict) else [key]:
+            assert name in template, f"{tool} --help does not mention {name}"
+    assert f"python -m dyconv.{tool} ckpt_path=" in template
