@@ -485,20 +485,62 @@ class DynamicConv2d(nn.Module):
         """Batch 1: one conv with the aggregated kernel and bias, about the static cost.
 
         Measured in onnxruntime (1 thread, batch 1): a computed kernel cannot be pre-packed, yet
-        this beats the K constant kernels of ``mixture`` for every conv kind, depthwise included
-        (96 channels at 112x112: 1.8 ms against 10 ms; 1x1 as a MatMul instead: no faster)."""
-        # pi[0], not pi: inside torch.cond the batch is still symbolic, the kernel must not be.
+        this beats K constant kernels mixed by ``pi`` for dense and pointwise convs at every map
+        size (1x1 as a MatMul instead: no faster); depthwise convs on small maps are the exception
+        (:meth:`_export_mixture_single`)."""
         k = self.num_kernels
-        weight = torch.matmul(pi[0], self.weight.reshape(k, -1)).reshape(self.weight.shape[1:])
-        mixed_bias = self._export_bias(pi[0])
+        # export_batch(1) promises a static batch of 1 (dyconv.export's batch-1 branch slices
+        # x[:1]): pi itself is the (1, K) row, one op less than pi[0]. Inside a per-layer
+        # torch.cond the batch is still symbolic, and the kernel must not be.
+        row = pi if _EXPORT_BATCH == 1 else pi[0]
+        mixed_bias = self._export_bias(row)
+        if self._export_mixture_single(x):
+            return self._forward_single_mixture(x, pi, mixed_bias)
+        weight = torch.matmul(row, self.weight.reshape(k, -1)).reshape(self.weight.shape[1:])
         return self._conv(x, weight, mixed_bias, self.groups)
 
+    def _export_mixture_single(self, x: Tensor) -> bool:
+        """Batch-1 rule for depthwise convs on small maps: K constant-kernel convs (pre-packed,
+        blocked layout in onnxruntime) mixed by ``pi`` beat one conv with the computed kernel
+        (onnxruntime, 1 thread: 480 channels at 7x7 0.05 ms against 0.11 ms; 96 channels at
+        56x56 0.43 ms against 0.50 ms: larger maps keep the aggregated kernel)."""
+        if self.groups == 1 or self.in_channels != self.groups or self.out_channels != self.groups:
+            return False
+        h, w = x.shape[-2], x.shape[-1]
+        if not isinstance(h, int) or not isinstance(w, int):
+            return False
+        if self._padding_str == "same":
+            oh, ow = h, w
+        else:
+            oh, ow = self._out_size(h, w, self._explicit_padding)
+        strided = self.stride[0] > 1 or self.stride[1] > 1
+        return oh * ow <= (28 * 28 if strided else 14 * 14)
+
+    def _forward_single_mixture(self, x: Tensor, pi: Tensor, mixed_bias: Optional[Tensor]) -> Tensor:
+        """``sum_k pi_k (W_k * x) + b``, each term a conv with a constant kernel. Stride 1 scales
+        the inputs (onnxruntime then accumulates each conv into the next), a strided conv its
+        smaller outputs."""
+        weights = self.weight.unbind(0)
+        scales = pi.reshape(-1, self.num_kernels, 1, 1).split(1, dim=1)
+        if self.stride[0] == 1 and self.stride[1] == 1:
+            y = self._conv(x * scales[0], weights[0], mixed_bias, self.groups)
+            for w_k, s_k in zip(weights[1:], scales[1:]):
+                y = y + self._conv(x * s_k, w_k, None, self.groups)
+            return y
+        y = self._conv(x, weights[0], None, self.groups) * scales[0]
+        for w_k, s_k in zip(weights[1:], scales[1:]):
+            y = y + self._conv(x, w_k, None, self.groups) * s_k
+        if mixed_bias is not None:
+            y = y + mixed_bias.reshape(1, -1, 1, 1)
+        return y
+
     def _export_bias(self, pi: Tensor) -> Optional[Tensor]:
-        """The mixed bias for attention ``pi`` (``(K,)`` or ``(B, K)``); a constant when the K
+        """The mixed bias for attention ``pi`` (``(K,)`` or ``(B, K)``), ``(B * Cout,)``; a constant when the K
         biases are equal (``dyconv.utils.fold`` folding BatchNorm into a bias-free conv)."""
         shared: Optional[Tensor] = getattr(self, "_shared_bias", None)
         if shared is not None:
-            return shared if pi.dim() == 1 else shared.repeat(pi.shape[0])
+            single = pi.dim() == 1 or (isinstance(pi.shape[0], int) and pi.shape[0] == 1)
+            return shared if single else shared.repeat(pi.shape[0])
         bias = self.bias
         if bias is None:
             return None
