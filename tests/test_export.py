@@ -202,6 +202,7 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
     (switch,) = [n for n in onnx.load(str(tmp_path / "any.onnx")).graph.node if n.op_type == "If"]
     then = next(a.g for a in switch.attribute if a.name == "then_branch")
     assert convs(then) == (2 + 2 * 4, 2 * 4)
+    assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in then.node for p in n.metadata_props)
     for name, sizes in (("b1", (1,)), ("any", (1, 5))):
         sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         for b in sizes:
