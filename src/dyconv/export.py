@@ -209,6 +209,11 @@ def export_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = any(isinstance(m, DynamicConv2d) for m in model.modules())
     net: nn.Module = prepare_for_export(model, fold_bn=fold_bn) if dynamic and fmt != "torchscript" else model
+    if dynamic and fmt == "onnx":
+        for m in net.modules():
+            if isinstance(m, DynamicConv2d):
+                # onnxruntime's batch-1 form per layer (DynamicConv2d._export_mixture_single)
+                m._export_onnx = True
     if batch is not None:
         example = example[:1].expand(batch, *example.shape[1:]).contiguous()
         dynamic_shapes: Any = None

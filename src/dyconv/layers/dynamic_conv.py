@@ -503,7 +503,11 @@ class DynamicConv2d(nn.Module):
         """Batch-1 rule for depthwise convs on small maps: K constant-kernel convs (pre-packed,
         blocked layout in onnxruntime) mixed by ``pi`` beat one conv with the computed kernel
         (onnxruntime, 1 thread, K convs against aggregated: 480 channels at 7x7 0.05 ms against
-        0.11 ms; 96 channels at 56x56 0.50 ms against 0.43 ms, so larger maps keep aggregating)."""
+        0.11 ms; 96 channels at 56x56 0.50 ms against 0.43 ms, so larger maps keep aggregating).
+        Only where :func:`dyconv.export.export_model` marks the layer for ONNX (``_export_onnx``):
+        eager kernels (``torch.export`` programs) run a computed depthwise kernel fast."""
+        if not getattr(self, "_export_onnx", False):
+            return False
         if self.groups == 1 or self.in_channels != self.groups or self.out_channels != self.groups:
             return False
         h, w = x.shape[-2], x.shape[-1]
