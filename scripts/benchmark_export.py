@@ -8,6 +8,7 @@ one process (order alternating), so the ratios compare like with like on a noisy
     python scripts/benchmark_export.py                          # the issue's two pairs, batch 1 and 8
     python scripts/benchmark_export.py --pt2 --fixed-batch1 --markdown docs/benchmark_export.md
     python scripts/benchmark_export.py --pairs simple_cnn --rounds 3          # dry run, seconds
+    python scripts/benchmark_export.py --pairs mobilenetv2 --batch 1 --fixed-batch1 --profile  # per-op time
 """
 
 from __future__ import annotations
@@ -47,6 +48,38 @@ def _ort_runner(path: Path, threads: int, level: str) -> Callable[[np.ndarray], 
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
+
+
+def op_profile(path: Path, x: np.ndarray, threads: int, level: str, runs: int = 50) -> dict[str, tuple[float, int]]:
+    """onnxruntime's profiler on ``runs`` runs: op type -> (ms per run, nodes run per run).
+    The profiler adds a few microseconds per node: compare files, not with untimed runs."""
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for _ in range(runs):
+        session.run(None, {name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+        elif e.get("cat") == "Session" and e["name"] == "model_run":
+            op = "(whole run)"
+        else:
+            continue
+        total[op] = total.get(op, 0.0) + e["dur"] / 1e3
+        count[op] = count.get(op, 0) + 1
+    return {op: (t / runs, count[op] // runs) for op, t in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
 def _pt2_runner(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Callable[[np.ndarray], object]:
@@ -96,6 +129,15 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         path = workdir / f"{pair}_dynamic_b1.onnx"
         export_model(dynamic, example, path, "onnx", batch=1)
         fixed = _ort_runner(path, args.threads, args.ort_level)
+    if args.profile:
+        x1 = np.random.default_rng(0).standard_normal((1, 3, side, side), dtype=np.float32)
+        files = {"static": workdir / f"{pair}_static.onnx", "dynamic": workdir / f"{pair}_dynamic.onnx"}
+        if args.fixed_batch1:
+            files["dynamic (batch=1 file)"] = workdir / f"{pair}_dynamic_b1.onnx"
+        for tag, path in files.items():
+            ops = op_profile(path, x1, args.threads, args.ort_level)
+            print(f"# profile dy_{pair} {tag}, batch 1, ms per run (nodes):",
+                  ", ".join(f"{op} {ms:.2f} ({n})" for op, (ms, n) in ops.items()), flush=True)
     rows = []
     for batch in args.batch:
         x = np.random.default_rng(0).standard_normal((batch, 3, side, side), dtype=np.float32)
@@ -137,6 +179,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--width", type=float, default=None, help="override width_mult")
     parser.add_argument("--pt2", action="store_true", help="also time torch.export programs (eager kernels)")
     parser.add_argument("--fixed-batch1", action="store_true", help="also time a batch=1 export of the dynamic model")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print onnxruntime's per-op-type time at batch 1 for each file")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table, with the command, to PATH")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -161,3 +161,54 @@ def test_export_model_pt2_any_batch(tmp_path):
         x = torch.randn(b, 3, 16, 16)
         with torch.no_grad():
             torch.testing.assert_close(program(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
+    """Batch 1: depthwise convs on small maps become K constant-kernel convs (onnxruntime
+    pre-packs them), the others one conv with the aggregated kernel; in the any-batch file the
+    batch-1 branch holds its own constants. Outputs equal PyTorch's either way."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dyconv.export import export_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        DynamicConv2d(3, 8, 3, padding=1),  # dense: aggregated
+        DynamicConv2d(8, 8, 3, padding=1, groups=8),  # depthwise, 16x16 output: aggregated
+        DynamicConv2d(8, 8, 3, stride=2, padding=1, groups=8),  # strided depthwise to 8x8: K convs
+        nn.ReLU(),
+        DynamicConv2d(8, 8, 3, padding=1, groups=8, bias=False),  # depthwise at 8x8: K convs
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+    set_temperature(net, 1.0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, DynamicConv2d):
+                m.attn_fc2.bias.normal_(0, 2)
+    example = torch.randn(2, 3, 16, 16)
+    export_model(net, example, tmp_path / "b1.onnx", "onnx", batch=1)
+    export_model(net, example, tmp_path / "any.onnx", "onnx")
+
+    def convs(graph):
+        constants = {i.name for i in graph.initializer}
+        nodes = [n for n in graph.node if n.op_type == "Conv"]
+        return len(nodes), sum(n.input[1] in constants for n in nodes)
+
+    b1 = onnx.load(str(tmp_path / "b1.onnx")).graph
+    assert convs(b1) == (2 + 2 * 4, 2 * 4)
+    assert "Gather" not in [n.op_type for n in b1.node]  # pi is the (1, K) row itself
+    (switch,) = [n for n in onnx.load(str(tmp_path / "any.onnx")).graph.node if n.op_type == "If"]
+    then = next(a.g for a in switch.attribute if a.name == "then_branch")
+    assert convs(then) == (2 + 2 * 4, 2 * 4)
+    assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in then.node for p in n.metadata_props)
+    for name, sizes in (("b1", (1,)), ("any", (1, 5))):
+        sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        for b in sizes:
+            x = torch.randn(b, 3, 16, 16)
+            (out,) = sess.run(None, {"image": x.numpy()})
+            with torch.no_grad():
+                expected = net(x)
+            assert expected.abs().max() > 0.1
+            torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4, msg=f"{name}/{b}")

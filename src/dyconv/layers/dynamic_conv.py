@@ -699,22 +699,65 @@ class DynamicConvNd(nn.Module):
         """Batch 1: one conv with the aggregated kernel and bias, about the static cost.
 
         Measured in onnxruntime (1 thread, batch 1): a computed kernel cannot be pre-packed, yet
-        this beats the K constant kernels of ``mixture`` for every conv kind, depthwise included
-        (96 channels at 112x112: 1.8 ms against 10 ms; 1x1 as a MatMul instead: no faster)."""
-        # pi[0], not pi: inside torch.cond the batch is still symbolic, the kernel must not be.
+        this beats K constant kernels mixed by ``pi`` for dense and pointwise convs at every map
+        size (1x1 as a MatMul instead: no faster); depthwise convs on small maps are the exception
+        (:meth:`_export_mixture_single`)."""
         k = self.num_kernels
-        weight = torch.matmul(pi[0], self.weight.reshape(k, -1)).reshape(self.weight.shape[1:])
+        # export_batch(1) promises a static batch of 1 (dyconv.export's batch-1 branch slices
+        # x[:1]): pi itself is the (1, K) row, one op less than pi[0]. Inside a per-layer
+        # torch.cond the batch is still symbolic, and the kernel must not be.
+        single = _EXPORT_BATCH == 1
+        row = pi if single else pi[0]
+        mixed_bias = self._export_bias(row)
+        if a_sp is None and self._export_mixture_single(x):
+            return self._forward_single_mixture(x, pi, mixed_bias)
+        weight = torch.matmul(row, self.weight.reshape(k, -1)).reshape(self.weight.shape[1:])
         if a_sp is not None:
-            weight = weight * a_sp[0].to(weight.dtype)
-        mixed_bias = self._export_bias(pi[0])
+            weight = weight * (a_sp if single else a_sp[0]).to(weight.dtype).reshape(self.kernel_size)
         return self._conv(x, weight, mixed_bias, self.groups)
 
+    def _export_mixture_single(self, x: Tensor) -> bool:
+        """Batch-1 rule for 2-D depthwise convs on small maps: K constant-kernel convs
+        (pre-packed, blocked layout in onnxruntime) mixed by ``pi`` beat one conv with the
+        computed kernel (onnxruntime, 1 thread, K convs against aggregated: 480 channels at 7x7
+        0.05 ms against 0.11 ms; 96 channels at 56x56 0.50 ms against 0.43 ms, so larger maps keep
+        aggregating). Only where :func:`dyconv.export.export_model` marks the layer for ONNX
+        (``_export_onnx``): eager kernels (``torch.export`` programs) run a computed depthwise
+        kernel fast. Not measured in 1-D/3-D, which keep aggregating."""
+        if not getattr(self, "_export_onnx", False) or self._ndim != 2:
+            return False
+        if self.groups == 1 or self.in_channels != self.groups or self.out_channels != self.groups:
+            return False
+        if not all(isinstance(n, int) for n in x.shape[2:]):
+            return False
+        strided = any(s > 1 for s in self.stride)
+        return self._out_positions(x) <= (28 * 28 if strided else 14 * 14)
+
+    def _forward_single_mixture(self, x: Tensor, pi: Tensor, mixed_bias: Optional[Tensor]) -> Tensor:
+        """``sum_k pi_k (W_k * x) + b``, each term a conv with a constant kernel. Stride 1 scales
+        the inputs (onnxruntime then accumulates each conv into the next), a strided conv its
+        smaller outputs."""
+        weights = self.weight.unbind(0)
+        scales = pi.reshape([-1, self.num_kernels] + [1] * self._ndim).split(1, dim=1)
+        if all(s == 1 for s in self.stride):
+            y = self._conv(x * scales[0], weights[0], mixed_bias, self.groups)
+            for w_k, s_k in zip(weights[1:], scales[1:]):
+                y = y + self._conv(x * s_k, w_k, None, self.groups)
+            return y
+        y = self._conv(x, weights[0], None, self.groups) * scales[0]
+        for w_k, s_k in zip(weights[1:], scales[1:]):
+            y = y + self._conv(x, w_k, None, self.groups) * s_k
+        if mixed_bias is not None:
+            y = y + mixed_bias.reshape([1, -1] + [1] * self._ndim)
+        return y
+
     def _export_bias(self, pi: Tensor) -> Optional[Tensor]:
-        """The mixed bias for attention ``pi`` (``(K,)`` or ``(B, K)``); a constant when the K
-        biases are equal (``dyconv.utils.fold`` folding BatchNorm into a bias-free conv)."""
+        """The mixed bias ``(B * Cout,)`` for attention ``pi`` (``(K,)`` or ``(B, K)``); a constant
+        when the K biases are equal (``dyconv.utils.fold`` folding BatchNorm into a bias-free conv)."""
         shared: Optional[Tensor] = getattr(self, "_shared_bias", None)
         if shared is not None:
-            return shared if pi.dim() == 1 else shared.repeat(pi.shape[0])
+            single = pi.dim() == 1 or (isinstance(pi.shape[0], int) and pi.shape[0] == 1)
+            return shared if single else shared.repeat(pi.shape[0])
         bias = self.bias
         if bias is None:
             return None
