@@ -8,6 +8,8 @@ one process (order alternating), so the ratios compare like with like on a noisy
     python scripts/benchmark_export.py                          # the issue's two pairs, batch 1 and 8
     python scripts/benchmark_export.py --pt2 --fixed-batch1 --markdown docs/benchmark_export.md
     python scripts/benchmark_export.py --pairs simple_cnn --rounds 3          # dry run, seconds
+    python scripts/benchmark_export.py --pairs resnet10_omni od_mobilenetv2 tcn_1d r3d_18 --batch 1 8
+                                                        # ODConv routing, 1-D and 3-D networks
     python scripts/benchmark_export.py --pairs mobilenetv2 --batch 1 --fixed-batch1 --profile  # per-op time
 """
 
@@ -19,21 +21,89 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dyconv.export import export_model
+from dyconv.layers import DynamicOptions, convert_to_dynamic
 from dyconv.models import create_model
 
-#: pair -> (builder kwargs, input side)
-PAIRS: dict[str, tuple[dict, int]] = {
-    "resnet10": ({"num_classes": 200, "stem": "small", "width_mult": 0.25}, 64),
-    "mobilenetv2": ({"num_classes": 1000, "width_mult": 0.5}, 224),
-    "simple_cnn": ({"num_classes": 10, "in_channels": 3}, 28),  # tiny: the dry run
+
+@dataclass(frozen=True)
+class Pair:
+    """A static model and its dynamic twin on one input shape ``(C, *spatial)``.
+
+    ``zoo``: registered names (``create_model``; ``--width``/``--size`` apply); otherwise
+    ``build(dynamic)`` makes either network (1-D/3-D networks converted with
+    ``convert_to_dynamic``)."""
+
+    label: str
+    shape: tuple[int, ...]
+    zoo: tuple[str, str] | None = None
+    kwargs: dict = field(default_factory=dict)
+    dynamic_kwargs: dict = field(default_factory=dict)
+    build: Callable[[bool], torch.nn.Module] | None = None
+
+    def models(self, width: float | None) -> tuple[torch.nn.Module, torch.nn.Module]:
+        torch.manual_seed(0)
+        if self.zoo is None:
+            return self.build(False).eval(), self.build(True).eval()
+        kwargs = dict(self.kwargs) | ({"width_mult": width} if width is not None else {})
+        return (create_model(self.zoo[0], **kwargs).eval(),
+                create_model(self.zoo[1], **kwargs, **self.dynamic_kwargs).eval())
+
+    def input_shape(self, size: int | None) -> tuple[int, ...]:
+        if size is None or self.zoo is None:
+            return self.shape
+        return (self.shape[0], size, size)
+
+
+def _tcn_1d(dynamic: bool) -> torch.nn.Module:
+    """A 1-D audio/time-series classifier (40 mel bands, dilated 3-tap convs), every conv but
+    the first dynamic in its twin."""
+    from torch import nn
+
+    layers: list[nn.Module] = [nn.Conv1d(40, 64, 5, padding=2, bias=False), nn.BatchNorm1d(64), nn.ReLU()]
+    for d in (1, 2, 4, 8):
+        layers += [nn.Conv1d(64, 64, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(64), nn.ReLU()]
+    layers += [nn.Conv1d(64, 128, 1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(128, 10)]
+    net = nn.Sequential(*layers)
+    if dynamic:
+        convert_to_dynamic(net, DynamicOptions(num_kernels=4), skip_first=True, noise=0.1)
+    return net
+
+
+def _r3d_18(dynamic: bool) -> torch.nn.Module:
+    """torchvision's video ResNet r3d_18, every conv but the stem dynamic in its twin."""
+    from torchvision.models.video import r3d_18
+
+    net = r3d_18(num_classes=10)
+    if dynamic:
+        convert_to_dynamic(net, DynamicOptions(num_kernels=4), skip_first=True, noise=0.1)
+    return net
+
+
+#: name -> pair (the issue's two zoo pairs first)
+PAIRS: dict[str, Pair] = {
+    "resnet10": Pair("dy_resnet10", (3, 64, 64), ("resnet10", "dy_resnet10"),
+                     {"num_classes": 200, "stem": "small", "width_mult": 0.25}),
+    "mobilenetv2": Pair("dy_mobilenetv2", (3, 224, 224), ("mobilenetv2", "dy_mobilenetv2"),
+                        {"num_classes": 1000, "width_mult": 0.5}),
+    "resnet10_omni": Pair("dy_resnet10 routing=omni", (3, 64, 64), ("resnet10", "dy_resnet10"),
+                          {"num_classes": 200, "stem": "small", "width_mult": 0.25}, {"routing": "omni"}),
+    "od_mobilenetv2": Pair("od_mobilenetv2 (ODConv 4x)", (3, 224, 224), ("mobilenetv2", "od_mobilenetv2"),
+                           {"num_classes": 1000, "width_mult": 0.5}),
+    "tcn_1d": Pair("1-D TCN (DynamicConv1d)", (40, 400), build=_tcn_1d),
+    "r3d_18": Pair("r3d_18 (DynamicConv3d)", (3, 8, 56, 56), build=_r3d_18),
+    "simple_cnn": Pair("dy_simple_cnn", (3, 28, 28), ("simple_cnn", "dy_simple_cnn"),
+                       {"num_classes": 10, "in_channels": 3}),  # tiny: the dry run
 }
 DEFAULT_PAIRS = ["resnet10", "mobilenetv2"]
+#: The 1-D, 3-D and omni pairs (``--pairs`` takes them; issue #14).
+FAMILY_PAIRS = ["resnet10_omni", "od_mobilenetv2", "tcn_1d", "r3d_18"]
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
           "all": "ORT_ENABLE_ALL"}
 
@@ -109,15 +179,10 @@ def time_interleaved(runners: dict[str, Callable], x: np.ndarray, rounds: int) -
 
 
 def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
-    kwargs, side = PAIRS[pair]
-    kwargs = dict(kwargs)
-    if args.width is not None:
-        kwargs["width_mult"] = args.width
-    side = args.size or side
-    torch.manual_seed(0)
-    static = create_model(pair, **kwargs).eval()
-    dynamic = create_model(f"dy_{pair}", **kwargs).eval()
-    example = torch.randn(2, 3, side, side)
+    spec = PAIRS[pair]
+    static, dynamic = spec.models(args.width)
+    shape = spec.input_shape(args.size)
+    example = torch.randn(2, *shape)
     runners: dict[str, Callable] = {}
     for tag, model in (("static", static), ("dynamic", dynamic)):
         path = workdir / f"{pair}_{tag}.onnx"
@@ -130,17 +195,17 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         export_model(dynamic, example, path, "onnx", batch=1)
         fixed = _ort_runner(path, args.threads, args.ort_level)
     if args.profile:
-        x1 = np.random.default_rng(0).standard_normal((1, 3, side, side), dtype=np.float32)
+        x1 = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
         files = {"static": workdir / f"{pair}_static.onnx", "dynamic": workdir / f"{pair}_dynamic.onnx"}
         if args.fixed_batch1:
             files["dynamic (batch=1 file)"] = workdir / f"{pair}_dynamic_b1.onnx"
         for tag, path in files.items():
             ops = op_profile(path, x1, args.threads, args.ort_level)
-            print(f"# profile dy_{pair} {tag}, batch 1, ms per run (nodes):",
+            print(f"# profile {spec.label} {tag}, batch 1, ms per run (nodes):",
                   ", ".join(f"{op} {ms:.2f} ({n})" for op, (ms, n) in ops.items()), flush=True)
     rows = []
     for batch in args.batch:
-        x = np.random.default_rng(0).standard_normal((batch, 3, side, side), dtype=np.float32)
+        x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
         active = dict(runners)
         if args.fixed_batch1 and batch == 1:
             active["onnx dynamic (batch=1 file)"] = fixed
@@ -154,7 +219,8 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
             if tag == "static":
                 continue
             base = t[f"{runtime} static"]
-            rows.append({"pair": pair, "side": side, "batch": batch, "runtime": runtime, "variant": tag,
+            rows.append({"pair": pair, "label": spec.label, "input": "x".join(map(str, shape)), "batch": batch,
+                         "runtime": runtime, "variant": tag,
                          "static_ms": base * 1e3, "dynamic_ms": sec * 1e3, "ratio": sec / base})
     return rows
 
@@ -163,7 +229,7 @@ def format_rows(rows: list[dict]) -> str:
     lines = ["| model (input) | batch | runtime | dynamic file | static ms | dynamic ms | dynamic / static |",
              "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| dy_{r['pair']} ({r['side']} px) | {r['batch']} | {r['runtime']} | {r['variant']} |"
+        lines.append(f"| {r['label']} ({r['input']}) | {r['batch']} | {r['runtime']} | {r['variant']} |"
                      f" {r['static_ms']:.2f} | {r['dynamic_ms']:.2f} | {r['ratio']:.2f}x |")
     return "\n".join(lines) + "\n"
 
