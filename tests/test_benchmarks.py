@@ -42,7 +42,20 @@ def test_benchmark_export_dry_run(tmp_path):
     assert {(r["batch"], r["variant"]) for r in rows} == {(1, "dynamic"), (1, "dynamic (batch=1 file)"),
                                                          (3, "dynamic")}
     assert all(r["ratio"] > 0 for r in rows)
-    assert "| dy_simple_cnn (28 px) | 1 | onnx | dynamic |" in md.read_text()
+    assert "| dy_simple_cnn (3x28x28) | 1 | onnx | dynamic |" in md.read_text()
+    # The 1-D, 3-D and omni pairs build a static network and its dynamic twin (same output shape).
+    import torch
+
+    from dyconv.layers import dynamic_layers
+
+    bench = _load("benchmark_export")
+    for name in bench.FAMILY_PAIRS:
+        spec = bench.PAIRS[name]
+        static, dynamic = spec.models(0.25 if spec.zoo else None)
+        assert not list(dynamic_layers(static)) and list(dynamic_layers(dynamic)), name
+        if name == "tcn_1d":
+            x = torch.randn(2, *spec.shape)
+            assert static(x).shape == dynamic(x).shape == (2, 10)
 
 
 def test_benchmark_layer_default_output_is_2d_softmax(capsys):
