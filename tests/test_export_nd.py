@@ -82,3 +82,12 @@ def test_pt2_export_1d(tmp_path):
     path = tmp_path / "m.pt2"
     export_model(net, torch.randn(2, 2, 16), path, "pt2")
     verify_export(net, path, "pt2", (2, 16), batches=(1, 5))
+
+
+def test_torchscript_refuses_omni_with_one_message(tmp_path):
+    from dyconv.errors import ConfigError
+
+    net = nn.Sequential(DynamicConv1d(2, 4, 3, routing="omni")).eval()
+    with pytest.raises(ConfigError, match="format=torchscript cannot express routing='omni'"):
+        export_model(net, torch.randn(2, 2, 8), tmp_path / "m.ts", "torchscript")
+    assert not (tmp_path / "m.ts").exists()
