@@ -53,7 +53,6 @@ _size_any = Union[int, Tuple[int, ...]]
 MIXTURE_MAX_PIXELS = 32
 #: Per-sample kernels larger than this are slow to allocate under glibc's default malloc.
 GROUPED_MAX_BYTES_UNTUNED = 128 * 2**20
-#: ODConv's smallest attention hidden width is 16; ours is ``min_hidden`` (default 1).
 
 
 # Batch the graph being exported is specialised to. Set by export_batch().
