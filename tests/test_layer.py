@@ -5,29 +5,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dyconv.layers import PATHS, DynamicConv2d, choose_path
+from naive import naive_forward
 
 FORCED_PATHS = [p for p in PATHS if p != "auto"]
-
-
-def naive_forward(layer: DynamicConv2d, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample reference: aggregate with the layer's own attention and weight, F.conv2d."""
-    pi = layer.attention(x)
-    outs = []
-    for i in range(x.shape[0]):
-        w = (pi[i].reshape(-1, 1, 1, 1, 1) * layer.weight).sum(0)
-        b = None if layer.bias is None else (pi[i].reshape(-1, 1) * layer.bias).sum(0)
-        xi = x[i : i + 1]
-        padding = layer.padding
-        if layer.padding_mode != "zeros":
-            # nn.Conv2d's own recipe for non-zero padding modes.
-            xi = F.pad(xi, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
-            padding = 0
-        outs.append(F.conv2d(xi, w, b, layer.stride, padding, layer.dilation, layer.groups))
-    return torch.cat(outs)
 
 
 GEOMETRIES = [
