@@ -37,20 +37,22 @@ class Pair:
     """A static model and its dynamic twin on one input shape ``(C, *spatial)``.
 
     ``zoo``: registered names (``create_model``; ``--width``/``--size`` apply); otherwise
-    ``build(dynamic)`` makes either network (1-D/3-D networks converted with
-    ``convert_to_dynamic``)."""
+    ``build()`` makes the static network and its twin is ``convert_to_dynamic`` of another
+    build (K = 4, every conv but the first, copies perturbed so the attention matters)."""
 
     label: str
     shape: tuple[int, ...]
     zoo: tuple[str, str] | None = None
     kwargs: dict = field(default_factory=dict)
     dynamic_kwargs: dict = field(default_factory=dict)
-    build: Callable[[bool], torch.nn.Module] | None = None
+    build: Callable[[], torch.nn.Module] | None = None
 
     def models(self, width: float | None) -> tuple[torch.nn.Module, torch.nn.Module]:
         torch.manual_seed(0)
         if self.zoo is None:
-            return self.build(False).eval(), self.build(True).eval()
+            static = self.build()
+            dynamic = convert_to_dynamic(self.build(), DynamicOptions(num_kernels=4), skip_first=True, noise=0.1)
+            return static.eval(), dynamic.eval()
         kwargs = dict(self.kwargs) | ({"width_mult": width} if width is not None else {})
         return (create_model(self.zoo[0], **kwargs).eval(),
                 create_model(self.zoo[1], **kwargs, **self.dynamic_kwargs).eval())
@@ -61,29 +63,22 @@ class Pair:
         return (self.shape[0], size, size)
 
 
-def _tcn_1d(dynamic: bool) -> torch.nn.Module:
-    """A 1-D audio/time-series classifier (40 mel bands, dilated 3-tap convs), every conv but
-    the first dynamic in its twin."""
+def _tcn_1d() -> torch.nn.Module:
+    """A 1-D audio/time-series classifier (40 mel bands, dilated 3-tap convs)."""
     from torch import nn
 
     layers: list[nn.Module] = [nn.Conv1d(40, 64, 5, padding=2, bias=False), nn.BatchNorm1d(64), nn.ReLU()]
     for d in (1, 2, 4, 8):
         layers += [nn.Conv1d(64, 64, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(64), nn.ReLU()]
     layers += [nn.Conv1d(64, 128, 1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(128, 10)]
-    net = nn.Sequential(*layers)
-    if dynamic:
-        convert_to_dynamic(net, DynamicOptions(num_kernels=4), skip_first=True, noise=0.1)
-    return net
+    return nn.Sequential(*layers)
 
 
-def _r3d_18(dynamic: bool) -> torch.nn.Module:
-    """torchvision's video ResNet r3d_18, every conv but the stem dynamic in its twin."""
+def _r3d_18() -> torch.nn.Module:
+    """torchvision's video ResNet r3d_18."""
     from torchvision.models.video import r3d_18
 
-    net = r3d_18(num_classes=10)
-    if dynamic:
-        convert_to_dynamic(net, DynamicOptions(num_kernels=4), skip_first=True, noise=0.1)
-    return net
+    return r3d_18(num_classes=10)
 
 
 #: name -> pair (the issue's two zoo pairs first)

@@ -205,7 +205,7 @@ def export_model(
     _check_format(fmt)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
-    if fmt == "torchscript" and any(getattr(m, "_routing_kind", None) == "omni" for m in model.modules()):
+    if fmt == "torchscript" and any(isinstance(m, DynamicConvNd) and m.routing.kind == "omni" for m in model.modules()):
         raise ConfigError(
             "format=torchscript cannot express routing='omni' layers (ODConv's attention is a NamedTuple of "
             "optional parts); use format=onnx or format=pt2"
