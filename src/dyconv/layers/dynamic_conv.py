@@ -638,12 +638,7 @@ class DynamicConvNd(nn.Module):
 
     def _mixed_kernels(self, pi: Tensor, a_sp: Optional[Tensor]) -> Tensor:
         """Per-sample kernels ``(B, Cout, Cin/g, *kernel)``, the spatial attention applied."""
-        b = pi.shape[0]
-        weight = torch.mm(pi, self.weight.reshape(self.num_kernels, -1))
-        weight = weight.reshape((b,) + self.weight.shape[1:])
-        if a_sp is not None:
-            weight = weight * a_sp.to(weight.dtype).reshape((b, 1, 1) + self.kernel_size)
-        return weight
+        return _aggregate(pi, self.weight, a_sp)[1]
 
     def _mixed_bias(self, pi: Tensor) -> Optional[Tensor]:
         bias = self.bias
@@ -872,23 +867,25 @@ def dynamic_class_for(conv: nn.Module) -> type:
     return DYNAMIC_CONVS[conv.weight.dim() - 2]
 
 
+def _aggregate(pi: Tensor, weight: Tensor, a_sp: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(mixed, kernels)``: the per-sample kernels ``sum_k pi_k W_k`` ``(B, Cout, Cin/g, *kernel)``
+    and the same scaled by the spatial attention ``a_sp`` ``(B, *kernel)`` (ODConv; None: equal)."""
+    b = pi.shape[0]
+    mixed = torch.mm(pi, weight.reshape(weight.shape[0], -1)).reshape((b,) + weight.shape[1:])
+    if a_sp is None:
+        return mixed, mixed
+    return mixed, mixed * a_sp.to(mixed.dtype).reshape((b, 1, 1) + a_sp.shape[1:])
+
+
 class _GroupedConvRecomputed(torch.autograd.Function):
     """The ``grouped`` path, saving ``x``, ``pi`` (and the spatial attention) and the K kernels
     instead of the B per-sample kernels; backward recomputes them (one matmul) and uses
     ``aten.convolution_backward``. ``x`` arrives pre-padded."""
 
     @staticmethod
-    def _kernels(pi, weight, a_sp):
-        b = pi.shape[0]
-        mixed = torch.mm(pi, weight.reshape(weight.shape[0], -1)).reshape((b,) + weight.shape[1:])
-        if a_sp is None:
-            return mixed, mixed
-        return mixed, mixed * a_sp.to(mixed.dtype).reshape((b, 1, 1) + a_sp.shape[1:])
-
-    @staticmethod
     def forward(ctx, x, pi, weight, bias, a_sp, stride, padding, dilation, groups):  # type: ignore[override]
         b, cout = x.shape[0], weight.shape[1]
-        _, kernels = _GroupedConvRecomputed._kernels(pi, weight, a_sp)
+        _, kernels = _aggregate(pi, weight, a_sp)
         kernels = kernels.reshape((b * cout,) + weight.shape[2:])
         mixed_bias = None if bias is None else torch.mm(pi, bias).reshape(b * cout)
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(stride) - 1]
@@ -908,7 +905,7 @@ class _GroupedConvRecomputed(torch.autograd.Function):
         enabled, autocast_dtype = ctx.autocast
         b, k, cout = x.shape[0], weight.shape[0], weight.shape[1]
         with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
-            mixed, kernels = _GroupedConvRecomputed._kernels(pi, weight, a_sp)
+            mixed, kernels = _aggregate(pi, weight, a_sp)
         dtype = kernels.dtype
         grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
             grad_y.reshape((1, b * cout) + grad_y.shape[2:]).to(dtype),
