@@ -203,6 +203,11 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
     then = next(a.g for a in switch.attribute if a.name == "then_branch")
     assert convs(then) == (2 + 2 * 4, 2 * 4)
     assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in then.node for p in n.metadata_props)
+    from dyconv.export import _names_read
+
+    for path in ("b1.onnx", "any.onnx"):  # no dead constants (onnxruntime warns about each at load)
+        graph = onnx.load(str(tmp_path / path)).graph
+        assert {i.name for i in graph.initializer} <= _names_read(graph), path
     for name, sizes in (("b1", (1,)), ("any", (1, 5))):
         sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         for b in sizes:

@@ -156,7 +156,8 @@ def _localise_branch_constants(path: Path) -> int:
     returns how many. onnxruntime pre-packs (and lays out in its blocked NCHWc format) only
     constants of the graph that reads them: with the kernels outside, the batch-1 branch's
     constant convs ran several-fold slower than in a ``batch=1`` file (measured). The rewrite
-    also drops the exporter's per-node stack traces (debug text, 107 of 126 MB there)."""
+    also drops the exporter's per-node stack traces (debug text, 107 of 126 MB there) and the
+    initializers no node reads (onnxruntime printed a warning for each when loading)."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -166,8 +167,12 @@ def _localise_branch_constants(path: Path) -> int:
     main_reads |= {o.name for o in graph.output}
     branches = [a.g for node in graph.node if node.op_type == "If" for a in node.attribute if a.HasField("g")]
     reads = [_names_read(b) for b in branches]
+    read_anywhere = _names_read(graph)
     moved = 0
     for init in list(graph.initializer):
+        if init.name not in read_anywhere:  # left by the exporter; onnxruntime warns about each one
+            graph.initializer.remove(init)
+            continue
         readers = [i for i, r in enumerate(reads) if init.name in r]
         if init.name in main_reads or len(readers) != 1:
             continue
