@@ -711,21 +711,24 @@ class DynamicConvNd(nn.Module):
         return self._conv(x, weight, mixed_bias, self.groups)
 
     def _export_mixture_single(self, x: Tensor) -> bool:
-        """Batch-1 rule for 2-D depthwise convs on small maps: K constant-kernel convs
-        (pre-packed, blocked layout in onnxruntime) mixed by ``pi`` beat one conv with the
-        computed kernel (onnxruntime, 1 thread, K convs against aggregated: 480 channels at 7x7
-        0.05 ms against 0.11 ms; 96 channels at 56x56 0.50 ms against 0.43 ms, so larger maps keep
-        aggregating). Only where :func:`dyconv.export.export_model` marks the layer for ONNX
-        (``_export_onnx``): eager kernels (``torch.export`` programs) run a computed depthwise
-        kernel fast. Not measured in 1-D/3-D, which keep aggregating."""
+        """Batch-1 rule for 2-D depthwise convs: K constant-kernel convs (pre-packed, blocked
+        layout in onnxruntime) mixed by ``pi`` where they beat one conv with the computed kernel,
+        which onnxruntime runs channel by channel: every strided depthwise conv, and stride-1
+        ones with an output of at most 14x14. Measured in onnxruntime (1 thread): isolated
+        layers, K convs against aggregated, 480 channels at 7x7 0.05 against 0.11 ms, 96 at 56x56
+        stride 2 0.19 against 0.25 ms, but 96 at 56x56 stride 1 0.48 against 0.40 ms; whole
+        ``dy_mobilenetv2`` x0.5, strided convs at every map size 2-3% faster than only up to
+        28x28 outputs, stride-1 maps up to 28x28 2% slower than up to 14x14. Only where
+        :func:`dyconv.export.export_model` marks the layer for ONNX (``_export_onnx``): eager
+        kernels (``torch.export`` programs) run a computed depthwise kernel fast. Not measured
+        in 1-D/3-D, which keep aggregating."""
         if not getattr(self, "_export_onnx", False) or self._ndim != 2:
             return False
         if self.groups == 1 or self.in_channels != self.groups or self.out_channels != self.groups:
             return False
         if not all(isinstance(n, int) for n in x.shape[2:]):
             return False
-        strided = any(s > 1 for s in self.stride)
-        return self._out_positions(x) <= (28 * 28 if strided else 14 * 14)
+        return any(s > 1 for s in self.stride) or self._out_positions(x) <= 14 * 14
 
     def _forward_single_mixture(self, x: Tensor, pi: Tensor, mixed_bias: Optional[Tensor]) -> Tensor:
         """``sum_k pi_k (W_k * x) + b``, each term a conv with a constant kernel. Stride 1 scales
