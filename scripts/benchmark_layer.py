@@ -74,6 +74,8 @@ SHAPES = [
     # ResNet-10 with the small stem at 64 px (the Tiny ImageNet models).
     Shape("r10s_64@64", 64, 64, 3, 64),
     Shape("r10s_128@32", 128, 128, 3, 32),
+    # 64 channels at 32x32 (stage 2 of the x0.5 model): the layer issue #15's batch-1 target is set on.
+    Shape("r10s_64@32", 64, 64, 3, 32),
     Shape("r10s_256@16", 256, 256, 3, 16),
     Shape("r10s_512@8", 512, 512, 3, 8),
     # Its strided 3x3 convs (first conv of stages 2-4), named by input map size.
