@@ -62,6 +62,11 @@ def test_ddp_resume_matches_straight_run(cli, tmp_path):
         if a[key].is_floating_point():
             moved = max(moved, float((a[key] - first["state_dict"]["model." + key]).abs().max()))
     assert moved > 1e-4  # the second epoch really trained
+    # Epoch 1's training metrics (mean over both ranks' batches) start from zero after a resume
+    # from a completed epoch: not the checkpoint's epoch-0 sums, not counted once per rank.
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, resumed))
+    for key in ("train/loss_epoch", "train/acc", "val/acc"):
+        assert mb[key] == pytest.approx(ma[key], rel=1e-5), key
 
 
 def test_bf16_mixed_precision_trains_a_dynamic_model(cli, tmp_path):

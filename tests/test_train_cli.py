@@ -85,6 +85,20 @@ def test_resume_after_sigkill_is_exact(cli, tmp_path):
     with open(resumed / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2]
+
+    def train_epoch_rows(run_dir: Path) -> list[tuple[float, ...]]:
+        with open(run_dir / "csv" / "metrics.csv") as f:
+            return [(float(r["epoch"]), float(r["train/loss_epoch"]), float(r["train/acc"]))
+                    for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+
+    # Epoch 1's training metrics were accumulated before the kill: the pre-validation checkpoint
+    # carries them, so the resumed run logs the same training history (epochs 0, 1, 2).
+    straight_rows = train_epoch_rows(straight)
+    assert [r[0] for r in straight_rows] == [0, 1, 2]
+    resumed_rows = train_epoch_rows(resumed)
+    assert len(resumed_rows) == len(straight_rows)
+    for got, want in zip(resumed_rows, straight_rows):
+        assert got == pytest.approx(want, rel=1e-6)
     assert len(list((resumed / ".hydra" / "launches").iterdir())) == 2
 
     # A requeue script relaunching the finished run with ckpt_path=last changes nothing.

@@ -1,5 +1,6 @@
 """What classification and segmentation share: optimiser/scheduler wiring, parameter groups,
-optional ``torch.compile``, and the run config stored in every checkpoint."""
+optional ``torch.compile``, the training-epoch metrics (kept across a resume) and the run config
+stored in every checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric, Metric, MetricCollection
 
 __all__ = ["BaseTask", "split_weight_decay"]
 
@@ -85,6 +87,10 @@ class BaseTask(L.LightningModule):
         self.run_config = dict(run_config or {})
         # Not registered as a submodule: state_dict keys stay "model.*" with compile on.
         object.__setattr__(self, "_net", torch.compile(model) if compile else model)
+        # Mean training loss over the epoch (batch-size weighted); subclasses add their own
+        # training metrics in train_epoch_metrics(). Their states are not in the state_dict.
+        self.train_loss = MeanMetric()
+        self._train_state_epoch: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net(x)
@@ -157,6 +163,83 @@ class BaseTask(L.LightningModule):
             },
         }
 
+    # ------------------------------------------------------------------ training-epoch metrics
+    def train_epoch_metrics(self) -> dict[str, Metric | MetricCollection]:
+        """What accumulates over a training epoch and is logged when it ends: ``train_loss``
+        here; subclasses add theirs (classification: ``train_metrics``)."""
+        return {"train_loss": self.train_loss}
+
+    def log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """``train/loss_step`` now; the epoch mean goes to ``train/loss_epoch`` (and
+        ``train/loss`` in the callback metrics) when the epoch ends."""
+        self.train_loss.update(loss.detach(), weight=batch_size)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        # States restored by on_load_checkpoint belong to the epoch being resumed (mid-epoch or
+        # before its validation); any other epoch starts from zero.
+        if self._train_state_epoch != self.current_epoch:
+            for metric in self.train_epoch_metrics().values():
+                metric.reset()
+        self._train_state_epoch = None
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's training metrics, computed from the task's own metric objects rather
+        than Lightning's epoch aggregation, which is not checkpointed: a run resumed from the
+        checkpoint written before validation (or mid-epoch) logs the same epoch values as the
+        uninterrupted run (``dyconv.callbacks.LastCheckpoint``)."""
+        metrics = self.train_epoch_metrics()
+        if metrics["train_loss"].update_count == 0:  # no training batch this epoch
+            return
+        values: dict[str, torch.Tensor] = {}
+        for name, metric in metrics.items():
+            value = metric.compute()
+            if name == "train_loss":
+                values["train/loss_epoch"] = value
+                self.log("train/loss", value, logger=False)
+            elif isinstance(value, dict):
+                values.update(value)
+            else:
+                values[name] = value
+            metric.reset()
+        self.log_dict(values)
+        self._train_state_epoch = None
+
+    def _train_epoch_state(self) -> dict[str, Any]:
+        """Every training-epoch metric's states summed over processes (all ranks call this:
+        Lightning dumps checkpoints on every rank), as CPU tensors."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        states: dict[str, Any] = {}
+        for name, metric in self.train_epoch_metrics().items():
+            members = metric.items() if isinstance(metric, MetricCollection) else [("", metric)]
+            for sub, m in members:
+                with m.sync_context(should_sync=distributed):
+                    states[f"{name}.{sub}" if sub else name] = {
+                        "update_count": int(m.update_count),
+                        "state": {k: v.detach().cpu().clone() for k, v in m.metric_state.items()},
+                    }
+        return states
+
+    def _restore_train_epoch_state(self, states: Mapping[str, Any]) -> None:
+        for name, metric in self.train_epoch_metrics().items():
+            members = metric.items() if isinstance(metric, MetricCollection) else [("", metric)]
+            for sub, m in members:
+                saved = states.get(f"{name}.{sub}" if sub else name)
+                m.reset()
+                if saved is None or self.global_rank != 0:  # rank 0 carries the global sums
+                    continue
+                for key, value in saved["state"].items():
+                    setattr(m, key, value.to(self.device))
+                m._update_count = saved["update_count"]  # compute() warns when it is 0
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dyconv"] = {"version": 1, "kind": self.kind, "config": self.run_config}
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            checkpoint["dyconv_train_epoch"] = {"epoch": self.current_epoch, "metrics": self._train_epoch_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("dyconv_train_epoch")
+        if saved:
+            self._restore_train_epoch_state(saved["metrics"])
+            self._train_state_epoch = int(saved["epoch"])

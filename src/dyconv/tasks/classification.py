@@ -44,15 +44,19 @@ class ClassificationTask(BaseTask):
         self.val_metrics = metrics("val/")
         self.test_metrics = metrics("test/")
 
+    def train_epoch_metrics(self) -> dict[str, Any]:
+        return {**super().train_epoch_metrics(), "train_metrics": self.train_metrics}
+
     def _step(self, batch: Any, split: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
         metrics.update(logits.detach(), y)
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
-                 batch_size=x.shape[0])
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train")
+        if split == "train":  # epoch values: BaseTask.on_train_epoch_end
+            self.log_train_loss(loss, x.shape[0])
+            return loss
+        self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

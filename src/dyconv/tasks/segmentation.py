@@ -64,7 +64,7 @@ class SegmentationTask(BaseTask):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, mask = batch[0], batch[1]
         loss = self._loss(self(x), mask, train=True)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log_train_loss(loss, x.shape[0])
         return loss
 
     def _eval_step(self, batch: Any, split: str, metrics: MetricCollection) -> None:
