@@ -274,3 +274,29 @@ def test_tool_help_lists_every_key_of_its_config(tool):
         for name in [f"{key}.{sub}" for sub in value] if isinstance(value, dict) else [key]:
             assert name in template, f"{tool} --help does not mention {name}"
     assert f"python -m dyconv.{tool} ckpt_path=" in template
+
+
+# ---------------------------------------------------------------- sweep job folders
+
+
+def test_sweep_job_folder_names_fit_the_file_system():
+    """A job's folder is named from its overrides; a long list (15 overrides made 356 bytes,
+    'File name too long' before any training) is cut and ends with a hash of the whole name."""
+    from dyconv.utils.resolvers import MAX_JOB_DIRNAME, job_dirname, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    long_a = ",".join(f"callbacks.temperature.key{i}={i}" for i in range(15)) + ",seed=1"
+    long_b = long_a[:-1] + "2"
+    names = []
+    for dirname in ("model=dy_resnet10,seed=1", long_a, long_b):
+        OmegaConf.update(cfg, "hydra.job.override_dirname", dirname, force_add=True)
+        names.append(OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"])
+    assert names[0] == "model=dy_resnet10,seed=1"  # short names unchanged
+    assert len(long_a.encode()) > 255
+    assert all(len(n.encode()) <= MAX_JOB_DIRNAME for n in names[1:])
+    assert names[1] != names[2] and names[1].startswith(long_a[:100])  # distinct jobs, readable start
+    assert job_dirname(long_a) == names[1]  # stable: a relaunch finds the same folder
+    assert job_dirname("data.cache=/tmp/x") == "data.cache=_tmp_x"  # no nested folders
+    assert len(job_dirname("é" * 300).encode()) <= MAX_JOB_DIRNAME  # cut on a character boundary
