@@ -125,7 +125,7 @@ def test_fold_batchnorm_and_temperature_are_exact():
         torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_export_model_onnx_batch1_branch_and_fixed_batches(tmp_path):
+def test_export_model_onnx_per_sample_scan_and_fixed_batches(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from dyconv.export import export_model
@@ -136,10 +136,10 @@ def test_export_model_onnx_batch1_branch_and_fixed_batches(tmp_path):
     for batch in (None, 1, 3):
         files[batch] = tmp_path / f"net_{batch}.onnx"
         export_model(net, example, files[batch], "onnx", batch=batch)
-    # The any-batch file: one If on the batch size around the whole model.
+    # The any-batch file: one Scan over the samples, each step the batch-1 graph.
     ops = [n.op_type for n in onnx.load(str(files[None])).graph.node]
-    assert ops.count("If") == 1
-    assert "If" not in [n.op_type for n in onnx.load(str(files[1])).graph.node]
+    assert ops.count("Scan") == 1 and "If" not in ops
+    assert "Scan" not in [n.op_type for n in onnx.load(str(files[1])).graph.node]
     for batch, sizes in ((None, (1, 5, 2)), (1, (1,)), (3, (3,))):
         sess = ort.InferenceSession(str(files[batch]), providers=["CPUExecutionProvider"])
         shape = sess.get_inputs()[0].shape
@@ -164,9 +164,10 @@ def test_export_model_pt2_any_batch(tmp_path):
 
 
 def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
-    """Batch 1: depthwise convs on small maps become K constant-kernel convs (onnxruntime
-    pre-packs them), the others one conv with the aggregated kernel; in the any-batch file the
-    batch-1 branch holds its own constants. Outputs equal PyTorch's either way."""
+    """Batch 1: strided depthwise convs and those on small maps become K constant-kernel convs
+    (onnxruntime pre-packs them), the others one conv with the aggregated kernel; the any-batch
+    file runs that graph per sample (a Scan) whose body holds its own constants. Outputs equal
+    PyTorch's either way."""
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from dyconv.export import export_model
@@ -199,10 +200,10 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
     b1 = onnx.load(str(tmp_path / "b1.onnx")).graph
     assert convs(b1) == (2 + 2 * 4, 2 * 4)
     assert "Gather" not in [n.op_type for n in b1.node]  # pi is the (1, K) row itself
-    (switch,) = [n for n in onnx.load(str(tmp_path / "any.onnx")).graph.node if n.op_type == "If"]
-    then = next(a.g for a in switch.attribute if a.name == "then_branch")
-    assert convs(then) == (2 + 2 * 4, 2 * 4)
-    assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in then.node for p in n.metadata_props)
+    (per_sample,) = [n for n in onnx.load(str(tmp_path / "any.onnx")).graph.node if n.op_type == "Scan"]
+    body = next(a.g for a in per_sample.attribute if a.name == "body")
+    assert convs(body) == (2 + 2 * 4, 2 * 4)  # the kernels are the body's own constants
+    assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in body.node for p in n.metadata_props)
     from dyconv.export import _names_read
 
     for path in ("b1.onnx", "any.onnx"):  # no dead constants (onnxruntime warns about each at load)

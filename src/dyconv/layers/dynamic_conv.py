@@ -65,7 +65,8 @@ def export_batch(batch: Optional[int]) -> Iterator[None]:
     aggregated-kernel conv per layer; B > 1: per-sample kernels in one grouped conv), for any
     batch without a batch-1 branch (``0``), or (``None``, the default) for any batch with a
     batch-1 branch per layer, chosen at run time by an ``If`` on the batch size.
-    :func:`dyconv.export.export_model` puts one such ``If`` around the whole model instead."""
+    :func:`dyconv.export.export_model` instead runs the whole model's batch-1 graph once per
+    sample (one ``Scan``)."""
     global _EXPORT_BATCH
     previous, _EXPORT_BATCH = _EXPORT_BATCH, batch
     try:
@@ -697,8 +698,8 @@ class DynamicConvNd(nn.Module):
         size (1x1 as a MatMul instead: no faster); depthwise convs on small maps are the exception
         (:meth:`_export_mixture_single`)."""
         k = self.num_kernels
-        # export_batch(1) promises a static batch of 1 (dyconv.export's batch-1 branch slices
-        # x[:1]): pi itself is the (1, K) row, one op less than pi[0]. Inside a per-layer
+        # export_batch(1) promises a static batch of 1 (dyconv.export's Scan feeds one sample
+        # at a time): pi itself is the (1, K) row, one op less than pi[0]. Inside a per-layer
         # torch.cond the batch is still symbolic, and the kernel must not be.
         single = _EXPORT_BATCH == 1
         row = pi if single else pi[0]
