@@ -30,6 +30,7 @@ import torch
 from dyconv.export import export_model
 from dyconv.layers import DynamicOptions, convert_to_dynamic
 from dyconv.models import create_model
+from dyconv.runtime import tune_malloc
 
 
 @dataclass(frozen=True)
@@ -243,12 +244,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--profile", action="store_true",
                         help="also print onnxruntime's per-op-type time at batch 1 for each file")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table, with the command, to PATH")
+    parser.add_argument("--no-tune-malloc", action="store_true",
+                        help="keep glibc's default mmap behaviour (affects the pt2 rows: torch allocates per run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # What dyconv's entry points do (dyconv.runtime): without it the pt2 programs' activations
+    # are page-faulted in afresh on every run, more for whichever program allocates more.
+    tuned = False if args.no_tune_malloc else tune_malloc()
     import onnxruntime as ort
 
     head = (f"onnxruntime {ort.__version__} (graph optimisation {args.ort_level}, {args.threads} intra-op thread),"
-            f" torch {torch.__version__}; median of {args.rounds} interleaved rounds")
+            f" torch {torch.__version__}, tune_malloc={tuned}; median of {args.rounds} interleaved rounds")
     print("#", head, flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

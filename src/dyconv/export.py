@@ -10,9 +10,9 @@ The network (any registered architecture) is rebuilt from the checkpoint, put in
 exported with a dynamic batch dimension (or ``batch=B``: a fixed one); the input shape
 ``(batch, in_channels, image_size, image_size)`` comes from the checkpoint's data config
 (``image_size=`` overrides it). BatchNorm after dynamic convs is folded into their K kernels
-(``fold_bn=false`` keeps it). A model with dynamic layers is exported behind one ``If`` on the
-batch size: batch 1 aggregates each layer's kernels and runs one conv (the method's cost), other
-batches run the batch-independent form (see :func:`export_model`). After writing, the file is
+(``fold_bn=false`` keeps it). A model with dynamic layers is exported as one ``Scan`` over the
+samples: each runs the batch-1 graph, which aggregates each layer's kernels and runs one conv
+(the method's cost; see :func:`export_model`). After writing, the file is
 loaded back (onnxruntime / ``torch.export.load`` / ``torch.jit.load``) and its outputs are
 compared with PyTorch's at batch 1 and 5 (at ``B`` for a fixed batch); the export fails if they
 differ beyond ``atol + rtol * |expected|``.
