@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,10 @@ def export_model(
             net = _PerSample(net).eval()
     info: dict[str, Any] = {}
     try:
-        with export_batch(batch):
+        with export_batch(batch), warnings.catch_warnings():
+            # Tracing the scan body, dynamo reaches a torch.compile call (Lightning wraps it) that
+            # export ignores, and says so once per process: nothing a user can act on.
+            warnings.filterwarnings("ignore", message="torch.compile is ignored when called inside torch.export")
             if fmt == "onnx":
                 _quiet_onnx_loggers()
                 torch.onnx.export(
@@ -278,11 +282,8 @@ def export_model(
                     program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes)
                 torch.export.save(program, str(path))
             else:
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
-                    scripted = torch.jit.script(net)
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+                scripted = torch.jit.script(net)
                 scripted.save(str(path))
     except (DyconvError, OSError):
         raise
