@@ -21,11 +21,16 @@ def _net() -> nn.Module:
         nn.Flatten(),
         nn.Linear(16, 5),
     ).eval()
+    return _sharpen(net)
+
+
+def _sharpen(net: nn.Module) -> nn.Module:
+    """Temperature 1 and attention logits far from uniform, so every kernel matters."""
     set_temperature(net, 1.0)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, DynamicConv2d):
-                m.attn_fc2.bias.normal_(0, 2)  # far from uniform
+                m.attn_fc2.bias.normal_(0, 2)
     return net
 
 
@@ -183,11 +188,7 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
         nn.Flatten(),
         nn.Linear(8, 5),
     ).eval()
-    set_temperature(net, 1.0)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, DynamicConv2d):
-                m.attn_fc2.bias.normal_(0, 2)
+    _sharpen(net)
     example = torch.randn(2, 3, 16, 16)
     export_model(net, example, tmp_path / "b1.onnx", "onnx", batch=1)
     export_model(net, example, tmp_path / "any.onnx", "onnx")

@@ -203,34 +203,39 @@ class BaseTask(L.LightningModule):
                 values[name] = value
             metric.reset()
         self.log_dict(values)
-        self._train_state_epoch = None
+
+    def _train_epoch_members(self) -> dict[str, Metric]:
+        """Every single metric of :meth:`train_epoch_metrics` (collections opened), by a stable key."""
+        members: dict[str, Metric] = {}
+        for name, metric in self.train_epoch_metrics().items():
+            if isinstance(metric, MetricCollection):
+                members.update({f"{name}.{sub}": m for sub, m in metric.items()})
+            else:
+                members[name] = metric
+        return members
 
     def _train_epoch_state(self) -> dict[str, Any]:
         """Every training-epoch metric's states summed over processes (all ranks call this:
         Lightning dumps checkpoints on every rank), as CPU tensors."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         states: dict[str, Any] = {}
-        for name, metric in self.train_epoch_metrics().items():
-            members = metric.items() if isinstance(metric, MetricCollection) else [("", metric)]
-            for sub, m in members:
-                with m.sync_context(should_sync=distributed):
-                    states[f"{name}.{sub}" if sub else name] = {
-                        "update_count": int(m.update_count),
-                        "state": {k: v.detach().cpu().clone() for k, v in m.metric_state.items()},
-                    }
+        for key, m in self._train_epoch_members().items():
+            with m.sync_context(should_sync=distributed):
+                states[key] = {
+                    "update_count": int(m.update_count),
+                    "state": {k: v.detach().cpu().clone() for k, v in m.metric_state.items()},
+                }
         return states
 
     def _restore_train_epoch_state(self, states: Mapping[str, Any]) -> None:
-        for name, metric in self.train_epoch_metrics().items():
-            members = metric.items() if isinstance(metric, MetricCollection) else [("", metric)]
-            for sub, m in members:
-                saved = states.get(f"{name}.{sub}" if sub else name)
-                m.reset()
-                if saved is None or self.global_rank != 0:  # rank 0 carries the global sums
-                    continue
-                for key, value in saved["state"].items():
-                    setattr(m, key, value.to(self.device))
-                m._update_count = saved["update_count"]  # compute() warns when it is 0
+        for key, m in self._train_epoch_members().items():
+            saved = states.get(key)
+            m.reset()
+            if saved is None or self.global_rank != 0:  # rank 0 carries the global sums
+                continue
+            for name, value in saved["state"].items():
+                setattr(m, name, value.to(self.device))
+            m._update_count = saved["update_count"]  # compute() warns when it is 0
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
