@@ -156,6 +156,27 @@ def test_export_model_onnx_per_sample_scan_and_fixed_batches(tmp_path):
                 torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-4, msg=f"{batch}/{b}")
 
 
+def test_export_model_pt2_compiles_with_aotinductor(tmp_path):
+    """docs/deployment.md's AOTInductor recipe on an exported program: the compiled package
+    computes what the model computes at every batch, not only the example's (a symbolic conv
+    group count, for one, was fixed to the example batch by torch 2.14's AOTInductor)."""
+    import shutil
+
+    from dyconv.export import export_model
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("AOTInductor needs a C++ compiler")
+    net = _net()
+    export_model(net, torch.randn(2, 3, 16, 16), tmp_path / "net.pt2", "pt2")
+    program = torch.export.load(str(tmp_path / "net.pt2"))
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "net_aoti.pt2"))
+    runner = torch._inductor.aoti_load_package(package)
+    for b in (1, 5):
+        x = torch.randn(b, 3, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 def test_export_model_pt2_any_batch(tmp_path):
     from dyconv.export import export_model
 
