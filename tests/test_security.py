@@ -406,3 +406,67 @@ def test_a_checkpoint_never_turns_on_downloads(tmp_path):
     assert dm.download is False and dm.root == target
     assert run.datamodule({"download": True}).download is True
     assert not target.exists()
+
+
+# ---------------------------------------------------------------------------------------- file names in callback states
+def test_checkpoint_io_deletes_only_ckpt_files_in_its_folders(tmp_path):
+    """Lightning's default removal takes any path and protocol, recursively."""
+    from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+
+    ckpts, elsewhere = tmp_path / "run" / "checkpoints", tmp_path / "home"
+    ckpts.mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "thesis.tex").write_text("years of work")
+    (elsewhere / "other.ckpt").write_bytes(b"x")
+    (ckpts / "sub.ckpt").mkdir()
+    (ckpts / "notes.txt").write_text("keep")
+    (ckpts / "epoch_000.ckpt").write_bytes(b"x")
+    (ckpts / "epoch_001.ckpt").write_bytes(b"x")
+    io_ = AtomicCheckpointIO(checkpoint_dirs=[ckpts])
+    for path in (f"local://{elsewhere}", str(elsewhere), str(elsewhere / "other.ckpt"),
+                 str(ckpts / ".." / ".." / "home" / "other.ckpt"), f"memory://{elsewhere}", str(ckpts / "notes.txt"),
+                 str(ckpts / "sub.ckpt")):
+        io_.remove_checkpoint(path)
+    assert (elsewhere / "thesis.tex").is_file() and (elsewhere / "other.ckpt").is_file()
+    assert (ckpts / "notes.txt").is_file() and (ckpts / "sub.ckpt").is_dir()
+    io_.remove_checkpoint(str(ckpts / "epoch_000.ckpt"))
+    io_.remove_checkpoint(f"file://{ckpts / 'epoch_001.ckpt'}")
+    assert not (ckpts / "epoch_000.ckpt").exists() and not (ckpts / "epoch_001.ckpt").exists()
+
+
+def test_cli_resume_ignores_file_names_a_handed_checkpoint_holds(cli, tmp_path, tmp_path_factory):
+    """A checkpoint's ModelCheckpoint states name the best/last/k-th best files; Lightning
+    restores them, tests the "best" one and deletes superseded ones. Names outside this run's
+    checkpoint folder are dropped: a resume from a handed file deletes nothing of the user's."""
+    from trained import real_run
+
+    good = real_run(tmp_path_factory.getbasetemp()) / "checkpoints" / "last.ckpt"
+    home = tmp_path / "home"
+    (home / "important").mkdir(parents=True)
+    (home / "important" / "thesis.tex").write_text("years of work")
+    other = tmp_path / "models"
+    other.mkdir()
+    for name in ("kth.ckpt", "topk.ckpt", "last.ckpt"):
+        (other / name).write_bytes(b"someone else's checkpoint")
+    ckpt = torch.load(good, map_location="cpu", weights_only=True)
+    patched = 0
+    for state in ckpt["callbacks"].values():
+        if "best_model_path" in state:
+            state.pop("dirpath", None)  # restored as if it were this run's folder
+            state["best_model_path"] = f"local://{home}"
+            state["last_model_path"] = str(other / "last.ckpt")
+            if state.get("monitor"):  # a worse "k-th best" that the next better epoch replaces
+                state["best_k_models"] = {str(other / "kth.ckpt"): torch.tensor(-1.0)}
+                state["kth_best_model_path"] = str(other / "kth.ckpt")
+                state["kth_value"] = torch.tensor(-1.0)
+            patched += 1
+    assert patched == 2  # the best-model and the last-checkpoint callbacks
+    evil = tmp_path / "handed.ckpt"
+    torch.save(ckpt, evil)
+    proc = cli("train", "data.splits=[256,64,64]", "trainer.max_epochs=3", "callbacks.progress_bar=null", "logger=[]",
+               f"hydra.run.dir={tmp_path / 'resumed'}", f"ckpt_path={evil}")
+    out = proc.stdout + proc.stderr
+    assert (home / "important" / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in other.iterdir()) == ["kth.ckpt", "last.ckpt", "topk.ckpt"]
+    assert "Ignoring checkpoint file names outside" in out, out[-3000:]
+    assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").is_file()

@@ -255,8 +255,12 @@ class _Run:
                 if hasattr(lg, "truncate_after"):
                     lg.truncate_after(self.resume_step)
 
+        # The folders checkpoints may be deleted from (superseded best/last files): the
+        # configured ModelCheckpoint folders, or Lightning's default under the run directory.
+        checkpoint_dirs = [c.dirpath or output_dir / "checkpoints" for c in callbacks if isinstance(c, ModelCheckpoint)]
         trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+            cfg.trainer, callbacks=callbacks, logger=loggers or False,
+            plugins=[AtomicCheckpointIO(checkpoint_dirs=checkpoint_dirs)],
         )
         if loggers:
             hparams = OmegaConf.to_container(cfg, resolve=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -15,6 +16,8 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 __all__ = ["BaseTask", "split_weight_decay"]
+
+log = logging.getLogger(__name__)
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -234,6 +237,8 @@ class BaseTask(L.LightningModule):
             if saved is None or self.global_rank != 0:  # rank 0 carries the global sums
                 continue
             for name, value in saved["state"].items():
+                if name not in m._defaults or not isinstance(value, torch.Tensor):
+                    continue  # only the metric's own registered states, as tensors
                 setattr(m, name, value.to(self.device))
             m._update_count = saved["update_count"]  # compute() warns when it is 0
 
@@ -244,6 +249,18 @@ class BaseTask(L.LightningModule):
             checkpoint["dyconv_train_epoch"] = {"epoch": self.current_epoch, "metrics": self._train_epoch_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:
+            # Before Lightning restores the callbacks from this (possibly handed) file: file
+            # names outside this run's checkpoint folders are dropped, not tested or deleted.
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            from dyconv.utils.checkpoint_io import confine_checkpoint_paths
+
+            dirs = [c.dirpath for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+            dropped = confine_checkpoint_paths(checkpoint, dirs)
+            if dropped:
+                log.warning("Ignoring checkpoint file names outside this run's checkpoint folders: %s",
+                            ", ".join(dropped))
         saved = checkpoint.get("dyconv_train_epoch")
         if saved:
             self._restore_train_epoch_state(saved["metrics"])

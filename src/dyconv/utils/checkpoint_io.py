@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import shutil
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,20 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dyconv.errors import DiskFullError, DivergenceError
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "is_disk_full", "remove_stale_temp_files"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "atomic_torch_save",
+    "confine_checkpoint_paths",
+    "is_checkpoint_in",
+    "is_disk_full",
+    "remove_stale_temp_files",
+]
 
 _TMP_SUFFIX = ".tmp"
+#: The ModelCheckpoint state fields that name files (restored by Lightning on resume).
+_PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+log = logging.getLogger(__name__)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,6 +107,54 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def is_checkpoint_in(path: Any, directories: Iterable[str | os.PathLike]) -> bool:
+    """True if ``path`` names a ``.ckpt`` file (plain or ``file://`` path) directly inside one of
+    ``directories`` (both resolved, so ``..`` and symlinked folders cannot point elsewhere)."""
+    text = str(path)
+    if not text or not _is_local_file_protocol(text):
+        return False
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    candidate = Path(text)
+    if candidate.suffix != ".ckpt":
+        return False
+    try:
+        parent = candidate.parent.resolve()
+        return any(parent == Path(d).resolve() for d in directories)
+    except (OSError, RuntimeError):
+        return False
+
+
+def confine_checkpoint_paths(
+    checkpoint: MutableMapping[str, Any], directories: Iterable[str | os.PathLike]
+) -> list[str]:
+    """Forget the file names a loaded checkpoint's ModelCheckpoint states hold outside
+    ``directories`` (this run's checkpoint folders); returns what was dropped.
+
+    Lightning restores ``best_model_path`` (and, for the same ``dirpath``, ``best_k_models`` and
+    the last/k-th best paths) from the file, later tests the "best" one and deletes superseded
+    ones, recursively and for any fsspec protocol: a handed checkpoint naming ``local:///home``
+    would have that folder removed after the first epoch of a resume."""
+    directories = list(directories)
+    dropped: list[str] = []
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if not isinstance(state, MutableMapping) or "best_model_path" not in state:
+            continue
+        for field in _PATH_FIELDS:
+            value = state.get(field)
+            if value and not is_checkpoint_in(value, directories):
+                dropped.append(str(value))
+                state[field] = ""
+                if field == "best_model_path":
+                    state["best_model_score"] = None
+        best_k = state.get("best_k_models")
+        if isinstance(best_k, MutableMapping):
+            for key in [k for k in best_k if not is_checkpoint_in(k, directories)]:
+                dropped.append(str(key))
+                del best_k[key]
+    return dropped
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO whose local saves are atomic (see :func:`atomic_torch_save`).
 
@@ -101,7 +162,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     is a plain copy when that is another filesystem. Remote paths (s3://, ...) fall back to
     Lightning's writer. A checkpoint whose weights or optimizer state hold NaN/inf is refused
     (:class:`DivergenceError`): a resume must never continue from a diverged state.
+
+    ``checkpoint_dirs``: the only folders it deletes from, and only ``.ckpt`` files, never
+    recursively (Lightning's default removes any path, any protocol, recursively; the paths
+    come from checkpoint states, see :func:`confine_checkpoint_paths`). ``None``: no folder.
     """
+
+    def __init__(self, checkpoint_dirs: Iterable[str | os.PathLike] | None = None) -> None:
+        super().__init__()
+        self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs or ()]
+
+    def remove_checkpoint(self, path: Any) -> None:
+        if not is_checkpoint_in(path, self.checkpoint_dirs):
+            log.warning("Not deleting %s: only .ckpt files in this run's checkpoint folders (%s) are removed",
+                        path, ", ".join(map(str, self.checkpoint_dirs)) or "none given")
+            return
+        local = Path(str(path)[len("file://"):] if str(path).startswith("file://") else str(path))
+        if local.is_dir() and not local.is_symlink():
+            log.warning("Not deleting %s: it is a folder", local)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            local.unlink()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
