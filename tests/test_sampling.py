@@ -35,3 +35,21 @@ def test_datamodule_global_batch_split(tmp_path):
         dm.per_device(66)
     dm.setup("fit")
     assert len(dm.val_dataloader().sampler) == 3 and dm.train_dataloader().batch_size == 16
+
+
+def test_a_resumed_fit_draws_the_resumed_epochs_order_from_the_first_batch():
+    """Lightning builds a resumed fit's train iterator before it sets the sampler's epoch, and
+    DataLoader workers draw their first indices when the iterator is built: the loader must
+    start at the fit loop's epoch (a run resumed at epoch 3 with workers replayed epoch 0)."""
+    from types import SimpleNamespace
+
+    dm = MNISTOfflineDataModule(batch_size=8, splits=(40, 8, 8), seed=11)
+    dm.setup("fit")
+    progress = SimpleNamespace(current=SimpleNamespace(processed=3))
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, fit_loop=SimpleNamespace(epoch_progress=progress))
+    expected = EpochSeededRandomSampler(dm.train_set, seed=11)
+    expected.set_epoch(3)
+    assert list(dm.train_dataloader().sampler) == list(expected)
+    dm.trainer = None  # no trainer (a loader built by hand): epoch 0
+    expected.set_epoch(0)
+    assert list(dm.train_dataloader().sampler) == list(expected)

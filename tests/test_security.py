@@ -470,3 +470,37 @@ def test_cli_resume_ignores_file_names_a_handed_checkpoint_holds(cli, tmp_path, 
     assert sorted(p.name for p in other.iterdir()) == ["kth.ckpt", "last.ckpt", "topk.ckpt"]
     assert "Ignoring checkpoint file names outside" in out, out[-3000:]
     assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_link_planted_in_a_run_folder_is_replaced_not_written_through(tmp_path):
+    """A resumed (handed) run folder whose .hydra/resolved_config.yaml links to a user's file:
+    the launch replaces the link, the file keeps its content."""
+    from omegaconf import OmegaConf
+
+    from dyconv.utils.run_dir import prepare_run_dir
+
+    victim = tmp_path / "dotfile"
+    victim.write_text("precious")
+    run = tmp_path / "handed"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "resolved_config.yaml").symlink_to(victim)
+    prepare_run_dir(run, OmegaConf.create({"seed": 1}))
+    assert victim.read_text() == "precious"
+    written = run / ".hydra" / "resolved_config.yaml"
+    assert not written.is_symlink() and "seed: 1" in written.read_text()
+
+
+def test_a_checkpoint_never_makes_the_tools_fetch_pretrained_weights(tmp_path, monkeypatch):
+    """The weights come from the checkpoint: a stored pretrained_backbone=true is not obeyed."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("tried to download pretrained weights")
+
+    monkeypatch.setattr(MobileNet_V2_Weights.IMAGENET1K_V1.__class__, "get_state_dict", no_fetch)
+    ckpt = make_checkpoint(tmp_path / "seg.ckpt", ["data=voc", "model=deeplabv3plus"])
+    ckpt_data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    ckpt_data["dyconv"]["config"]["model"]["pretrained_backbone"] = True
+    torch.save(ckpt_data, ckpt)
+    run = load_trained_run(ckpt)
+    assert run.config["model"]["pretrained_backbone"] is True  # recorded as stored, not acted on

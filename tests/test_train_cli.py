@@ -269,3 +269,21 @@ def test_multirun_with_in_process_ddp_is_refused(cli):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "basic launcher is not supported" in out and "hydra/launcher=slurm" in out
+
+
+def test_train_false_tests_the_checkpoint_it_is_given(cli, tmp_path, tmp_path_factory):
+    """``train=false ckpt_path=...`` tests that checkpoint's weights (it tested the untrained
+    model), and the finished run it came from is left as it was."""
+    from trained import real_run
+
+    run = real_run(tmp_path_factory.getbasetemp())
+    trained = _metrics(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    out = tmp_path / "test_only"
+    proc = cli("train", "data.splits=[256,64,64]", "callbacks.progress_bar=null", "logger=[]", "train=false",
+               f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}")
+    assert "Testing the checkpoint" in proc.stdout + proc.stderr
+    tested = _metrics(out)
+    for key in ("test/acc", "test/loss"):
+        assert tested[key] == pytest.approx(trained[key], rel=1e-6), key
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

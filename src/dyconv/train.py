@@ -287,8 +287,13 @@ class _Run:
                         None)
             best = ckpt.best_model_path if ckpt is not None else ""
             try:
-                if trainer.fast_dev_run or not best or not cfg.get("train", True):
-                    why = " under fast_dev_run" if trainer.fast_dev_run else ""
+                if not cfg.get("train", True) and self.ckpt_path is not None:
+                    # train=false: test the checkpoint asked for (it was checked, not loaded).
+                    log.info("Testing the checkpoint %s (train=false)", self.ckpt_path)
+                    trainer.test(task, datamodule=datamodule, ckpt_path=self.ckpt_path)
+                elif trainer.fast_dev_run or not best or not cfg.get("train", True):
+                    why = (" under fast_dev_run" if trainer.fast_dev_run
+                           else ", train=false without ckpt_path: untrained" if not cfg.get("train", True) else "")
                     log.info("Testing the current weights (no best checkpoint%s)", why)
                     trainer.test(task, datamodule=datamodule)
                 else:

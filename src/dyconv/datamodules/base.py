@@ -181,6 +181,11 @@ class BaseDataModule(L.LightningDataModule):
             sampler = EpochSeededRandomSampler(dataset, seed=self.seed)
         else:
             sampler = None
+        if shuffle and sampler is not None:
+            # Lightning sets the epoch before each epoch, but a resumed fit builds the iterator
+            # first, and DataLoader workers draw their first indices when it is built: without
+            # this, a run resumed at epoch e with num_workers > 0 replays epoch 0's order.
+            sampler.set_epoch(self._fit_epoch())  # type: ignore[attr-defined]
         return DataLoader(
             dataset,
             batch_size=self.per_device(self.batch_size if shuffle else self.eval_batch_size),
@@ -194,6 +199,12 @@ class BaseDataModule(L.LightningDataModule):
             # drawing the global RNG (exact resume from a checkpoint written before validation).
             generator=None if shuffle else torch.Generator(),
         )
+
+    def _fit_epoch(self) -> int:
+        """The epoch the attached trainer's fit loop is at (restored on resume), else 0."""
+        trainer = getattr(self, "trainer", None)
+        progress = getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None)
+        return int(progress.current.processed) if progress is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)

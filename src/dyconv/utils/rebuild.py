@@ -67,7 +67,10 @@ def load_trained_run(ckpt_path: str | os.PathLike) -> TrainedRun:
         raise ConfigError(f"ckpt_path={ckpt_path}: no such file ({path})")
     checkpoint = load_checkpoint(path)
     config = checkpoint_config(checkpoint, path)  # every _target_ checked before anything is built
-    model = instantiate(config["model"])
+    # The weights come from the checkpoint: a stored pretrained_backbone=true must not make dyconv
+    # fetch (and cache) other weights first.
+    model_cfg = {k: (False if k.startswith("pretrained") and v is True else v) for k, v in config["model"].items()}
+    model = instantiate(model_cfg)
     task_cfg = dict(config["task"])
     task_cfg["compile"] = False
     make_task = instantiate(task_cfg, _partial_=True, _convert_="all")

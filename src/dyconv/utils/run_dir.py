@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.errors import ConfigError, RunDirectoryError
+from dyconv.utils.files import atomic_write_text
 from dyconv.utils.run_state import read_completed
 
 __all__ = [
@@ -232,7 +233,8 @@ def prepare_run_dir(output_dir: Path, cfg: DictConfig) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(output_dir / "checkpoints")
     (output_dir / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(cfg, output_dir / ".hydra" / "resolved_config.yaml", resolve=True)
+    # Replaced, not written through: a link planted in a handed run folder is never followed.
+    atomic_write_text(output_dir / ".hydra" / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     launch = keep_launch_config(output_dir)
     for name in ("metrics.json", "completed.json"):
         if (output_dir / name).is_file() and launch is not None:
