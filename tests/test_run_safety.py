@@ -44,6 +44,27 @@ def test_second_lock_is_refused_with_the_holders_pid_and_freed_when_the_holder_d
         RunLock(tmp_path).acquire()  # and a second lock in the same process is refused too
 
 
+def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path):
+    """A launch killed with its DataLoader workers still alive: the relaunch gets the lock at once."""
+    code = ("import os, sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "child = os.fork()\n"
+            "if child == 0: open(sys.argv[2], 'w').close(); time.sleep(60); os._exit(0)\n"
+            "print(child, flush=True); time.sleep(60)")
+    forked = tmp_path.parent / f"{tmp_path.name}.forked"  # the child is running (past its fork hooks)
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(forked)], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not forked.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        holder.kill()
+        holder.wait()
+        RunLock(tmp_path).acquire().release()  # the orphaned child is still sleeping
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_second_launch_into_a_running_run_directory_is_refused(cli, tmp_path):
     run_dir = tmp_path / "run"
     code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "

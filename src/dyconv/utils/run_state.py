@@ -45,6 +45,23 @@ COMPLETED_FILE = "completed.json"
 _HYDRA_STUB = {".hydra", "config.yaml", "hydra.yaml", "overrides.yaml"}
 
 
+#: Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its
+#: copies: an flock belongs to the open file, so a worker orphaned by a killed launch would
+#: otherwise keep the run directory locked until it noticed (seconds), refusing the relaunch.
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunLock:
     """Exclusive lock on a run directory for one launch (``with RunLock(dir): ...``).
 
@@ -77,16 +94,19 @@ class RunLock:
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
 
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            if self._fd in _HELD_FDS:  # not in a forked child, whose copy is already closed
+                _HELD_FDS.discard(self._fd)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> RunLock:
