@@ -4,13 +4,14 @@ computes at batch 1 and 5, on a simple CNN (a real run), a ResNet and a MobileNe
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from dyconv.errors import ConfigError
-from dyconv.export import export_checkpoint
+from dyconv.export import ExportError, export_checkpoint, run_export
 from dyconv.layers import dynamic_layers
 from dyconv.utils.rebuild import load_trained_run
 from trained import make_checkpoint, real_run
@@ -159,3 +160,70 @@ def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path):
         expected = model(x)
     (out,) = session.run(None, {"image": x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- an export never replaces another by accident
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """Two checkpoints of one small run (dy_simple_cnn, different weights)."""
+    folder = tmp_path_factory.mktemp("two_checkpoints") / "checkpoints"
+    return (
+        make_checkpoint(folder / "last.ckpt", ["model=dy_simple_cnn"]),
+        make_checkpoint(folder / "epoch_000.ckpt", ["model=dy_simple_cnn"], seed=1),
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file in ``folder`` (temporary ones too), by name."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _export_command(*overrides: str):
+    """The config ``python -m dyconv.export overrides...`` runs ``run_export`` with."""
+    from hydra import compose, initialize_config_dir
+
+    from dyconv.cli import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("export", overrides=list(overrides))
+
+
+def test_a_second_export_to_the_same_file_is_refused_unless_overwrite(two_checkpoints, tmp_path):
+    """Another checkpoint exported to the same output stops before exporting and leaves the first
+    file and its .json byte for byte; ``overwrite=true`` replaces both."""
+    first, second = two_checkpoints
+    out = tmp_path / "model.onnx"
+    run_export(_export_command(f"ckpt_path={first}", f"output={out}", "batch=1"))
+    before = _files(tmp_path)
+    assert set(before) == {"model.onnx", "model.onnx.json"}
+    refused = rf"{re.escape(str(out))} already exists .* output=<other path> .* overwrite=true to replace it"
+    with pytest.raises(ConfigError, match=refused):
+        run_export(_export_command(f"ckpt_path={second}", f"output={out}", "batch=1"))
+    assert _files(tmp_path) == before
+    run_export(_export_command(f"ckpt_path={second}", f"output={out}", "batch=1", "overwrite=true"))
+    after = _files(tmp_path)
+    assert set(after) == set(before) and after["model.onnx"] != before["model.onnx"]
+    assert json.loads(after["model.onnx.json"])["checkpoint"] == str(second)
+
+
+def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_path, monkeypatch):
+    """The new file is verified under a temporary name first: one that computes something else
+    (here: PyTorch's reference shifted by 1) is discarded, even with ``overwrite=true``; the
+    previous file and .json stay byte for byte, no temporary file is left, the error says so."""
+    import dyconv.export as export
+
+    first, second = two_checkpoints
+    out = tmp_path / "model.onnx"
+    export_checkpoint(first, "onnx", out, batch=1)
+    before = _files(tmp_path)
+    verify = export.verify_export
+    monkeypatch.setattr(export, "verify_export", lambda model, *a, **k: verify(lambda x: model(x) + 1, *a, **k))
+    kept = rf"differs from PyTorch at batch 1: .*; it was discarded, the previous {re.escape(str(out))} and its .json"
+    with pytest.raises(ExportError, match=kept + " were kept"):
+        export_checkpoint(second, "onnx", out, batch=1, overwrite=True)
+    assert _files(tmp_path) == before
+    with pytest.raises(ExportError, match=f"nothing was written to {re.escape(str(tmp_path / 'new.onnx'))}"):
+        export_checkpoint(second, "onnx", tmp_path / "new.onnx", batch=1)
+    assert _files(tmp_path) == before

@@ -20,6 +20,12 @@ differ beyond ``atol + rtol * |expected|``.
 Next to the model (``<run dir>/export/model.<ext>`` by default) goes ``model.<ext>.json``: input name
 and shape, normalisation, class count, opset, versions and the measured differences.
 
+An existing export is never replaced by accident: if the output file (or its ``.json``) exists the
+export stops before anything is written; pass ``output=<other path>``, or ``overwrite=true`` to
+replace it. The file is written and verified under a temporary name in the same folder and only
+then moved into place (its ``.json`` after it), so a failed export or verification leaves the
+previous file and its ``.json`` as they were.
+
 ``format=torchscript`` is best effort: TorchScript is deprecated in torch 2.14; ``torch.jit.script``
 works for the dyconv layers, and the export fails with a clear message for a model it cannot script.
 """
@@ -29,6 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +50,7 @@ from torch import nn
 from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
 from dyconv.errors import ConfigError, DyconvError
 from dyconv.layers.dynamic_conv import DynamicConvNd, export_batch
+from dyconv.utils.files import atomic_write_text
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
 
@@ -125,6 +134,13 @@ def _input_size(data_config: Mapping[str, Any], image_size: int | None) -> tuple
     if side < 1:
         raise ConfigError(f"image_size must be >= 1, got {side}")
     return int(side), int(side)
+
+
+def _existing_outputs(path: Path, fmt: str) -> list[Path]:
+    """The files an export to ``path`` would replace: the model, its ``.json`` and, for ONNX, a
+    ``.data`` external-weights file."""
+    names = [path.name, path.name + ".json"] + ([path.name + ".data"] if fmt == "onnx" else [])
+    return [path.with_name(n) for n in names if os.path.lexists(path.with_name(n))]
 
 
 def _onnx_external_data(model: nn.Module) -> bool:
@@ -362,9 +378,14 @@ def export_checkpoint(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint's network (``batch``: None for any batch, or a fixed batch size, see
-    :func:`export_model`); returns the metadata also written to ``<output>.json``."""
+    :func:`export_model`); returns the metadata also written to ``<output>.json``.
+
+    Raises :class:`ConfigError` before exporting if ``output`` (or its ``.json``) exists, unless
+    ``overwrite``. The file is exported and verified in a temporary folder beside ``output`` and
+    then moved into place, so a failure leaves any previous file and ``.json`` untouched."""
     import dyconv
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
@@ -378,13 +399,45 @@ def export_checkpoint(
     h, w = _input_size(data, image_size)
     path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / f"model{FORMATS[fmt]}"
     path = path.expanduser().absolute()
+    meta_path = path.with_name(path.name + ".json")
+    existing = _existing_outputs(path, fmt)
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{existing[0]} already exists (an earlier export) and was kept; nothing was exported. Pass "
+            f"output=<other path> to export next to it, or overwrite=true to replace it"
+        )
     example = torch.randn(2, channels, h, w)  # batch 2: a batch of 1 would be specialised
-    log.info("Exporting %s (%s) to %s", run.config.get("model", {}).get("name"), fmt, path)
     if max_batch < 2 and batch is None:
         raise ConfigError(f"max_batch must be >= 2 (the batch dimension is dynamic), got {max_batch}")
-    info = export_model(model, example, path, fmt, opset=opset, max_batch=max_batch, batch=batch, fold_bn=fold_bn)
-    batches = VERIFY_BATCHES if batch is None else (batch,)
-    diffs = verify_export(model, path, fmt, (channels, h, w), batches=batches, rtol=rtol, atol=atol) if verify else {}
+    log.info("Exporting %s (%s) to %s", run.config.get("model", {}).get("name"), fmt, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Exported and verified under its final name in a private folder beside it (the same file
+    # system: the moves are atomic; an ONNX external-data file keeps the name the graph refers to).
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed process that had the same id
+    side_files: list[Path] = []
+    try:
+        staging.mkdir()
+        staged = staging / path.name
+        info = export_model(model, example, staged, fmt, opset=opset, max_batch=max_batch, batch=batch, fold_bn=fold_bn)
+        batches = VERIFY_BATCHES if batch is None else (batch,)
+        try:
+            shape = (channels, h, w)
+            diffs = verify_export(model, staged, fmt, shape, batches=batches, rtol=rtol, atol=atol) if verify else {}
+        except ExportError as e:
+            kept = f"the previous {path} and its .json were kept" if existing else f"nothing was written to {path}"
+            raise ExportError(f"{str(e).replace(str(staged), 'the exported file')}; it was discarded, {kept}") from e
+        if not overwrite and _existing_outputs(path, fmt):  # another export finished meanwhile
+            raise ConfigError(f"{path} appeared while exporting (another export?) and was kept; nothing was written")
+        side_files = [f for f in staging.iterdir() if f.name != path.name]  # ONNX external data
+        for f in side_files:
+            os.replace(f, path.with_name(f.name))
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    stale = path.with_name(path.name + ".data")
+    if fmt == "onnx" and not side_files and stale.exists():  # the replaced file's external weights
+        stale.unlink()
 
     segmentation = run.task.kind == "segmentation"
     num_classes = int(data.get("num_classes") or 0) or None
@@ -407,8 +460,7 @@ def export_checkpoint(
         "dyconv_version": dyconv.__version__,
         "torch_version": torch.__version__,
     }
-    meta_path = path.with_name(path.name + ".json")
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     meta["metadata_file"] = str(meta_path)
     meta["path"] = str(path)
     return meta
@@ -430,6 +482,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         max_batch=int(cfg.max_batch),
         batch=None if cfg.get("batch") is None else int(cfg.batch),
         fold_bn=bool(cfg.get("fold_bn", True)),
+        overwrite=bool(cfg.get("overwrite", False)),
     )
     shape = "x".join(str(s) for s in meta["input"]["shape"])
     lines = [f"Exported {meta['model']} ({fmt}) to {meta['path']}", f"Input '{INPUT_NAME}': {shape} float32"]
@@ -457,7 +510,8 @@ def main() -> None:
 
     quiet_console()
     require_ckpt_path(
-        "python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N] [batch=B]"
+        "python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N] [batch=B] "
+        "[overwrite=true]"
     )
     _main()
 
