@@ -115,3 +115,26 @@ def test_report_of_an_ablation_compares_each_value_with_the_first(tmp_path, caps
 def test_report_refuses_a_directory_without_jobs(tmp_path):
     with pytest.raises(SystemExit, match="holds no sweep jobs"):
         build_report(tmp_path)
+
+
+def test_report_shows_overrides_verbatim_and_resolves_nothing(tmp_path, monkeypatch):
+    """A handed sweep folder's ``.hydra/overrides.yaml`` is data: an interpolation in it is shown as
+    written, never resolved (``${oc.env:...}`` would put an environment variable into the report)."""
+    monkeypatch.setenv("DYCONV_TEST_SECRET", "hunter2-do-not-leak")
+    sweep = tmp_path / "handed"
+    leak = "+leak=${oc.env:DYCONV_TEST_SECRET}"
+    for num, (overrides, acc) in enumerate([(["model=resnet10", leak], 0.9), (["model=resnet10", "+leak=x"], 0.8)]):
+        job = sweep / f"job{num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text("".join(f'- "{o}"\n' for o in overrides))
+        (job / "metrics.json").write_text(json.dumps({"test/acc": acc}))
+        (job / "job_status.json").write_text(json.dumps({"status": "completed", "num": num}))  # no overrides
+    result = build_report(sweep)
+    csv_path, md_path = write_summary(sweep)
+    for path in (result["report"], result["csv"], csv_path, md_path):
+        text = path.read_text()
+        assert "hunter2" not in text, path.name
+    assert "leak=${oc.env:DYCONV_TEST_SECRET}" in result["report"].read_text()
+    assert "${oc.env:DYCONV_TEST_SECRET}" in result["csv"].read_text()
+    with open(csv_path, newline="") as f:
+        assert next(csv.DictReader(f))["overrides"] == f"model=resnet10 {leak}"

@@ -6,6 +6,11 @@ Each job's directory holds ``.hydra/overrides.yaml`` (what defines it), ``metric
 ``time/fit_s``) and ``job_status.json`` (written by the callback when the job ends: completed or
 failed, with the error). :func:`collect_jobs` reads them back, so a summary can also be rebuilt
 later for any sweep directory (``python -m dyconv.report <dir>`` does when it is missing).
+
+A relaunch of a sweep whose job the run directory refuses (:class:`~dyconv.errors.RunDirectoryError`:
+the folder already holds checkpoints, or another launch holds its lock) never started: it leaves
+the job's recorded status, error and results as they were and is only noted in the record
+(``refused_relaunch``) and in ``summary.md``.
 """
 
 from __future__ import annotations
@@ -44,12 +49,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _overrides(job_dir: Path) -> list[str]:
-    from omegaconf import OmegaConf
+    """The job's overrides as written in ``.hydra/overrides.yaml``, verbatim: the file is read as
+    plain YAML data, so a ``${...}`` in it (a handed sweep folder's) is text, never resolved."""
+    import yaml
 
     try:
-        return [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
-    except Exception:
+        data = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
         return []
+    if not isinstance(data, list):
+        return []
+    return [str(o) for o in data]
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -61,20 +71,26 @@ def split_override(override: str) -> tuple[str, str]:
 def collect_jobs(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One record per job directory under ``sweep_dir``: ``job`` (its folder), ``num``, ``status``
     (``completed``, ``failed``, or ``incomplete`` when it never reported: killed or running),
-    ``overrides`` (list), ``error`` and ``metrics`` (dict)."""
+    ``overrides`` (list), ``error``, ``metrics`` (dict) and ``refused`` (the error of the last
+    relaunch the run directory refused, which changed nothing; ``""`` if none)."""
     sweep_dir = Path(sweep_dir)
     jobs = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
         status = _read_json(job_dir / STATUS_FILE)
         metrics = _read_json(job_dir / "metrics.json")
+        refused = status.get("refused_relaunch")
+        overrides = status.get("overrides")
+        if not (isinstance(overrides, list) and overrides and all(isinstance(o, str) for o in overrides)):
+            overrides = _overrides(job_dir)
         jobs.append({
             "job": job_dir.name,
             "num": status.get("num"),
             "status": status.get("status", "incomplete"),
-            "overrides": status.get("overrides") or _overrides(job_dir),
+            "overrides": overrides,
             "error": status.get("error", ""),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "refused": str(refused.get("error", "")) if isinstance(refused, dict) else "",
         })
     jobs.sort(key=lambda j: (j["num"] is None, j["num"] if j["num"] is not None else 0, j["job"]))
     return jobs
@@ -145,30 +161,59 @@ def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     if failed:
         lines += ["", "Failed or incomplete jobs:", ""]
         lines += [f"- `{r['job']}` ({r['status']}): {_fmt(r['error']) or 'no error recorded'}" for r in failed]
+    refused = [j for j in jobs if j.get("refused")]
+    if refused:
+        lines += ["", "Relaunches the run directory refused (they changed nothing: each job keeps its status "
+                      "and results above):", ""]
+        lines += [f"- `{j['job']}` ({j['status']}): {_fmt(j['refused'])}" for j in refused]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
+def _job_record(out: Path, job_return: Any) -> dict[str, Any]:
+    """What ``job_status.json`` holds after this job ended. A launch the run directory refused
+    (:class:`~dyconv.errors.RunDirectoryError`, raised before anything is written: checkpoints
+    already there, or another launch holds the lock) keeps the job's earlier record (status,
+    error, finish time) and only notes the refusal; without one, a run directory that finished
+    (``completed.json``) stays completed."""
+    from hydra.core.utils import JobStatus
+
+    from dyconv.errors import RunDirectoryError
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    status = "completed" if job_return.status == JobStatus.COMPLETED else "failed"
+    error = ""
+    err = job_return._return_value if status == "failed" else None
+    if status == "failed":
+        text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+        error = next(iter(text.strip().splitlines()), "")  # its first line
+    record = {"status": status, "num": job_return.hydra_cfg.hydra.job.get("num"),
+              "overrides": list(job_return.overrides or []), "error": error, "finished": now}
+    if not isinstance(err, RunDirectoryError):
+        return record
+    refusal = {"error": error, "at": now}
+    earlier = _read_json(out / STATUS_FILE)
+    if earlier.get("status") in ("completed", "failed"):
+        return {**earlier, "refused_relaunch": refusal}
+    from dyconv.utils.run_state import read_completed
+
+    done = read_completed(out)
+    if done is not None:  # finished, but its status was never recorded (killed right after)
+        return {**record, "status": "completed", "error": "", "finished": str(done.get("finished", now)),
+                "refused_relaunch": refusal}
+    return record  # nothing recorded before (e.g. a killed job's checkpoints): the refusal is its status
+
+
 class SweepSummary(Callback):
     """Hydra callback: each job records its status and refreshes the sweep's summary; the end of
-    the multirun writes it once more."""
+    the multirun writes it once more. A relaunch refused by the run directory (see
+    :func:`_job_record`) never replaces a job's recorded status or results."""
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
         try:
             out = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
-            status = "completed" if job_return.status == JobStatus.COMPLETED else "failed"
-            error = ""
-            if status == "failed":
-                err = job_return._return_value
-                text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
-                error = next(iter(text.strip().splitlines()), "")  # its first line
-            record = {"status": status, "num": job_return.hydra_cfg.hydra.job.get("num"),
-                      "overrides": list(job_return.overrides or []), "error": error,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             if out.is_dir():
-                atomic_write_text(out / STATUS_FILE, json.dumps(record, indent=1))
+                atomic_write_text(out / STATUS_FILE, json.dumps(_job_record(out, job_return), indent=1))
             # Hydra skips on_multirun_end when a job failed (and a killed sweep never gets there):
             # the summary is brought up to date after every job, and once more at the end.
             from hydra.core.hydra_config import HydraConfig

@@ -1,0 +1,94 @@
+"""Job records of a multirun (``job_status.json``, written by :class:`dyconv.sweeps.SweepSummary`):
+a relaunch the run directory refuses changes no job's status or results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+
+from dyconv.errors import ConfigError, RunDirectoryError
+from dyconv.report import build_report
+from dyconv.sweeps import STATUS_FILE, SweepSummary, collect_jobs, write_summary
+
+QUIET = ["callbacks.progress_bar=null"]
+OVERRIDES = ["model=simple_cnn", "seed=1"]
+
+
+def _job_end(job_dir: Path, error: BaseException | None) -> dict:
+    """What the callback records when a job in ``job_dir`` ends with ``error`` (None: completed)."""
+    job_return = SimpleNamespace(
+        status=JobStatus.COMPLETED if error is None else JobStatus.FAILED,
+        _return_value=error if error is not None else {"test/acc": 0.5},
+        overrides=OVERRIDES,
+        hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job_dir)}, "job": {"num": 3}}}),
+    )
+    SweepSummary().on_job_end(None, job_return)  # outside a multirun: the job record only
+    return json.loads((job_dir / STATUS_FILE).read_text())
+
+
+@pytest.fixture
+def job_dir(tmp_path) -> Path:
+    job = tmp_path / "sweep" / ",".join(OVERRIDES)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in OVERRIDES))
+    return job
+
+
+LOCKED = RunDirectoryError("run directory x is in use by another launch (PID 1 on h, since t)")
+
+
+def test_a_relaunch_the_run_directory_refuses_keeps_the_completed_record(job_dir):
+    (job_dir / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    first = _job_end(job_dir, None)
+    assert first["status"] == "completed"
+    record = _job_end(job_dir, LOCKED)
+    assert {k: record[k] for k in first} == first  # status, error, finish time: the first launch's
+    assert record["refused_relaunch"]["error"].startswith("RunDirectoryError: run directory x is in use")
+    (job,) = collect_jobs(job_dir.parent)
+    assert (job["status"], job["error"], job["metrics"]) == ("completed", "", {"test/acc": 0.5})
+    assert "in use by another launch" in job["refused"]
+    md = write_summary(job_dir.parent)[1].read_text()
+    assert "1 jobs, 1 completed, 0 failed" in md and "Relaunches the run directory refused" in md
+
+
+def test_a_refused_relaunch_of_a_finished_run_without_a_record_is_completed(job_dir):
+    """A job killed after it finished (completed.json) but before its record was written."""
+    (job_dir / "completed.json").write_text(json.dumps({"finished": "2024-01-02T03:04:05"}))
+    record = _job_end(job_dir, RunDirectoryError("already holds checkpoints"))
+    assert (record["status"], record["error"], record["finished"]) == ("completed", "", "2024-01-02T03:04:05")
+
+
+def test_other_failures_and_refusals_without_a_result_are_recorded_as_failed(job_dir):
+    assert _job_end(job_dir, RunDirectoryError("already holds checkpoints"))["status"] == "failed"  # e.g. killed
+    _job_end(job_dir, None)
+    record = _job_end(job_dir, ConfigError("optimizer.lr must be > 0"))  # not a refusal: this launch failed
+    assert (record["status"], record["error"]) == ("failed", "ConfigError: optimizer.lr must be > 0")
+    assert "refused_relaunch" not in record
+
+
+@pytest.mark.slow
+def test_relaunching_a_finished_multirun_keeps_its_completed_jobs(cli, tmp_path):
+    """The same sweep twice: the second launch is refused (the job folder holds checkpoints), the
+    job stays completed with its metrics, and the summary and report still show it."""
+    args = ["train", "-m", *QUIET, "data.splits=[64,32,32]", "trainer.max_epochs=1", "model=simple_cnn"]
+    cli(*args)
+    sweep = tmp_path / "logs" / "train" / "multiruns" / "sweep"
+    (job,) = [p for p in sweep.iterdir() if p.is_dir()]
+    metrics = (job / "metrics.json").read_text()
+    again = cli(*args, check=False)
+    assert again.returncode != 0 and "already holds checkpoints" in again.stdout + again.stderr
+    status = json.loads((job / STATUS_FILE).read_text())
+    assert status["status"] == "completed" and "already holds checkpoints" in status["refused_relaunch"]["error"]
+    assert (job / "metrics.json").read_text() == metrics
+    with open(sweep / "summary.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed"]
+    md = (sweep / "summary.md").read_text()
+    assert "1 jobs, 1 completed, 0 failed or incomplete" in md and "already holds checkpoints" in md
+    report = build_report(sweep)  # python -m dyconv.report, in-process
+    assert [g.n for g in report["groups"]] == [1] and "1 completed, 0 failed" in report["text"]
