@@ -227,3 +227,19 @@ def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_pa
     with pytest.raises(ExportError, match=f"nothing was written to {re.escape(str(tmp_path / 'new.onnx'))}"):
         export_checkpoint(second, "onnx", tmp_path / "new.onnx", batch=1)
     assert _files(tmp_path) == before
+
+
+def test_the_readme_export_commands_write_two_files(two_checkpoints):
+    """README: ``format=onnx`` then ``batch=1``, both to the default place: two files, no refusal."""
+    first, _ = two_checkpoints
+    export_dir = first.parent.parent / "export"
+    run_export(_export_command(f"ckpt_path={first}", "format=onnx"))
+    run_export(_export_command(f"ckpt_path={first}", "format=onnx", "batch=1"))
+    assert sorted(p.name for p in export_dir.iterdir()) == [
+        "model.onnx", "model.onnx.json", "model_batch1.onnx", "model_batch1.onnx.json"]
+
+
+def test_negative_tolerances_are_refused_before_exporting(two_checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match="rtol and atol must be >= 0"):
+        run_export(_export_command(f"ckpt_path={two_checkpoints[0]}", f"output={tmp_path / 'm.onnx'}", "atol=-1"))
+    assert not any(tmp_path.iterdir())

@@ -390,6 +390,8 @@ def export_checkpoint(
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
     _check_format(fmt)
+    if not (rtol >= 0 and atol >= 0):  # also NaN: a check that can never pass
+        raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     if opset is not None and fmt != "onnx":
         raise ConfigError(f"opset applies to format=onnx only (got format={fmt})")
     run = load_trained_run(ckpt_path)
@@ -397,7 +399,9 @@ def export_checkpoint(
     data = run.config.get("data", {})
     channels = int(data.get("in_channels") or 3)
     h, w = _input_size(data, image_size)
-    path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / f"model{FORMATS[fmt]}"
+    # A fixed-batch file is another file: exporting both (README) needs no output=.
+    default_name = f"model{'' if batch is None else f'_batch{batch}'}{FORMATS[fmt]}"
+    path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / default_name
     path = path.expanduser().absolute()
     meta_path = path.with_name(path.name + ".json")
     existing = _existing_outputs(path, fmt)
