@@ -287,3 +287,21 @@ def test_train_false_tests_the_checkpoint_it_is_given(cli, tmp_path, tmp_path_fa
     for key in ("test/acc", "test/loss"):
         assert tested[key] == pytest.approx(trained[key], rel=1e-6), key
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_launch_that_does_not_run_leaves_the_runs_hydra_files(cli, tmp_path, tmp_path_factory):
+    """Hydra writes .hydra/{config,overrides,hydra}.yaml before the job runs: a relaunch that is
+    refused (or finds the run finished) puts the run's own files back."""
+    import shutil
+
+    from trained import real_run
+
+    run = tmp_path / "run"
+    shutil.copytree(real_run(tmp_path_factory.getbasetemp()), run)
+    hydra_files = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir() if p.is_file()}
+    common = ["data.splits=[256,64,64]", "callbacks.progress_bar=null", "logger=[]", f"hydra.run.dir={run}"]
+    refused = cli("train", *common, "optimizer.lr=0.5", check=False)
+    assert refused.returncode != 0 and "already holds checkpoints" in refused.stderr
+    finished = cli("train", *common, "trainer.max_epochs=1", "ckpt_path=last")
+    assert "already finished" in finished.stdout
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir() if p.is_file()} == hydra_files

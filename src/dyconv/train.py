@@ -171,13 +171,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         validate_config(cfg)
         _check_multirun_ddp(cfg)
     # Only the launching process (rank 0) locks: the ranks it starts share the directory.
-    with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
-        run = _Run(cfg, output_dir, rank)
-        with remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
-            finished = run.check_and_load()  # resume checks, data, model: nothing written yet
-        if finished is not None:
-            return finished
-        return run.fit_and_test()
+    launched = False
+    try:
+        with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
+            run = _Run(cfg, output_dir, rank)
+            with remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
+                finished = run.check_and_load()  # resume checks, data, model: nothing written yet
+            if finished is not None:
+                return finished
+            launched = True  # fit_and_test records this launch first (prepare_run_dir)
+            return run.fit_and_test()
+    finally:
+        if rank == 0 and not launched and output_dir.is_dir():
+            # Hydra rewrote .hydra/ for this launch before it was refused or stopped: the run's
+            # own record (its latest launch) goes back.
+            from dyconv.utils.run_dir import restore_launch_files
+
+            restore_launch_files(output_dir)
 
 
 class _Run:

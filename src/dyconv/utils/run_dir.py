@@ -30,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "prepare_run_dir",
     "resolve_ckpt_path",
+    "restore_launch_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,22 +169,61 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) ->
     return diffs
 
 
-def keep_launch_config(output_dir: Path) -> Path | None:
-    """Copy Hydra's ``.hydra/`` files of this launch to ``.hydra/launches/<time>/`` so relaunches
-    (resumes) of one run directory keep every launch's config and overrides."""
+_LAUNCH_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
+
+
+def _this_launch_files(cfg: DictConfig | None) -> dict[str, str]:
+    """This launch's Hydra files, from memory (what this process was started with). Hydra
+    writes them into ``.hydra/`` before the job runs, so another launch into the same folder (a
+    refused one, or one started a moment later) may have replaced them on disk since."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg is None or not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+    }
+
+
+def keep_launch_config(output_dir: Path, cfg: DictConfig | None = None) -> Path | None:
+    """Record this launch's Hydra files in ``.hydra/launches/<time>/`` (and as ``.hydra/*.yaml``,
+    the latest launch), so relaunches (resumes) of one run directory keep every launch's config
+    and overrides. Written from memory when Hydra runs the job (see :func:`_this_launch_files`),
+    else copied from ``.hydra/``."""
     hydra_dir = output_dir / ".hydra"
     if not hydra_dir.is_dir():
         return None
+    texts = _this_launch_files(cfg)
+    for name, text in texts.items():
+        atomic_write_text(hydra_dir / name, text)
     dest = hydra_dir / "launches" / time.strftime("%Y-%m-%d_%H-%M-%S")
     n = 1
     while dest.exists():
         dest = dest.with_name(f"{dest.name.split('+')[0]}+{n}")
         n += 1
     dest.mkdir(parents=True)
-    for name in ("config.yaml", "overrides.yaml", "hydra.yaml", "resolved_config.yaml"):
+    for name in (*_LAUNCH_FILES, "resolved_config.yaml"):
         if (hydra_dir / name).is_file():
             shutil.copy2(hydra_dir / name, dest / name)
     return dest
+
+
+def restore_launch_files(output_dir: Path) -> bool:
+    """Put the latest recorded launch's Hydra files back in ``.hydra/`` (Hydra rewrote them for a
+    launch that then did not run: refused, failed its checks, or found the run finished).
+    Returns whether there was a recorded launch to restore."""
+    launches = output_dir / ".hydra" / "launches"
+    recorded = [d for d in launches.iterdir() if d.is_dir()] if launches.is_dir() else []
+    if not recorded:
+        return False
+    latest = max(recorded, key=lambda d: (d.stat().st_mtime, d.name))
+    for name in _LAUNCH_FILES:
+        if (latest / name).is_file():
+            atomic_write_text(output_dir / ".hydra" / name, (latest / name).read_text())
+    return True
 
 
 def already_finished(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
@@ -235,7 +275,7 @@ def prepare_run_dir(output_dir: Path, cfg: DictConfig) -> None:
     (output_dir / ".hydra").mkdir(exist_ok=True)
     # Replaced, not written through: a link planted in a handed run folder is never followed.
     atomic_write_text(output_dir / ".hydra" / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    launch = keep_launch_config(output_dir)
+    launch = keep_launch_config(output_dir, cfg)
     for name in ("metrics.json", "completed.json"):
         if (output_dir / name).is_file() and launch is not None:
             os.replace(output_dir / name, launch / f"previous_{name}")
