@@ -81,7 +81,9 @@ def test_relaunching_a_finished_multirun_keeps_its_completed_jobs(cli, tmp_path)
     sweep = tmp_path / "logs" / "train" / "multiruns" / "sweep"
     (job,) = [p for p in sweep.iterdir() if p.is_dir()]
     metrics = (job / "metrics.json").read_text()
+    first_multirun = (sweep / "multirun.yaml").read_text()
     again = cli(*args, check=False)
+    assert [p.read_text() for p in (sweep / "multirun_history").iterdir()] == [first_multirun]
     assert again.returncode != 0 and "already holds checkpoints" in again.stdout + again.stderr
     status = json.loads((job / STATUS_FILE).read_text())
     assert status["status"] == "completed" and "already holds checkpoints" in status["refused_relaunch"]["error"]
@@ -92,3 +94,20 @@ def test_relaunching_a_finished_multirun_keeps_its_completed_jobs(cli, tmp_path)
     assert "1 jobs, 1 completed, 0 failed or incomplete" in md and "already holds checkpoints" in md
     report = build_report(sweep)  # python -m dyconv.report, in-process
     assert [g.n for g in report["groups"]] == [1] and "1 completed, 0 failed" in report["text"]
+
+
+def test_a_relaunch_keeps_the_previous_multirun_yaml(tmp_path):
+    """Hydra replaces a sweep folder's multirun.yaml at every launch into it (a relaunch, or
+    another sweep with the same sweep_name): the previous ones are kept, none overwritten."""
+    from omegaconf import OmegaConf
+
+    from dyconv.sweeps import HISTORY_DIR, SweepSummary
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    SweepSummary().on_multirun_start(config)  # a first sweep: nothing to keep
+    assert not (tmp_path / HISTORY_DIR).exists()
+    for text in ("first sweep\n", "second sweep\n"):
+        (tmp_path / "multirun.yaml").write_text(text)
+        SweepSummary().on_multirun_start(config)
+    kept = sorted(p.read_text() for p in (tmp_path / HISTORY_DIR).iterdir())
+    assert kept == ["first sweep\n", "second sweep\n"]

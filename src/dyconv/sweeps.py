@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "job_status.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+#: Earlier ``multirun.yaml`` files of the folder (relaunches, other sweeps with the same name).
+HISTORY_DIR = "multirun_history"
 #: Metrics shown in summary.md (summary.csv has every metric).
 _MD_METRICS = ("test/acc", "test/miou", "test/loss", "val/acc", "val/miou", "model/params", "model/gflops",
                "time/fit_s")
@@ -208,6 +211,24 @@ class SweepSummary(Callback):
     """Hydra callback: each job records its status and refreshes the sweep's summary; the end of
     the multirun writes it once more. A relaunch refused by the run directory (see
     :func:`_job_record`) never replaces a job's recorded status or results."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """Hydra is about to replace the folder's ``multirun.yaml`` (a relaunch, or another sweep
+        with the same ``sweep_name``): the previous one is kept in ``multirun_history/``."""
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            previous = sweep_dir / "multirun.yaml"
+            if not previous.is_file():
+                return
+            history = sweep_dir / HISTORY_DIR
+            history.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(previous.stat().st_mtime))
+            dest, n = history / f"multirun_{stamp}.yaml", 1
+            while dest.exists():
+                dest, n = history / f"multirun_{stamp}+{n}.yaml", n + 1
+            shutil.copy2(previous, dest)
+        except Exception as e:  # keeping history must never stop the sweep
+            log.warning("could not keep the previous multirun.yaml: %s", e)
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         try:
