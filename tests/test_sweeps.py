@@ -54,7 +54,7 @@ def test_a_relaunch_the_run_directory_refuses_keeps_the_completed_record(job_dir
     assert (job["status"], job["error"], job["metrics"]) == ("completed", "", {"test/acc": 0.5})
     assert "in use by another launch" in job["refused"]
     md = write_summary(job_dir.parent)[1].read_text()
-    assert "1 jobs, 1 completed, 0 failed" in md and "Relaunches the run directory refused" in md
+    assert "1 jobs, 1 completed, 0 failed" in md and "Relaunches that did not start" in md
 
 
 def test_a_refused_relaunch_of_a_finished_run_without_a_record_is_completed(job_dir):
@@ -70,6 +70,17 @@ def test_other_failures_and_refusals_without_a_result_are_recorded_as_failed(job
     record = _job_end(job_dir, ConfigError("optimizer.lr must be > 0"))  # not a refusal: this launch failed
     assert (record["status"], record["error"]) == ("failed", "ConfigError: optimizer.lr must be > 0")
     assert "refused_relaunch" not in record
+
+
+def test_a_relaunch_stopped_by_its_checks_keeps_the_completed_record(job_dir):
+    """dyconv.train marks an error raised before the launch touched the run (its checks, the
+    lock): relaunching a finished sweep with, say, a dataset that moved keeps the job completed."""
+    first = _job_end(job_dir, None)
+    stopped = ConfigError("data.root=/gone: no such folder")
+    stopped.dyconv_not_started = True
+    record = _job_end(job_dir, stopped)
+    assert {k: record[k] for k in first} == first
+    assert record["refused_relaunch"]["error"] == "ConfigError: data.root=/gone: no such folder"
 
 
 @pytest.mark.slow
@@ -111,3 +122,26 @@ def test_a_relaunch_keeps_the_previous_multirun_yaml(tmp_path):
         SweepSummary().on_multirun_start(config)
     kept = sorted(p.read_text() for p in (tmp_path / HISTORY_DIR).iterdir())
     assert kept == ["first sweep\n", "second sweep\n"]
+
+
+def test_train_marks_an_error_raised_before_the_launch_touched_the_run(tmp_path):
+    """What the sweep summary relies on: dyconv.train's own checks failing (here a bad
+    max_epochs) raise an error marked ``dyconv_not_started``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import dyconv.train
+
+    with initialize_config_dir(dyconv.train.CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["trainer.max_epochs=0", "~logger", f"paths.log_dir={tmp_path}"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(ConfigError, match="max_epochs") as caught:
+            dyconv.train.train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert caught.value.dyconv_not_started is True

@@ -166,8 +166,8 @@ def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
         lines += [f"- `{r['job']}` ({r['status']}): {_fmt(r['error']) or 'no error recorded'}" for r in failed]
     refused = [j for j in jobs if j.get("refused")]
     if refused:
-        lines += ["", "Relaunches the run directory refused (they changed nothing: each job keeps its status "
-                      "and results above):", ""]
+        lines += ["", "Relaunches that did not start (refused by the run directory or stopped by their checks; they "
+                      "changed nothing: each job keeps its status and results above):", ""]
         lines += [f"- `{j['job']}` ({j['status']}): {_fmt(j['refused'])}" for j in refused]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
@@ -192,7 +192,9 @@ def _job_record(out: Path, job_return: Any) -> dict[str, Any]:
         error = next(iter(text.strip().splitlines()), "")  # its first line
     record = {"status": status, "num": job_return.hydra_cfg.hydra.job.get("num"),
               "overrides": list(job_return.overrides or []), "error": error, "finished": now}
-    if not isinstance(err, RunDirectoryError):
+    # A launch that never started (refused by the run directory, or stopped by its checks before
+    # anything was written: dyconv.train marks those) changed nothing of the job.
+    if not (isinstance(err, RunDirectoryError) or getattr(err, "dyconv_not_started", False)):
         return record
     refusal = {"error": error, "at": now}
     earlier = _read_json(out / STATUS_FILE)

@@ -167,12 +167,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     rank = process_rank()
     stub_files = (f"{cfg.get('task_name', 'train')}.log",)
-    with remove_stub_on_error(output_dir, rank, stub_files):
-        validate_config(cfg)
-        _check_multirun_ddp(cfg)
-    # Only the launching process (rank 0) locks: the ranks it starts share the directory.
     launched = False
     try:
+        with remove_stub_on_error(output_dir, rank, stub_files):
+            validate_config(cfg)
+            _check_multirun_ddp(cfg)
+        # Only the launching process (rank 0) locks: the ranks it starts share the directory.
         with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
             run = _Run(cfg, output_dir, rank)
             with remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
@@ -181,6 +181,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 return finished
             launched = True  # fit_and_test records this launch first (prepare_run_dir)
             return run.fit_and_test()
+    except BaseException as e:
+        if not launched:
+            # Nothing of the run was touched: the sweep summary keeps a finished job's record.
+            with contextlib.suppress(AttributeError, TypeError):
+                e.dyconv_not_started = True  # type: ignore[attr-defined]
+        raise
     finally:
         if rank == 0 and not launched and output_dir.is_dir():
             # Hydra rewrote .hydra/ for this launch before it was refused or stopped: the run's
