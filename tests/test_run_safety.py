@@ -108,6 +108,11 @@ def test_completion_record_and_stub_detection(tmp_path):
         (["scheduler=warmup_cosine", "scheduler.scheduler.warmup_steps=-3"], "warmup_steps must be a whole number"),
         (["scheduler=warmup_cosine", "scheduler.scheduler.warmup_steps=100"], "not both"),
         (["+trainer.limit_train_batches=0"], "trains nothing"),
+        (["trainer.max_epochs=abc"], "max_epochs must be a whole number, got 'abc'; e.g. trainer.max_epochs=10"),
+        (["trainer.max_epochs=1.5"], "trainer.max_epochs must be a whole number, got 1.5"),
+        (["optimizer.lr=abc"], "optimizer.lr must be a number, got 'abc'; e.g. optimizer.lr=0.05"),
+        (["data.batch_size=abc"], "data.batch_size must be a whole number, got 'abc'"),
+        (["deterministic=maybe"], "deterministic must be true, false or warn, got 'maybe'"),
     ],
 )
 def test_validate_config_refuses_before_anything_is_built(overrides, message):
@@ -249,3 +254,42 @@ def test_disk_full_anywhere_in_a_run_is_one_plain_line(tmp_path):
 
     with pytest.raises(SystemExit, match=f"error: .*no space left on device: {re.escape(str(tmp_path))}/metrics.json"):
         run_job(job, OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}))
+
+
+def test_user_errors_are_one_line_naming_the_cause_and_key():
+    """A value a target rejected, wrapped by Hydra's instantiation, and a Trainer setting Lightning
+    refused are user errors (one line, no traceback), worded by their cause."""
+    import lightning  # noqa: F401  (is_user_error looks at Lightning's exception only once it is loaded)
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from dyconv.cli import is_user_error, user_message
+
+    try:
+        try:
+            raise ConfigError("data.num_workers must be >= 0, got -1")
+        except ConfigError as cause:
+            raise InstantiationException("Error in call to target 'X':\nConfigError(...)\nfull_key: data") from cause
+    except InstantiationException as wrapped:
+        assert is_user_error(wrapped)
+        assert user_message(wrapped) == "data.num_workers must be >= 0, got -1 (in data)"
+    refused = MisconfigurationException("`Trainer(devices=0)` value is not a valid input")
+    assert is_user_error(refused) and user_message(refused) == str(refused)
+    try:
+        try:
+            raise refused
+        except MisconfigurationException as cause:
+            raise InstantiationException("Error in call to target 'Trainer':\nfull_key: trainer") from cause
+    except InstantiationException as wrapped:
+        assert is_user_error(wrapped)
+        assert user_message(wrapped) == "MisconfigurationException: " + str(refused) + " (in trainer)"
+    assert not is_user_error(RuntimeError("a bug"))
+
+
+def test_a_folder_given_as_ckpt_path_is_named_as_one(tmp_path):
+    from dyconv.utils.run_dir import resolve_ckpt_path
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"is a folder, not a checkpoint file: pass a \.ckpt inside it, e\.g\. "):
+        resolve_ckpt_path(str(tmp_path / "run"), tmp_path / "out")

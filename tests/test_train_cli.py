@@ -231,6 +231,7 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         (["model=resnet10", "+model.stme=small"], ["unexpected keyword argument 'stme'"]),
         (["seed=-1"], ["seed must be an integer in [0, 2**32 - 1]"]),
         (["ckpt_path=missing.ckpt"], ["ckpt_path=missing.ckpt: no such file"]),
+        (["trainer.devices=0"], ["Trainer(devices=0)", "(in trainer)"]),  # Lightning's check, before any write
     ],
 )
 def test_bad_input_fails_at_start_with_one_clear_message(cli, tmp_path, args, expected):

@@ -90,9 +90,9 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             log.exception("Job failed")
             raise
         if multirun:
-            log.error("%s", e)
+            log.error("%s", user_message(e))
             raise
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {user_message(e)}") from None
 
 
 def is_user_error(e: BaseException) -> bool:
@@ -100,8 +100,27 @@ def is_user_error(e: BaseException) -> bool:
         return True
     from hydra.errors import InstantiationException
 
-    # A config value or key the target rejected (Hydra's message names both).
-    return isinstance(e, InstantiationException) and isinstance(e.__cause__, (ValueError, TypeError))
+    wrapped = isinstance(e, InstantiationException)
+    if wrapped and isinstance(e.__cause__, (ValueError, TypeError, DyconvError)):
+        return True  # a config value or key the target rejected
+    if "lightning" in sys.modules:  # a Trainer setting Lightning refused (trainer.devices=0, ...)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        return isinstance(e.__cause__ if wrapped else e, MisconfigurationException)
+    return False
+
+
+def user_message(e: BaseException) -> str:
+    """One line for a user error: the cause a Hydra instantiation wrapped (with the config key
+    it came from), not the wrapper's "Error in call to target ..." first."""
+    from hydra.errors import InstantiationException
+
+    cause = e.__cause__
+    if not isinstance(e, InstantiationException) or cause is None:
+        return str(e)
+    key = next((line.split(":", 1)[1].strip() for line in str(e).splitlines() if line.startswith("full_key:")), "")
+    text = str(cause) if isinstance(cause, DyconvError) else f"{type(cause).__name__}: {cause}"
+    return f"{text} (in {key})" if key else text
 
 
 def require_ckpt_path(usage: str) -> None:

@@ -36,8 +36,30 @@ def _number(cfg: DictConfig, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+#: Keys whose value must be a whole number / a number (None, or absent, is fine), with an example.
+_INTEGER_KEYS = {"trainer.max_epochs": "trainer.max_epochs=10", "trainer.max_steps": "trainer.max_steps=1000",
+                 "data.batch_size": "data.batch_size=128", "data.eval_batch_size": "data.eval_batch_size=256",
+                 "data.num_workers": "data.num_workers=4"}
+_NUMBER_KEYS = {"optimizer.lr": "optimizer.lr=0.05", "optimizer.weight_decay": "optimizer.weight_decay=1e-4",
+                "optimizer.momentum": "optimizer.momentum=0.9"}
+
+
+def _check_types(cfg: DictConfig) -> None:
+    for keys, kinds, what in ((_INTEGER_KEYS, (int,), "a whole number"),
+                              (_NUMBER_KEYS, (int, float), "a number")):
+        for key, example in keys.items():
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ConfigError(f"{key} must be {what}, got {value!r}; e.g. {example}")
+    if OmegaConf.select(cfg, "deterministic", default=False) not in (True, False, "warn"):
+        raise ConfigError(f"deterministic must be true, false or warn, got {cfg.deterministic!r}")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Catch impossible settings before anything is built, with the fix in the message."""
+    _check_types(cfg)
     lr = _number(cfg, "optimizer.lr")
     if lr is not None and lr <= 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {lr}; e.g. optimizer.lr=0.05")
@@ -177,6 +199,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run = _Run(cfg, output_dir, rank)
             with remove_stub_on_error(output_dir, rank, (*stub_files, LOCK_FILE)):
                 finished = run.check_and_load()  # resume checks, data, model: nothing written yet
+                if finished is None:
+                    run.build()  # optimizer, task, callbacks, loggers, trainer: still nothing written
             if finished is not None:
                 return finished
             launched = True  # fit_and_test records this launch first (prepare_run_dir)
@@ -235,20 +259,16 @@ class _Run:
         self.model_stats = _model_stats(self.model, self.datamodule)
         return None
 
-    def fit_and_test(self) -> dict[str, float]:
+    def build(self) -> None:
+        """Optimizer, task, callbacks, loggers and Trainer: a setting they refuse (say
+        ``trainer.devices=0``) stops the launch before it writes anything into the run folder."""
         import lightning as L
         from hydra.utils import instantiate
         from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         from dyconv.utils.checkpoint_io import AtomicCheckpointIO
-        from dyconv.utils.files import atomic_write_text
-        from dyconv.utils.run_dir import prepare_run_dir
-        from dyconv.utils.run_state import write_completed
 
         cfg, output_dir = self.cfg, self.output_dir
-        if self.rank == 0:
-            prepare_run_dir(output_dir, cfg)
         optimizer = instantiate(cfg.optimizer)
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("scheduler") else None
         make_task = instantiate(cfg.task, _partial_=True, _convert_="all")
@@ -266,10 +286,6 @@ class _Run:
             if dropped:
                 log.info("No logger configured: dropping LearningRateMonitor")
                 callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        if self.ckpt_path is not None:
-            for lg in loggers:
-                if hasattr(lg, "truncate_after"):
-                    lg.truncate_after(self.resume_step)
 
         # The folders checkpoints may be deleted from (superseded best/last files): the
         # configured ModelCheckpoint folders, or Lightning's default under the run directory.
@@ -278,6 +294,24 @@ class _Run:
             cfg.trainer, callbacks=callbacks, logger=loggers or False,
             plugins=[AtomicCheckpointIO(checkpoint_dirs=checkpoint_dirs)],
         )
+        self.task, self.trainer, self.loggers = task, trainer, loggers
+
+    def fit_and_test(self) -> dict[str, float]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from dyconv.utils.files import atomic_write_text
+        from dyconv.utils.run_dir import prepare_run_dir
+        from dyconv.utils.run_state import write_completed
+
+        cfg, output_dir = self.cfg, self.output_dir
+        task, trainer, loggers = self.task, self.trainer, self.loggers
+        if self.rank == 0:
+            prepare_run_dir(output_dir, cfg)
+        if self.ckpt_path is not None:
+            for lg in loggers:
+                if hasattr(lg, "truncate_after"):
+                    lg.truncate_after(self.resume_step)
         if loggers:
             hparams = OmegaConf.to_container(cfg, resolve=True)
             for lg in trainer.loggers:

@@ -64,7 +64,9 @@ def load_trained_run(ckpt_path: str | os.PathLike) -> TrainedRun:
 
     path = Path(ckpt_path).expanduser().absolute()
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such file ({path})")
+        from dyconv.utils.run_dir import not_a_checkpoint_file
+
+        raise ConfigError(f"ckpt_path={ckpt_path}: {not_a_checkpoint_file(path)}")
     checkpoint = load_checkpoint(path)
     config = checkpoint_config(checkpoint, path)  # every _target_ checked before anything is built
     # The weights come from the checkpoint: a stored pretrained_backbone=true must not make dyconv

@@ -28,6 +28,7 @@ __all__ = [
     "config_differences",
     "keep_launch_config",
     "load_checkpoint",
+    "not_a_checkpoint_file",
     "prepare_run_dir",
     "resolve_ckpt_path",
     "restore_launch_files",
@@ -139,8 +140,18 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         return None
     path = Path(ckpt_path).expanduser().absolute()
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such file ({path}); pass an existing .ckpt or ckpt_path=last")
+        raise ConfigError(f"ckpt_path={ckpt_path}: {not_a_checkpoint_file(path)}; pass an existing .ckpt or "
+                          "ckpt_path=last")
     return str(path)
+
+
+def not_a_checkpoint_file(path: Path) -> str:
+    """Why ``path`` (not a file) cannot be a checkpoint, with the file to pass when it is a folder."""
+    if not path.is_dir():
+        return f"no such file ({path})"
+    inside = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)
+    hint = f", e.g. {inside}" if inside else ""
+    return f"{path} is a folder, not a checkpoint file: pass a .ckpt inside it{hint}"
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
