@@ -71,3 +71,50 @@ def test_odconv_models_pair_with_their_static_twin():
            "m": {"params": 1e6, "flops": 2e9, "latency_ms": 2.0, "train_ms": 10.0},
            "od_m": {"params": 2e6, "flops": 3e9, "latency_ms": 3.0, "train_ms": 15.0}}
     assert "| m / od_m | 3x8x8 | 1.00 / 2.00 | 2.00x |" in format_table([row])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models="], "models is empty"),
+        (["models=[]"], "models is empty"),
+        (["models=nonexistent"], "unknown model 'nonexistent'"),
+        (["tune_malloc=maybe"], "tune_malloc: expected a boolean, got 'maybe'"),
+        (["threads=true"], "threads must be an integer >= 1, got True"),
+    ],
+)
+def test_parse_args_refuses_bad_options_in_one_line(args, message):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(args)
+    text = str(exc.value.code)
+    assert text.startswith("dyconv.profile: ") and message in text and "\n" not in text
+
+
+def test_profile_refuses_an_input_size_a_model_cannot_take_in_one_line(capsys):
+    from dyconv.profile import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["models=simple_cnn", "size=1", "rounds=1", "batch=2", "--no-tune-malloc"])
+    text = str(exc.value.code)
+    assert text.startswith("dyconv.profile: simple_cnn cannot take a 1x1x1 input (size=1)") and "\n" not in text
+
+
+def test_profile_checks_out_before_any_work_and_writes_it_atomically(tmp_path, capsys, monkeypatch):
+    from dyconv import profile
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        profile.main(["models=simple_cnn", "rounds=1", "batch=2", "--no-tune-malloc", f"out={blocker}/sub/p.md"])
+    assert f"{blocker} is a file, not a folder" in str(exc.value.code)
+    assert "building" not in capsys.readouterr().err  # refused before profiling anything
+
+    written = []
+    import dyconv.utils.files as files
+
+    real = files.atomic_write_text
+    monkeypatch.setattr(files, "atomic_write_text", lambda p, t: written.append(p) or real(p, t))
+    out = tmp_path / "p.md"
+    out.write_text("old")
+    profile.main(["models=simple_cnn", "rounds=1", "batch=2", "--no-tune-malloc", f"out={out}"])
+    assert written == [str(out)] and "| simple_cnn / dy_simple_cnn |" in out.read_text()

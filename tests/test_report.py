@@ -138,3 +138,46 @@ def test_report_shows_overrides_verbatim_and_resolves_nothing(tmp_path, monkeypa
     assert "${oc.env:DYCONV_TEST_SECRET}" in result["csv"].read_text()
     with open(csv_path, newline="") as f:
         assert next(csv.DictReader(f))["overrides"] == f"model=resnet10 {leak}"
+
+
+def test_report_groups_a_requeued_job_with_its_seeds_by_the_folder_name_keys(tmp_path):
+    """A relaunch with ckpt_path=last (a requeue) and keys Hydra leaves out of the job folder's
+    name (the job's exclude_keys, else the project's default list) define no group."""
+    sweep = tmp_path / "sweep"
+    base = ["model=resnet10", "model.width_mult=0.25"]
+    _job(sweep, 0, [*base, "seed=0"], {"test/acc": 0.90})
+    _job(sweep, 1, [*base, "seed=1", "ckpt_path=last"], {"test/acc": 0.92})  # no hydra.yaml: default list
+    _job(sweep, 2, [*base, "seed=2", "my.note=b"], {"test/acc": 0.94})
+    (sweep / ",".join(sorted([*base, "seed=2", "my.note=b"])) / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  mode: MULTIRUN\n  run:\n    dir: ${paths.log_dir}\n"
+        "  job:\n    config:\n      override_dirname:\n        exclude_keys: [my.note, ckpt_path]\n")
+    result = build_report(sweep)
+    (group,) = result["groups"]
+    assert (group.n, group.seeds, result["varying"]) == (3, ["0", "1", "2"], [])
+    assert "ckpt_path" not in group.overrides and "my.note" not in group.overrides
+
+
+def test_report_refuses_an_out_folder_under_a_file_in_one_line(sweep, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main([str(sweep), "--out", str(blocker / "reports")])
+    message = str(exc.value.code)
+    assert message.startswith("error: cannot create the output folder") and "is a file" in message
+    assert "\n" not in message and not (sweep / "report.md").exists()
+
+
+def test_report_of_a_single_run_directory_says_so(tmp_path):
+    """A run directory: metrics.json and .hydra at the top, export/ with its own .hydra (a RUN)."""
+    run = tmp_path / "runs" / "r1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=resnet10\n")
+    (run / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))
+    export = run / "export"
+    (export / ".hydra").mkdir(parents=True)
+    (export / ".hydra" / "overrides.yaml").write_text("- ckpt_path=x\n")
+    (export / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+    (export / "job_status.json").write_text(json.dumps({"status": "completed", "overrides": ["ckpt_path=x"]}))
+    with pytest.raises(SystemExit) as exc:
+        build_report(run)
+    assert "is a single run, not a sweep folder (it has metrics.json)" in str(exc.value.code)

@@ -145,3 +145,35 @@ def test_train_marks_an_error_raised_before_the_launch_touched_the_run(tmp_path)
     finally:
         HydraConfig.instance().cfg = None
     assert caught.value.dyconv_not_started is True
+
+
+def test_a_failed_instantiation_records_the_cause_not_hydras_wrapper(job_dir):
+    from hydra.errors import InstantiationException
+
+    try:
+        try:
+            raise ValueError("unknown model 'resnet9'\nRegistered models: ...")
+        except ValueError as cause:
+            raise InstantiationException(
+                "Error in call to target 'dyconv.models.create_model':\nValueError(...)\nfull_key: model"
+            ) from cause
+    except InstantiationException as e:
+        record = _job_end(job_dir, e)
+    assert record["error"] == "ValueError: unknown model 'resnet9' (raised as InstantiationException in model)"
+
+
+def test_collect_jobs_skips_other_commands_folders_but_keeps_running_jobs(tmp_path):
+    """export/ (a RUN-mode Hydra folder, even with a job_status.json) is no job; a sweep job that
+    has only started (MULTIRUN, its log and nothing else) is, as incomplete."""
+    def folder(name: str, mode: str) -> Path:
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+        (d / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {mode}\n  run:\n    dir: ${{x}}\n")
+        return d
+
+    (folder("export", "RUN") / STATUS_FILE).write_text(json.dumps({"status": "completed"}))
+    (folder("seed=1", "MULTIRUN") / "train.log").write_text("")
+    (folder("single", "RUN") / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))  # trained: kept
+    assert [(j["job"], j["status"]) for j in collect_jobs(tmp_path)] == [("seed=1", "incomplete"),
+                                                                         ("single", "incomplete")]

@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +82,34 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected a boolean, got {value!r}")
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
+def _blocking_file(folder: Path) -> Path | None:
+    """The regular file (or other non-folder) standing where ``folder`` or one of its parents should be."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def _check_out(path: str) -> None:
+    """Fail before any work if ``path`` cannot be written: its folder must exist or be creatable,
+    and ``path`` must not be a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        blocking = _blocking_file(Path(folder))
+        why = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
+        raise SystemExit(f"dyconv.profile: out={path}: cannot create its folder {folder}: {why}") from None
+    if os.path.isdir(path):
+        raise SystemExit(f"dyconv.profile: out={path} is a folder; name a Markdown file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"dyconv.profile: out={path}: cannot write into {folder}: permission denied")
+
+
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """The options: ``conf/profile.yaml`` composed with the command-line overrides (Hydra's compose
     API), then checked. ``models=a,b`` is read as the list ``[a,b]``; ``--no-tune-malloc`` as
@@ -109,12 +138,32 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         raise SystemExit(f"dyconv.profile: {e}; options are the keys of conf/profile.yaml") from None
     opts = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(opts["models"], str):
-        opts["models"] = [m for m in opts["models"].split(",") if m]
+        opts["models"] = [m.strip() for m in opts["models"].split(",") if m.strip()]
+    if opts["models"] is not None:
+        if not isinstance(opts["models"], list):
+            raise SystemExit(f"dyconv.profile: models must be a list of model names, got {opts['models']!r}")
+        opts["models"] = [str(m) for m in opts["models"]]
+        if not opts["models"]:
+            raise SystemExit("dyconv.profile: models is empty: name at least one model (models=resnet10,...), "
+                             "or leave it out (models=null) to profile every registered model")
+        from dyconv.models import get_model_builder
+
+        for name in opts["models"]:
+            try:
+                get_model_builder(name)
+            except ValueError as e:
+                raise SystemExit(f"dyconv.profile: {_one_line(e)}") from None
     for key in ("batch", "rounds", "threads", "size"):
-        if opts[key] is not None and (not isinstance(opts[key], int) or opts[key] < 1):
-            raise SystemExit(f"dyconv.profile: {key} must be an integer >= 1, got {opts[key]!r}")
+        v = opts[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise SystemExit(f"dyconv.profile: {key} must be an integer >= 1, got {v!r}")
     if not isinstance(opts["tune_malloc"], bool):
-        opts["tune_malloc"] = _bool(str(opts["tune_malloc"]))
+        try:
+            opts["tune_malloc"] = _bool(str(opts["tune_malloc"]))
+        except ValueError as e:
+            raise SystemExit(f"dyconv.profile: tune_malloc: {e} (true or false)") from None
+    if opts["out"] and not isinstance(opts["out"], str):
+        raise SystemExit(f"dyconv.profile: out must be a file path, got {opts['out']!r}")
     for key, allowed in (("stat", STATS), ("dtype", DTYPES), ("device", ("cpu", "cuda"))):
         if opts[key] not in allowed:
             raise SystemExit(f"dyconv.profile: {key} must be one of {sorted(allowed)}, got {opts[key]!r}")
@@ -196,8 +245,15 @@ def _build(name: str, spec: ModelInput, batch: int, size: int | None, device: to
     x1 = torch.randn(1, c, h, w, device=device)
     xb = torch.randn(batch, c, h, w, device=device)
     model.eval()
-    with torch.no_grad():
-        out = model(x1)
+    try:
+        with torch.no_grad():
+            out = model(x1)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{name} cannot take a {c}x{h}x{w} input"
+            + (f" (size={size}); use a larger size or leave size out" if size is not None else "")
+            + f": {_one_line(e)}"
+        ) from None
     num_classes = out.shape[1]
     tshape = (batch, *out.shape[2:])
     target = torch.randint(num_classes, tshape, device=device)
@@ -246,7 +302,11 @@ def profile_models(
             t = _timed(bench.forward_b1, dev)
             t = _timed(bench.forward_b1, dev)
             bench.reps = max(1, min(50, int(0.2 / max(t, 1e-6))))
-            bench.train_step()
+            try:
+                bench.train_step()
+            except (RuntimeError, ValueError) as e:  # e.g. batch norm over one value per channel
+                raise ValueError(f"{bench.name} cannot train on a batch of {b} at "
+                                 f"{'x'.join(map(str, bench.xb.shape[1:]))}: {_one_line(e)}") from None
         for r in range(rounds):
             order = benches if r % 2 == 0 else benches[::-1]
             for bench in order:
@@ -346,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_console()
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
+    if opts["out"]:
+        _check_out(opts["out"])
     from dyconv.runtime import tune_malloc
 
     tuned = tune_malloc() if opts["tune_malloc"] else False
@@ -356,16 +418,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = _environment(opts, tuned)
     print(f"malloc tuning: {'on' if tuned else 'off'} (tune_malloc=false or --no-tune-malloc to disable)", flush=True)
     print(env, flush=True)
-    results = profile_models(
-        opts["models"],
-        batch=opts["batch"],
-        rounds=opts["rounds"],
-        device=opts["device"],
-        size=opts["size"],
-        stat=opts["stat"],
-        dtype=opts["dtype"],
-        log=lambda s: print(s, file=sys.stderr, flush=True),
-    )
+    try:
+        results = profile_models(
+            opts["models"],
+            batch=opts["batch"],
+            rounds=opts["rounds"],
+            device=opts["device"],
+            size=opts["size"],
+            stat=opts["stat"],
+            dtype=opts["dtype"],
+            log=lambda s: print(s, file=sys.stderr, flush=True),
+        )
+    except ValueError as e:  # an unknown model, an input a model cannot take
+        raise SystemExit(f"dyconv.profile: {_one_line(e)}") from None
     table = format_table(results)
     print(table, flush=True)
     if opts["out"]:
@@ -379,9 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ". Generated by:\n\n"
             f"```\n{command.strip()}\n```\n\n{env}.\n\n{table}\n"
         )
-        os.makedirs(os.path.dirname(os.path.abspath(opts["out"])), exist_ok=True)
-        with open(opts["out"], "w") as f:
-            f.write(text)
+        from dyconv.utils.files import atomic_write_text
+
+        try:
+            atomic_write_text(opts["out"], text)
+        except OSError as e:
+            raise SystemExit(f"dyconv.profile: could not write out={opts['out']}: {e.strerror or e}") from None
         print(f"wrote {opts['out']}", file=sys.stderr)
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from dyconv.sweeps import SUMMARY_CSV, collect_jobs, split_override
 __all__ = ["Comparison", "Group", "build_report", "main"]
 
 SEED_KEYS = ("seed",)
+#: The project's Hydra settings: their ``exclude_keys`` stand in for a job that records none.
+HYDRA_DEFAULTS = Path(__file__).parent / "conf" / "hydra" / "default.yaml"
 WIDTH_KEY = "model.width_mult"
 DEFAULT_METRICS = ("test/acc", "test/miou", "val/acc", "val/miou")
 
@@ -126,14 +129,40 @@ def _pick_metric(jobs: Sequence[dict[str, Any]], metric: str | None) -> str:
     raise SystemExit(f"error: none of {', '.join(DEFAULT_METRICS)} in the jobs' metrics; choose one with --metric")
 
 
+def default_exclude_keys() -> list[str]:
+    """``exclude_keys`` of ``conf/hydra/default.yaml`` (read as plain YAML data, never resolved)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(HYDRA_DEFAULTS.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    node: Any = data
+    for key in ("job", "config", "override_dirname", "exclude_keys"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return [str(k) for k in node] if isinstance(node, list) else []
+
+
 def group_jobs(jobs: Sequence[dict[str, Any]], metric: str) -> tuple[list[Group], list[str]]:
-    """Groups of completed jobs (in sweep order) and the override keys that vary between groups."""
+    """Groups of completed jobs (in sweep order) and the override keys that vary between groups.
+
+    A group is defined by the overrides that name a job's folder: the seed and the keys Hydra
+    excludes from folder names (the job's ``hydra.job.config.override_dirname.exclude_keys``, else
+    the project's default list: ``ckpt_path`` of a requeued job, ``trainer.devices``, ...) define
+    no group."""
     groups: dict[tuple[tuple[str, str], ...], Group] = {}
+    defaults: list[str] | None = None
     for job in jobs:
         if job["status"] != "completed" or metric not in job["metrics"]:
             continue
+        excluded = job.get("exclude_keys")
+        if excluded is None:
+            if defaults is None:
+                defaults = default_exclude_keys()
+            excluded = defaults
+        ignored = {*SEED_KEYS, *excluded}
         pairs = [split_override(o) for o in job["overrides"] if "=" in o]
-        key = tuple(sorted((k, v) for k, v in pairs if k not in SEED_KEYS))
+        key = tuple(sorted((k, v) for k, v in pairs if k not in ignored))
         g = groups.setdefault(key, Group(key))
         m = job["metrics"]
         g.values.append(float(m[metric]))
@@ -244,6 +273,14 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
     return path
 
 
+def _blocking_file(folder: Path) -> Path | None:
+    """The regular file (or other non-folder) standing where ``folder`` or one of its parents should be."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str | None = None,
                  title: str | None = None) -> dict[str, Any]:
     """Write report.md, report.csv and the plots; returns what it computed (groups, comparisons, paths)."""
@@ -251,8 +288,18 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metri
     if not sweep_dir.is_dir():
         raise SystemExit(f"error: {sweep_dir} is not a directory; pass a sweep directory "
                          "(logs/<task>/multiruns/<name>)")
+    if (sweep_dir / "metrics.json").is_file() and (sweep_dir / ".hydra").is_dir():
+        raise SystemExit(f"error: {sweep_dir} is a single run, not a sweep folder (it has metrics.json); "
+                         "point report at a multirun folder (logs/<task>/multiruns/<name>)")
     out = Path(out_dir) if out_dir else sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocking = _blocking_file(out)
+        why = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
+        raise SystemExit(f"error: cannot create the output folder {out}: {why}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: cannot write into the output folder {out}: permission denied")
     jobs = _jobs(sweep_dir)
     metric = _pick_metric(jobs, metric)
     groups, varying = group_jobs(jobs, metric)

@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 
 from dyconv.utils.files import atomic_write_text
 
-__all__ = ["SweepSummary", "collect_jobs", "split_override", "write_summary"]
+__all__ = ["SweepSummary", "collect_jobs", "is_training_job", "split_override", "write_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,44 @@ def _overrides(job_dir: Path) -> list[str]:
     return [str(o) for o in data]
 
 
+def _hydra_yaml(job_dir: Path) -> dict[str, Any]:
+    """The ``hydra`` node of the job's ``.hydra/hydra.yaml`` as plain YAML data (``${...}`` stay
+    text, nothing is resolved); ``{}`` when the file is missing or unreadable."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    node = data.get("hydra") if isinstance(data, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _exclude_keys(hydra_cfg: dict[str, Any]) -> list[str] | None:
+    """``hydra.job.config.override_dirname.exclude_keys`` of a job (keys that do not name its
+    folder: ``ckpt_path``, ``trainer.devices``, ...); None when the job does not record them."""
+    node: Any = hydra_cfg
+    for key in ("job", "config", "override_dirname", "exclude_keys"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return [str(k) for k in node] if isinstance(node, list) else None
+
+
+def is_training_job(job_dir: Path, hydra_cfg: dict[str, Any] | None = None) -> bool:
+    """Whether ``job_dir`` (a folder with ``.hydra/overrides.yaml``) is a job of the sweep, not the
+    folder of another command run inside a run directory (``export/``, ``inspect/...``, ``eval``).
+
+    A folder with training results (``metrics.json`` or ``checkpoints/``) is one. Otherwise the
+    job's ``.hydra/hydra.yaml`` decides: Hydra records ``mode: MULTIRUN`` for every sweep job from
+    its start (so a job still running, or killed before it wrote anything, is kept as
+    incomplete) and ``mode: RUN`` for a single command (export, inspect: not a job). A folder
+    whose ``hydra.yaml`` records no mode is kept, as before."""
+    if (job_dir / "metrics.json").is_file() or (job_dir / "checkpoints").is_dir():
+        return True
+    if hydra_cfg is None:
+        hydra_cfg = _hydra_yaml(job_dir)
+    return str(hydra_cfg.get("mode", "")).upper() != "RUN"
+
+
 def split_override(override: str) -> tuple[str, str]:
     """``"+model.width_mult=0.5"`` -> ``("model.width_mult", "0.5")``."""
     key, _, value = override.partition("=")
@@ -75,11 +113,17 @@ def collect_jobs(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One record per job directory under ``sweep_dir``: ``job`` (its folder), ``num``, ``status``
     (``completed``, ``failed``, or ``incomplete`` when it never reported: killed or running),
     ``overrides`` (list), ``error``, ``metrics`` (dict) and ``refused`` (the error of the last
-    relaunch the run directory refused, which changed nothing; ``""`` if none)."""
+    relaunch the run directory refused, which changed nothing; ``""`` if none) and
+    ``exclude_keys`` (the keys Hydra left out of the job's folder name, from its
+    ``.hydra/hydra.yaml``; None if not recorded). Folders that are not jobs of the sweep
+    (``export/``, ``inspect/``: see :func:`is_training_job`) are skipped."""
     sweep_dir = Path(sweep_dir)
     jobs = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
+        hydra_cfg = _hydra_yaml(job_dir)
+        if not is_training_job(job_dir, hydra_cfg):
+            continue
         status = _read_json(job_dir / STATUS_FILE)
         metrics = _read_json(job_dir / "metrics.json")
         refused = status.get("refused_relaunch")
@@ -94,6 +138,7 @@ def collect_jobs(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "error": status.get("error", ""),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "refused": str(refused.get("error", "")) if isinstance(refused, dict) else "",
+            "exclude_keys": _exclude_keys(hydra_cfg),
         })
     jobs.sort(key=lambda j: (j["num"] is None, j["num"] if j["num"] is not None else 0, j["job"]))
     return jobs
@@ -173,6 +218,31 @@ def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
+def _first_line(text: str) -> str:
+    return next(iter(text.strip().splitlines()), "")
+
+
+def _error_line(err: Any) -> str:
+    """One line for a failed job: ``Type: message`` of the innermost exception of the chain
+    (``__cause__``, else ``__context__``), so a Hydra ``InstantiationException`` ("Error in call to
+    target ...:") records what the target raised; the outer type (and the config key Hydra names)
+    follow in parentheses."""
+    if not isinstance(err, BaseException):
+        return _first_line(str(err))
+    inner, seen = err, {id(err)}
+    while True:
+        nxt = inner.__cause__ or (None if inner.__suppress_context__ else inner.__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        inner = nxt
+    line = _first_line(f"{type(inner).__name__}: {inner}")
+    if inner is err:
+        return line
+    key = next((ln.split(":", 1)[1].strip() for ln in str(err).splitlines() if ln.startswith("full_key:")), "")
+    return f"{line} (raised as {type(err).__name__}" + (f" in {key})" if key else ")")
+
+
 def _job_record(out: Path, job_return: Any) -> dict[str, Any]:
     """What ``job_status.json`` holds after this job ended. A launch the run directory refused
     (:class:`~dyconv.errors.RunDirectoryError`, raised before anything is written: checkpoints
@@ -188,8 +258,7 @@ def _job_record(out: Path, job_return: Any) -> dict[str, Any]:
     error = ""
     err = job_return._return_value if status == "failed" else None
     if status == "failed":
-        text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
-        error = next(iter(text.strip().splitlines()), "")  # its first line
+        error = _error_line(err)
     record = {"status": status, "num": job_return.hydra_cfg.hydra.job.get("num"),
               "overrides": list(job_return.overrides or []), "error": error, "finished": now}
     # A launch that never started (refused by the run directory, or stopped by its checks before
