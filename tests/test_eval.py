@@ -52,3 +52,32 @@ def test_two_evaluations_into_one_folder_keep_both_results(tmp_path):
     second = json.loads((out.with_name("same_second+1") / "metrics.json").read_text())
     assert (first["split"], second["split"]) == ("test", "val")
     assert "test/acc" in first["metrics"] and "val/acc" in second["metrics"]
+    # What produced each result, written with it (a failed relaunch can rewrite .hydra/, not this).
+    assert (first["config"]["split"], second["config"]["split"]) == ("test", "val")
+    assert "epoch" in first and "global_step" in first
+
+
+def test_a_refused_evaluation_leaves_no_folder(tmp_path):
+    """Hydra makes ``eval/<split>_<time>/`` (``.hydra/``, ``eval.log``) before the job runs: a
+    refusal (here ``split=train2``) removes it again, but never a folder holding results."""
+    import pytest
+    from hydra import compose, initialize_config_dir
+
+    from dyconv.errors import ConfigError
+
+    out = tmp_path / "run" / "eval" / "train2_now"
+    (out / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        (out / ".hydra" / name).write_text("x")
+    (out / "eval.log").write_text("")
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                                         f"paths.output_dir={out}", "split=train2", "tune_malloc=false"])
+    with pytest.raises(ConfigError, match="split must be 'test' or 'val'"):
+        evaluate(cfg)
+    assert not out.exists()
+    (out / ".hydra").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="split must be 'test' or 'val'"):
+        evaluate(cfg)
+    assert (out / "metrics.json").read_text() == "{}"

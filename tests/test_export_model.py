@@ -206,6 +206,8 @@ def test_a_second_export_to_the_same_file_is_refused_unless_overwrite(two_checkp
     after = _files(tmp_path)
     assert set(after) == set(before) and after["model.onnx"] != before["model.onnx"]
     assert json.loads(after["model.onnx.json"])["checkpoint"] == str(second)
+    recorded = json.loads(after["model.onnx.json"])["config"]  # the launch that wrote it, not .hydra/'s
+    assert recorded["ckpt_path"] == str(second) and recorded["overwrite"] is True and recorded["batch"] == 1
 
 
 def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_path, monkeypatch):
@@ -243,3 +245,41 @@ def test_negative_tolerances_are_refused_before_exporting(two_checkpoints, tmp_p
     with pytest.raises(ConfigError, match="rtol and atol must be >= 0"):
         run_export(_export_command(f"ckpt_path={two_checkpoints[0]}", f"output={tmp_path / 'm.onnx'}", "atol=-1"))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("opset", ["3", "17", "abc", "true", "18.5"])
+def test_bad_opset_is_refused_before_anything_is_written(two_checkpoints, tmp_path, opset):
+    """torch's ONNX exporter writes opset 18+; a lower one used to end in an onnxscript traceback
+    and a file at opset 18, a non-integer in int()'s traceback."""
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"opset must be an integer >= 18 \(torch.onnx's exporter\), got "):
+        run_export(_export_command(f"ckpt_path={two_checkpoints[0]}", f"output={out / 'm.onnx'}", f"opset={opset}"))
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="opset must be an integer >= 18"):
+        export_checkpoint(two_checkpoints[0], "onnx", out / "m.onnx", opset=True)
+
+
+def test_refusals_log_nothing_and_leave_no_hydra_folder(two_checkpoints, tmp_path, caplog):
+    """``batch=0`` is refused before the "Exporting ..." line; a refused launch removes the folder
+    Hydra made for it (``.hydra/``, ``export.log``), never one holding an earlier export."""
+    hydra_dir = tmp_path / "run" / "export"
+
+    def stub() -> None:
+        (hydra_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+            (hydra_dir / ".hydra" / name).write_text("x")
+        (hydra_dir / "export.log").write_text("")
+
+    base = [f"ckpt_path={two_checkpoints[0]}", f"paths.output_dir={hydra_dir}", f"output={hydra_dir / 'model.onnx'}"]
+    for bad, message in (("batch=0", "batch must be a positive integer"), ("batch=abc", "batch must be a positive"),
+                         ("format=tflite", "format must be one of")):
+        stub()
+        with caplog.at_level("INFO", logger="dyconv.export"), pytest.raises(ConfigError, match=message):
+            run_export(_export_command(*base, bad))
+        assert not hydra_dir.exists(), bad
+    assert "Exporting" not in caplog.text
+    stub()
+    (hydra_dir / "model.onnx").write_text("an earlier export")
+    with pytest.raises(ConfigError, match="format must be one of"):
+        run_export(_export_command(*base, "format=tflite"))
+    assert (hydra_dir / "model.onnx").read_text() == "an earlier export"

@@ -218,3 +218,70 @@ def test_report_names_the_routing_of_every_layer():
     assert float(gate_line.split()[3]) == pytest.approx(float(summary.layers["1"].mean_weight.sum()), abs=1e-4)
     omni_line = [line for line in lines if line.startswith("2 ")][-1]
     assert omni_line.split()[6] == "-" and omni_line.count("/") == 4  # in and spatial; out absent (depthwise)
+
+
+# ---------------------------------------------------------------- refusals, run folders, resolved_config.yaml
+
+
+def _hydra_stub(folder: Path, task: str) -> Path:
+    """What Hydra writes into the run folder before the job function runs."""
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        (folder / ".hydra" / name).write_text(f"{name} of this launch\n")
+    (folder / f"{task}.log").write_text("")
+    return folder
+
+
+def _inspect_command(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from dyconv.cli import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("inspect", overrides=list(overrides))
+
+
+def test_device_cuda_without_cuda_is_a_config_error(monkeypatch):
+    from dyconv.errors import ConfigError
+    from dyconv.inspect import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match=rf"device={name} but torch sees no CUDA device; use device=cpu"):
+            _device(name)
+    assert _device("cpu") == torch.device("cpu") and _device("auto") == torch.device("cpu")
+
+
+def test_refusals_leave_no_folder_and_results_keep_their_config(forced_ckpt, tmp_path):
+    """A refused launch removes the folder Hydra made for it; a successful one writes
+    resolved_config.yaml (absolute checkpoint path, epoch, global step); a failed relaunch into
+    the same folder keeps the results and their resolved_config.yaml."""
+    import yaml
+
+    from dyconv.errors import ConfigError
+    from dyconv.inspect import run_inspection
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({**torch.load(forced_ckpt, weights_only=False), "epoch": 3, "global_step": 42}, ckpt)
+    out = tmp_path / "run" / "inspect" / "fixed"
+    args = [f"ckpt_path={ckpt}", f"output_dir={out}", f"paths.output_dir={out}", "max_batches=1",
+            "temperatures=[1]", "temperature_batches=1", "device=cpu", "tune_malloc=false"]
+
+    _hydra_stub(out, "inspect")
+    with pytest.raises(ConfigError, match="split must be 'val' or 'test'"):
+        run_inspection(_inspect_command(*args, "split=train2"))
+    assert not out.exists()
+
+    _hydra_stub(out, "inspect")
+    run_inspection(_inspect_command(*args))
+    resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
+    assert resolved["checkpoint"] == {"path": str(ckpt), "epoch": 3, "global_step": 42}
+    assert resolved["ckpt_path"] == str(ckpt) and resolved["split"] == "val" and resolved["max_batches"] == 1
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".log"}
+    assert "layers.csv" in before
+
+    _hydra_stub(out, "inspect")  # the failed relaunch's .hydra files
+    with pytest.raises(ConfigError, match="split must be 'val' or 'test'"):
+        run_inspection(_inspect_command(*args, "split=train2"))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".log"} == before

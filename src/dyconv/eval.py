@@ -6,6 +6,14 @@ to ``<run dir>/eval/<split>_<time>/metrics.json`` (the time to the microsecond) 
 An evaluation never replaces an earlier one's ``metrics.json``: when its folder already holds one
 (two evaluations started together, or a fixed ``hydra.run.dir``), it writes to the first free
 ``<folder>+1``, ``<folder>+2``, ... instead.
+
+``metrics.json`` records what produced it: the absolute checkpoint path, its ``epoch`` and
+``global_step``, and ``config``: the evaluation's resolved config. That record, written only on
+success, is what describes the results: Hydra writes ``.hydra/`` and ``eval.log`` into the folder
+before the evaluation starts, so a failed launch into a folder that already holds results (a fixed
+``hydra.run.dir``) leaves there the ``.hydra/`` of the failed launch. A launch refused before it
+writes anything (``split=train2``, a missing checkpoint, ...) removes the folder Hydra made for it
+when that holds nothing but Hydra's files.
 """
 
 from __future__ import annotations
@@ -80,7 +88,19 @@ def write_result(out_dir: Path, text: str) -> Path:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test (or validate) a checkpoint's model on its data; returns the metrics."""
+    """Test (or validate) a checkpoint's model on its data; returns the metrics. A refusal removes
+    the folder Hydra made if it holds nothing else (see the module docstring)."""
+    from dyconv.cli import process_rank
+    from dyconv.inspect import hydra_dir
+    from dyconv.utils.run_state import remove_stub_on_error
+
+    folder = hydra_dir(cfg)
+    stub = (f"{cfg.get('task_name') or 'eval'}.log",)
+    with remove_stub_on_error(folder, process_rank(), stub) if folder else contextlib.nullcontext():
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -101,7 +121,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     (results,) = fn(run.task, datamodule=datamodule)
     metrics = {k: float(v) for k, v in results.items() if torch.as_tensor(v).numel() == 1}
     if trainer.is_global_zero:
-        record = {"ckpt_path": str(run.ckpt_path), "split": cfg.split, "metrics": metrics}
+        from dyconv.inspect import resolved_config
+
+        record = {"ckpt_path": str(run.ckpt_path), "split": cfg.split, "metrics": metrics,
+                  "epoch": run.checkpoint.get("epoch"), "global_step": run.checkpoint.get("global_step"),
+                  "config": resolved_config(cfg)}
         result = write_result(Path(cfg.paths.output_dir), json.dumps(record, indent=2))
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"Evaluated {run.ckpt_path} on {cfg.split}: {shown}")

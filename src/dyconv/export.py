@@ -26,6 +26,16 @@ replace it. The file is written and verified under a temporary name in the same 
 then moved into place (its ``.json`` after it), so a failed export or verification leaves the
 previous file and its ``.json`` as they were.
 
+``opset=N`` (format=onnx): torch's ONNX exporter (``dynamo=True``) writes opset 18 or later; a lower
+or non-integer opset is refused before anything is written.
+
+Run folder: Hydra writes ``.hydra/`` and ``export.log`` into ``<run dir>/export`` before the tool
+starts. A launch refused before it writes anything (``format=tflite``, ``opset=3``, ``batch=0``, ...)
+removes that folder again when it holds nothing else. The folder is shared by every export of the
+run (``model.onnx``, ``model_batch1.onnx``, ...) and a failed relaunch replaces ``.hydra/*.yaml``, so
+``.hydra/`` only describes the latest launch: each model's ``.json``, written on success, records
+what produced it (checkpoint path, epoch, global step and, from the CLI, the resolved ``config``).
+
 ``format=torchscript`` is best effort: TorchScript is deprecated in torch 2.14; ``torch.jit.script``
 works for the dyconv layers, and the export fails with a clear message for a model it cannot script.
 """
@@ -104,6 +114,54 @@ class ExportError(DyconvError):
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+#: The lowest opset torch's ONNX exporter (``dynamo=True``) writes: it exports at 18 and converts
+#: (onnxscript's version converter), which cannot go below 18.
+MIN_OPSET = 18
+
+
+def _max_opset() -> int | None:
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return None
+    return getattr(_constants, "ONNX_MAX_OPSET", None)
+
+
+def _check_opset(opset: Any) -> None:
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (torch.onnx's exporter), got {opset!r}")
+    top = _max_opset()
+    if top is not None and opset > top:
+        raise ConfigError(f"opset must be an integer from {MIN_OPSET} to {top} (torch {torch.__version__}'s ONNX "
+                          f"exporter), got {opset}")
+
+
+def _batch_of(value: Any) -> int | None:
+    """The ``batch=`` of the command line as an int (None: any batch)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"batch must be a positive integer or null (any batch), got {value!r}") from None
+
+
+def _opset_of(value: Any) -> int | None:
+    """The ``opset=`` of the command line as an int (None: the exporter's default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (torch.onnx's exporter), got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (torch.onnx's exporter), got {value!r}") from None
 
 
 def normalization_of(data_config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -379,13 +437,15 @@ def export_checkpoint(
     batch: int | None = None,
     fold_bn: bool = True,
     overwrite: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint's network (``batch``: None for any batch, or a fixed batch size, see
     :func:`export_model`); returns the metadata also written to ``<output>.json``.
 
     Raises :class:`ConfigError` before exporting if ``output`` (or its ``.json``) exists, unless
     ``overwrite``. The file is exported and verified in a temporary folder beside ``output`` and
-    then moved into place, so a failure leaves any previous file and ``.json`` untouched."""
+    then moved into place, so a failure leaves any previous file and ``.json`` untouched.
+    ``config`` (the CLI's resolved config) is recorded in the ``.json``."""
     import dyconv
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
@@ -394,6 +454,11 @@ def export_checkpoint(
         raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     if opset is not None and fmt != "onnx":
         raise ConfigError(f"opset applies to format=onnx only (got format={fmt})")
+    _check_opset(opset)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
+    if max_batch < 2 and batch is None:
+        raise ConfigError(f"max_batch must be >= 2 (the batch dimension is dynamic), got {max_batch}")
     run = load_trained_run(ckpt_path)
     model = run.model.float().eval()
     data = run.config.get("data", {})
@@ -411,8 +476,6 @@ def export_checkpoint(
             f"output=<other path> to export next to it, or overwrite=true to replace it"
         )
     example = torch.randn(2, channels, h, w)  # batch 2: a batch of 1 would be specialised
-    if max_batch < 2 and batch is None:
-        raise ConfigError(f"max_batch must be >= 2 (the batch dimension is dynamic), got {max_batch}")
     log.info("Exporting %s (%s) to %s", run.config.get("model", {}).get("name"), fmt, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Exported and verified under its final name in a private folder beside it (the same file
@@ -449,6 +512,8 @@ def export_checkpoint(
         "format": fmt,
         "file": path.name,
         "checkpoint": str(run.ckpt_path),
+        "checkpoint_epoch": run.checkpoint.get("epoch"),
+        "checkpoint_global_step": run.checkpoint.get("global_step"),
         "model": run.config.get("model", {}).get("name"),
         "task": run.task.kind,
         "input": {"name": INPUT_NAME, "shape": [batch or "batch", channels, h, w], "dtype": "float32"},
@@ -464,6 +529,8 @@ def export_checkpoint(
         "dyconv_version": dyconv.__version__,
         "torch_version": torch.__version__,
     }
+    if config is not None:
+        meta["config"] = dict(config)
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     meta["metadata_file"] = str(meta_path)
     meta["path"] = str(path)
@@ -471,22 +538,33 @@ def export_checkpoint(
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
-    """The Hydra job: export ``cfg.ckpt_path`` and print where the files are."""
+    """The Hydra job: export ``cfg.ckpt_path`` and print where the files are. A refusal removes
+    the folder Hydra made if it holds nothing else (see the module docstring)."""
+    from dyconv.inspect import removing_stub
+
+    with removing_stub(cfg, str(cfg.get("task_name") or "export")):
+        return _run_export(cfg)
+
+
+def _run_export(cfg: DictConfig) -> dict[str, Any]:
+    from dyconv.inspect import resolved_config
+
     route_lightning_logs()
     fmt = str(cfg.format)
     meta = export_checkpoint(
         cfg.ckpt_path,
         fmt,
         cfg.get("output"),
-        opset=None if cfg.get("opset") is None else int(cfg.opset),
+        opset=_opset_of(cfg.get("opset")),
         image_size=None if cfg.get("image_size") is None else int(cfg.image_size),
         verify=bool(cfg.verify),
         rtol=float(cfg.rtol),
         atol=float(cfg.atol),
         max_batch=int(cfg.max_batch),
-        batch=None if cfg.get("batch") is None else int(cfg.batch),
+        batch=_batch_of(cfg.get("batch")),
         fold_bn=bool(cfg.get("fold_bn", True)),
         overwrite=bool(cfg.get("overwrite", False)),
+        config=resolved_config(cfg),
     )
     shape = "x".join(str(s) for s in meta["input"]["shape"])
     lines = [f"Exported {meta['model']} ({fmt}) to {meta['path']}", f"Input '{INPUT_NAME}': {shape} float32"]

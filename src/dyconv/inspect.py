@@ -27,11 +27,21 @@ Segmentation runs: labels are per pixel while the attention is per image, so the
 per-class means (``per_class.csv`` is not written).
 
 Writes to ``<run dir>/inspect/<split>/`` (``output_dir=`` overrides): ``layers.csv`` (one row
-per layer), ``per_class.csv`` (layer x class), ``temperature.csv`` and PNG plots.
+per layer), ``per_class.csv`` (layer x class), ``temperature.csv``, PNG plots and
+``resolved_config.yaml``: the resolved config of the inspection that wrote them, with the absolute
+checkpoint path and its epoch and global step.
+
+Run folder: Hydra writes ``.hydra/`` and ``inspect.log`` into the output folder before the tool
+starts. A launch refused before it writes anything (``split=train2``, a missing checkpoint, ...)
+removes that folder again when it holds nothing else. A failed relaunch into a folder that holds an
+earlier inspection keeps its files, but Hydra has already replaced ``.hydra/*.yaml`` with the failed
+launch's: ``.hydra/`` describes the latest launch, ``resolved_config.yaml`` (written only on
+success) the outputs next to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,15 +81,25 @@ class Inspection:
     #: Why there are no per-class means (when ``per_class`` is False).
     per_class_note: str = ""
     files: list[Path] = field(default_factory=list)
+    #: The checkpoint's epoch and global step (None when it does not record them).
+    epoch: int | None = None
+    global_step: int | None = None
 
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError as e:
         raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but torch sees no CUDA device; use device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                              "use device=cuda:0 or device=cpu")
+    return dev
 
 
 def _batches(loader: Iterable[Any], max_batches: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -146,6 +166,7 @@ def inspect_checkpoint(
     if bad or temperature_batches < 0:
         raise ConfigError(f"temperatures must all be > 0 and temperature_batches >= 0, got {list(temperatures)}, "
                           f"{temperature_batches}")
+    dev = _device(device)  # before loading anything: device=cuda without CUDA is a config error
     run = load_trained_run(ckpt_path)
     model = run.model
     layers = dict(dynamic_layers(model))
@@ -155,7 +176,6 @@ def inspect_checkpoint(
             f"{run.ckpt_path} holds the static model {name!r}: it has no dynamic convolutions, so there is no "
             "attention to inspect. Inspect the checkpoint of a dynamic model (dy_*)."
         )
-    dev = _device(device)
     model.to(dev).eval()
     datamodule = run.datamodule(data_overrides)
     datamodule.prepare_data()
@@ -185,7 +205,8 @@ def inspect_checkpoint(
         if segmentation
         else "the data config has no num_classes"
     )
-    return Inspection(run.ckpt_path, split, summary, sweep, trained, per_class=num_classes > 0, per_class_note=note)
+    return Inspection(run.ckpt_path, split, summary, sweep, trained, per_class=num_classes > 0, per_class_note=note,
+                      epoch=run.checkpoint.get("epoch"), global_step=run.checkpoint.get("global_step"))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -211,8 +232,43 @@ def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(result: Inspection, output_dir: str | Path) -> list[Path]:
-    """Write the CSV tables and PNG figures of ``result`` into ``output_dir``; returns the files."""
+RESOLVED_CONFIG = "resolved_config.yaml"
+
+
+def resolved_config(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``cfg`` as plain values, interpolations resolved; a top-level key that cannot be resolved
+    here (``paths`` outside a Hydra run) is left out."""
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # resolvers that need a Hydra run (paths): keep what resolves
+        out: dict[str, Any] = {}
+        for key in cfg:
+            with contextlib.suppress(Exception):
+                value = cfg[key]
+                out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return out
+
+
+def _write_resolved_config(result: Inspection, out: Path, config: DictConfig | Mapping[str, Any] | None) -> Path:
+    from dyconv.utils.files import atomic_write_text
+
+    record = resolved_config(config)
+    record["ckpt_path"] = str(Path(result.ckpt_path).expanduser().absolute())
+    record["split"] = result.split
+    record["checkpoint"] = {"path": record["ckpt_path"], "epoch": result.epoch, "global_step": result.global_step}
+    return atomic_write_text(out / RESOLVED_CONFIG, OmegaConf.to_yaml(OmegaConf.create(record)))
+
+
+def write_outputs(
+    result: Inspection, output_dir: str | Path, config: DictConfig | Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Write the CSV tables, PNG figures and ``resolved_config.yaml`` (``config`` resolved, plus
+    the absolute checkpoint path, its epoch and global step) of ``result`` into ``output_dir``;
+    returns the files (``resolved_config.yaml`` last: it is written once the others are)."""
     from dyconv.analysis.plots import attention_figures, temperature_figure
 
     out = Path(output_dir)
@@ -237,6 +293,7 @@ def write_outputs(result: Inspection, output_dir: str | Path) -> list[Path]:
         path = out / (tag.replace("/", "_") + ".png")
         fig.savefig(path, dpi=120)
         files.append(path)
+    files.append(_write_resolved_config(result, out, config))
     result.files = files
     return files
 
@@ -324,8 +381,29 @@ def format_report(result: Inspection, max_classes: int = 20) -> str:
     return "\n".join(lines)
 
 
+def hydra_dir(cfg: DictConfig) -> Path | None:
+    """The folder Hydra made for this launch (``paths.output_dir``), or None outside a Hydra run."""
+    folder = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    return Path(folder) if folder else None
+
+
+def removing_stub(cfg: DictConfig, task: str) -> contextlib.AbstractContextManager[Any]:
+    """On an error, remove the folder Hydra made for this launch if it holds nothing but Hydra's
+    files (``.hydra/`` and ``<task>.log``); a folder with earlier results is kept as it is."""
+    from dyconv.utils.run_state import remove_stub_on_error
+
+    folder = hydra_dir(cfg)
+    return remove_stub_on_error(folder, 0, (f"{task}.log",)) if folder else contextlib.nullcontext()
+
+
 def run_inspection(cfg: DictConfig) -> Inspection:
-    """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report."""
+    """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report. A refusal
+    removes the folder Hydra made if it holds nothing else (see the module docstring)."""
+    with removing_stub(cfg, str(cfg.get("task_name") or "inspect")):
+        return _run_inspection(cfg)
+
+
+def _run_inspection(cfg: DictConfig) -> Inspection:
     route_lightning_logs()
     if cfg.get("tune_malloc", True):
         from dyconv.runtime import tune_malloc
@@ -343,7 +421,7 @@ def run_inspection(cfg: DictConfig) -> Inspection:
         data_overrides=overrides,
         device=str(cfg.device),
     )
-    write_outputs(result, Path(cfg.output_dir).expanduser().absolute())
+    write_outputs(result, Path(cfg.output_dir).expanduser().absolute(), cfg)
     print(format_report(result), flush=True)
     return result
 
