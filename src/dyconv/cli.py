@@ -4,6 +4,7 @@ Nothing here imports Lightning or builds anything."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -118,9 +119,44 @@ def user_message(e: BaseException) -> str:
     cause = e.__cause__
     if not isinstance(e, InstantiationException) or cause is None:
         return str(e)
-    key = next((line.split(":", 1)[1].strip() for line in str(e).splitlines() if line.startswith("full_key:")), "")
+    key = hydra_full_key(e)
     text = str(cause) if isinstance(cause, DyconvError) else f"{type(cause).__name__}: {cause}"
     return f"{text} (in {key})" if key else text
+
+
+def hydra_full_key(e: BaseException) -> str:
+    """The config key a Hydra instantiation error names (its ``full_key: ...`` line), or ``""``."""
+    return next((line.split(":", 1)[1].strip() for line in str(e).splitlines() if line.startswith("full_key:")), "")
+
+
+def resolved_config(cfg: DictConfig | Any | None) -> dict[str, Any]:
+    """``cfg`` as plain values, interpolations resolved; a top-level key that cannot be resolved
+    here (``paths`` outside a Hydra run) is left out. What a tool records beside its outputs."""
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # resolvers that need a Hydra run (paths): keep what resolves
+        out: dict[str, Any] = {}
+        for key in cfg:
+            with contextlib.suppress(Exception):
+                value = cfg[key]
+                out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return out
+
+
+def removing_stub(cfg: DictConfig, task: str) -> contextlib.AbstractContextManager[Any]:
+    """For a tool's Hydra job: on an error, remove the folder Hydra made for this launch
+    (``paths.output_dir``) if it holds nothing but Hydra's files (``.hydra/`` and ``<task>.log``);
+    a folder with earlier results is kept as it is. A no-op outside a Hydra run."""
+    from dyconv.utils.run_state import remove_stub_on_error
+
+    folder = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    if not folder:
+        return contextlib.nullcontext()
+    return remove_stub_on_error(Path(folder), process_rank(), (f"{cfg.get('task_name') or task}.log",))
 
 
 def require_ckpt_path(usage: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
+from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
 from dyconv.utils.rebuild import load_trained_run
 
@@ -90,13 +90,7 @@ def write_result(out_dir: Path, text: str) -> Path:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test (or validate) a checkpoint's model on its data; returns the metrics. A refusal removes
     the folder Hydra made if it holds nothing else (see the module docstring)."""
-    from dyconv.cli import process_rank
-    from dyconv.inspect import hydra_dir
-    from dyconv.utils.run_state import remove_stub_on_error
-
-    folder = hydra_dir(cfg)
-    stub = (f"{cfg.get('task_name') or 'eval'}.log",)
-    with remove_stub_on_error(folder, process_rank(), stub) if folder else contextlib.nullcontext():
+    with removing_stub(cfg, "eval"):
         return _evaluate(cfg)
 
 
@@ -121,8 +115,6 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     (results,) = fn(run.task, datamodule=datamodule)
     metrics = {k: float(v) for k, v in results.items() if torch.as_tensor(v).numel() == 1}
     if trainer.is_global_zero:
-        from dyconv.inspect import resolved_config
-
         record = {"ckpt_path": str(run.ckpt_path), "split": cfg.split, "metrics": metrics,
                   "epoch": run.checkpoint.get("epoch"), "global_step": run.checkpoint.get("global_step"),
                   "config": resolved_config(cfg)}

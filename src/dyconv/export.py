@@ -57,7 +57,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
+from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
 from dyconv.errors import ConfigError, DyconvError
 from dyconv.layers.dynamic_conv import DynamicConvNd, export_batch
 from dyconv.utils.files import atomic_write_text
@@ -140,8 +140,9 @@ def _check_opset(opset: Any) -> None:
                           f"exporter), got {opset}")
 
 
-def _batch_of(value: Any) -> int | None:
-    """The ``batch=`` of the command line as an int (None: any batch)."""
+def _whole_number(value: Any, problem: str) -> int | None:
+    """A command-line value (``batch=``, ``opset=``) as an int, None staying None; ``problem``
+    (the ConfigError's text) for a bool, a fraction or anything not a number."""
     if value is None:
         return None
     try:
@@ -149,19 +150,7 @@ def _batch_of(value: Any) -> int | None:
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"batch must be a positive integer or null (any batch), got {value!r}") from None
-
-
-def _opset_of(value: Any) -> int | None:
-    """The ``opset=`` of the command line as an int (None: the exporter's default)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (torch.onnx's exporter), got {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (torch.onnx's exporter), got {value!r}") from None
+        raise ConfigError(f"{problem}, got {value!r}") from None
 
 
 def normalization_of(data_config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -540,28 +529,24 @@ def export_checkpoint(
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra job: export ``cfg.ckpt_path`` and print where the files are. A refusal removes
     the folder Hydra made if it holds nothing else (see the module docstring)."""
-    from dyconv.inspect import removing_stub
-
-    with removing_stub(cfg, str(cfg.get("task_name") or "export")):
+    with removing_stub(cfg, "export"):
         return _run_export(cfg)
 
 
 def _run_export(cfg: DictConfig) -> dict[str, Any]:
-    from dyconv.inspect import resolved_config
-
     route_lightning_logs()
     fmt = str(cfg.format)
     meta = export_checkpoint(
         cfg.ckpt_path,
         fmt,
         cfg.get("output"),
-        opset=_opset_of(cfg.get("opset")),
+        opset=_whole_number(cfg.get("opset"), f"opset must be an integer >= {MIN_OPSET} (torch.onnx's exporter)"),
         image_size=None if cfg.get("image_size") is None else int(cfg.image_size),
         verify=bool(cfg.verify),
         rtol=float(cfg.rtol),
         atol=float(cfg.atol),
         max_batch=int(cfg.max_batch),
-        batch=_batch_of(cfg.get("batch")),
+        batch=_whole_number(cfg.get("batch"), "batch must be a positive integer or null (any batch)"),
         fold_bn=bool(cfg.get("fold_bn", True)),
         overwrite=bool(cfg.get("overwrite", False)),
         config=resolved_config(cfg),

@@ -41,7 +41,6 @@ success) the outputs next to it.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,7 +54,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dyconv.analysis.recorder import AttentionRecorder
 from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary, LayerSpec
-from dyconv.cli import CONF_DIR, require_ckpt_path, route_lightning_logs, run_job
+from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
 from dyconv.layers.routing import ROUTINGS
@@ -235,24 +234,6 @@ def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
-def resolved_config(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``cfg`` as plain values, interpolations resolved; a top-level key that cannot be resolved
-    here (``paths`` outside a Hydra run) is left out."""
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception:  # resolvers that need a Hydra run (paths): keep what resolves
-        out: dict[str, Any] = {}
-        for key in cfg:
-            with contextlib.suppress(Exception):
-                value = cfg[key]
-                out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        return out
-
-
 def _write_resolved_config(result: Inspection, out: Path, config: DictConfig | Mapping[str, Any] | None) -> Path:
     from dyconv.utils.files import atomic_write_text
 
@@ -381,25 +362,10 @@ def format_report(result: Inspection, max_classes: int = 20) -> str:
     return "\n".join(lines)
 
 
-def hydra_dir(cfg: DictConfig) -> Path | None:
-    """The folder Hydra made for this launch (``paths.output_dir``), or None outside a Hydra run."""
-    folder = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
-    return Path(folder) if folder else None
-
-
-def removing_stub(cfg: DictConfig, task: str) -> contextlib.AbstractContextManager[Any]:
-    """On an error, remove the folder Hydra made for this launch if it holds nothing but Hydra's
-    files (``.hydra/`` and ``<task>.log``); a folder with earlier results is kept as it is."""
-    from dyconv.utils.run_state import remove_stub_on_error
-
-    folder = hydra_dir(cfg)
-    return remove_stub_on_error(folder, 0, (f"{task}.log",)) if folder else contextlib.nullcontext()
-
-
 def run_inspection(cfg: DictConfig) -> Inspection:
     """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report. A refusal
     removes the folder Hydra made if it holds nothing else (see the module docstring)."""
-    with removing_stub(cfg, str(cfg.get("task_name") or "inspect")):
+    with removing_stub(cfg, "inspect"):
         return _run_inspection(cfg)
 
 

@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,28 +85,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
-def _blocking_file(folder: Path) -> Path | None:
-    """The regular file (or other non-folder) standing where ``folder`` or one of its parents should be."""
-    for p in (folder, *folder.parents):
-        if p.exists() or p.is_symlink():
-            return None if p.is_dir() else p
-    return None
-
-
 def _check_out(path: str) -> None:
     """Fail before any work if ``path`` cannot be written: its folder must exist or be creatable,
     and ``path`` must not be a folder."""
+    from dyconv.utils.files import output_folder_problem
+
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        blocking = _blocking_file(Path(folder))
-        why = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
-        raise SystemExit(f"dyconv.profile: out={path}: cannot create its folder {folder}: {why}") from None
+    problem = output_folder_problem(folder)
+    if problem:
+        raise SystemExit(f"dyconv.profile: out={path}: cannot {problem[0]} its folder {folder}: {problem[1]}")
     if os.path.isdir(path):
         raise SystemExit(f"dyconv.profile: out={path} is a folder; name a Markdown file")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SystemExit(f"dyconv.profile: out={path}: cannot write into {folder}: permission denied")
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyconv.sweeps import SUMMARY_CSV, collect_jobs, split_override
+from dyconv.sweeps import SUMMARY_CSV, collect_jobs, exclude_keys, load_plain_yaml, split_override
+from dyconv.utils.files import output_folder_problem
 
 __all__ = ["Comparison", "Group", "build_report", "main"]
 
@@ -131,16 +131,7 @@ def _pick_metric(jobs: Sequence[dict[str, Any]], metric: str | None) -> str:
 
 def default_exclude_keys() -> list[str]:
     """``exclude_keys`` of ``conf/hydra/default.yaml`` (read as plain YAML data, never resolved)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(HYDRA_DEFAULTS.read_text())
-    except (OSError, yaml.YAMLError):
-        return []
-    node: Any = data
-    for key in ("job", "config", "override_dirname", "exclude_keys"):
-        node = node.get(key) if isinstance(node, dict) else None
-    return [str(k) for k in node] if isinstance(node, list) else []
+    return exclude_keys(load_plain_yaml(HYDRA_DEFAULTS)) or []
 
 
 def group_jobs(jobs: Sequence[dict[str, Any]], metric: str) -> tuple[list[Group], list[str]]:
@@ -273,14 +264,6 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
     return path
 
 
-def _blocking_file(folder: Path) -> Path | None:
-    """The regular file (or other non-folder) standing where ``folder`` or one of its parents should be."""
-    for p in (folder, *folder.parents):
-        if p.exists() or p.is_symlink():
-            return None if p.is_dir() else p
-    return None
-
-
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str | None = None,
                  title: str | None = None) -> dict[str, Any]:
     """Write report.md, report.csv and the plots; returns what it computed (groups, comparisons, paths)."""
@@ -292,14 +275,9 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metri
         raise SystemExit(f"error: {sweep_dir} is a single run, not a sweep folder (it has metrics.json); "
                          "point report at a multirun folder (logs/<task>/multiruns/<name>)")
     out = Path(out_dir) if out_dir else sweep_dir
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        blocking = _blocking_file(out)
-        why = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
-        raise SystemExit(f"error: cannot create the output folder {out}: {why}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: cannot write into the output folder {out}: permission denied")
+    problem = output_folder_problem(out)
+    if problem:
+        raise SystemExit(f"error: cannot {problem[0]} the output folder {out}: {problem[1]}")
     jobs = _jobs(sweep_dir)
     metric = _pick_metric(jobs, metric)
     groups, varying = group_jobs(jobs, metric)

@@ -51,34 +51,31 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _overrides(job_dir: Path) -> list[str]:
-    """The job's overrides as written in ``.hydra/overrides.yaml``, verbatim: the file is read as
-    plain YAML data, so a ``${...}`` in it (a handed sweep folder's) is text, never resolved."""
+def load_plain_yaml(path: Path) -> Any:
+    """A YAML file as plain data (``yaml.safe_load``: a ``${...}`` in a handed folder's file stays
+    text, nothing is resolved); None when it is missing or unreadable."""
     import yaml
 
     try:
-        data = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+        return yaml.safe_load(path.read_text())
     except (OSError, ValueError, yaml.YAMLError):
-        return []
-    if not isinstance(data, list):
-        return []
-    return [str(o) for o in data]
+        return None
+
+
+def _overrides(job_dir: Path) -> list[str]:
+    """The job's overrides as written in ``.hydra/overrides.yaml``, verbatim."""
+    data = load_plain_yaml(job_dir / ".hydra" / "overrides.yaml")
+    return [str(o) for o in data] if isinstance(data, list) else []
 
 
 def _hydra_yaml(job_dir: Path) -> dict[str, Any]:
-    """The ``hydra`` node of the job's ``.hydra/hydra.yaml`` as plain YAML data (``${...}`` stay
-    text, nothing is resolved); ``{}`` when the file is missing or unreadable."""
-    import yaml
-
-    try:
-        data = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
+    """The ``hydra`` node of the job's ``.hydra/hydra.yaml`` as plain data; ``{}`` when missing."""
+    data = load_plain_yaml(job_dir / ".hydra" / "hydra.yaml")
     node = data.get("hydra") if isinstance(data, dict) else None
     return node if isinstance(node, dict) else {}
 
 
-def _exclude_keys(hydra_cfg: dict[str, Any]) -> list[str] | None:
+def exclude_keys(hydra_cfg: Any) -> list[str] | None:
     """``hydra.job.config.override_dirname.exclude_keys`` of a job (keys that do not name its
     folder: ``ckpt_path``, ``trainer.devices``, ...); None when the job does not record them."""
     node: Any = hydra_cfg
@@ -138,7 +135,7 @@ def collect_jobs(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "error": status.get("error", ""),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "refused": str(refused.get("error", "")) if isinstance(refused, dict) else "",
-            "exclude_keys": _exclude_keys(hydra_cfg),
+            "exclude_keys": exclude_keys(hydra_cfg),
         })
     jobs.sort(key=lambda j: (j["num"] is None, j["num"] if j["num"] is not None else 0, j["job"]))
     return jobs
@@ -239,7 +236,9 @@ def _error_line(err: Any) -> str:
     line = _first_line(f"{type(inner).__name__}: {inner}")
     if inner is err:
         return line
-    key = next((ln.split(":", 1)[1].strip() for ln in str(err).splitlines() if ln.startswith("full_key:")), "")
+    from dyconv.cli import hydra_full_key
+
+    key = hydra_full_key(err)
     return f"{line} (raised as {type(err).__name__}" + (f" in {key})" if key else ")")
 
 
