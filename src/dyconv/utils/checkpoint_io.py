@@ -107,16 +107,19 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def _local_path(path: Any) -> Path | None:
+    """``path`` as a local file path (a plain path or ``file://``), None for any other protocol."""
+    text = str(path)
+    if not text or not _is_local_file_protocol(text):
+        return None
+    return Path(text.removeprefix("file://"))
+
+
 def is_checkpoint_in(path: Any, directories: Iterable[str | os.PathLike]) -> bool:
     """True if ``path`` names a ``.ckpt`` file (plain or ``file://`` path) directly inside one of
     ``directories`` (both resolved, so ``..`` and symlinked folders cannot point elsewhere)."""
-    text = str(path)
-    if not text or not _is_local_file_protocol(text):
-        return False
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    candidate = Path(text)
-    if candidate.suffix != ".ckpt":
+    candidate = _local_path(path)
+    if candidate is None or candidate.suffix != ".ckpt":
         return False
     try:
         parent = candidate.parent.resolve()
@@ -173,11 +176,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs or ()]
 
     def remove_checkpoint(self, path: Any) -> None:
-        if not is_checkpoint_in(path, self.checkpoint_dirs):
+        local = _local_path(path)
+        if local is None or not is_checkpoint_in(local, self.checkpoint_dirs):
             log.warning("Not deleting %s: only .ckpt files in this run's checkpoint folders (%s) are removed",
                         path, ", ".join(map(str, self.checkpoint_dirs)) or "none given")
             return
-        local = Path(str(path)[len("file://"):] if str(path).startswith("file://") else str(path))
         if local.is_dir() and not local.is_symlink():
             log.warning("Not deleting %s: it is a folder", local)
             return
