@@ -118,7 +118,8 @@ def test_temperature_sweep_restores_every_layer(forced_ckpt):
 def test_cli_on_a_real_run_writes_tables_and_plots(cli, tmp_path_factory):
     run_dir = real_run(tmp_path_factory.getbasetemp())
     proc = cli("inspect", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "temperatures=[1,5]")
-    out_dir = run_dir / "inspect" / "val"
+    (out_dir,) = (run_dir / "inspect").glob("val_*")  # <split>_<time>: its own folder
+    assert {p.name for p in out_dir.iterdir()} >= {".hydra", "inspect.log", "resolved_config.yaml"}
     for name in ("layers.csv", "per_class.csv", "temperature.csv", "entropy.png", "mean_pi.png", "win_rate.png",
                  "temperature.png", "class_mean_pi_features.2.0.png"):
         assert (out_dir / name).is_file(), name
@@ -285,3 +286,35 @@ def test_refusals_leave_no_folder_and_results_keep_their_config(forced_ckpt, tmp
     with pytest.raises(ConfigError, match="split must be 'val' or 'test'"):
         run_inspection(_inspect_command(*args, "split=train2"))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".log"} == before
+
+
+def test_a_second_inspection_never_replaces_or_mixes_with_the_first(forced_ckpt, tmp_path):
+    """Written twice into one folder (a fixed output_dir), the second inspection goes to <folder>+1;
+    one with fewer outputs (no temperature sweep) leaves no older temperature.csv beside its own."""
+    first = inspect_checkpoint(forced_ckpt, "val", max_batches=1, temperatures=[1.0], temperature_batches=1)
+    second = inspect_checkpoint(forced_ckpt, "val", max_batches=1, temperatures=[], temperature_batches=0)
+    out = tmp_path / "attn"
+    files = write_outputs(first, out)
+    assert {p.parent for p in files} == {out} and (out / "temperature.csv").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    files = write_outputs(second, out)
+    assert {p.parent for p in files} == {tmp_path / "attn+1"}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    names = {p.name for p in (tmp_path / "attn+1").iterdir()}
+    assert "layers.csv" in names and "temperature.csv" not in names and "resolved_config.yaml" in names
+    assert not [p for p in tmp_path.rglob(".*tmp")]
+
+
+def test_an_inspection_that_fails_while_producing_its_outputs_writes_nothing(forced_ckpt, tmp_path, monkeypatch):
+    import dyconv.analysis.plots as plots
+
+    result = inspect_checkpoint(forced_ckpt, "val", max_batches=1, temperatures=[1.0], temperature_batches=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "temperature_figure", broken)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_outputs(result, tmp_path / "attn")
+    assert not (tmp_path / "attn").exists()  # before: layers.csv and the other figures were there

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+import dyconv.report
 from dyconv.report import build_report, main
 from dyconv.sweeps import write_summary
 
@@ -181,3 +182,27 @@ def test_report_of_a_single_run_directory_says_so(tmp_path):
     with pytest.raises(SystemExit) as exc:
         build_report(run)
     assert "is a single run, not a sweep folder (it has metrics.json)" in str(exc.value.code)
+
+
+@pytest.mark.parametrize("step", ["_plot", "_pm"])  # the figures, the markdown table
+def test_report_that_fails_while_producing_its_outputs_leaves_the_previous_ones_as_they_were(
+        sweep, monkeypatch, step):
+    """A failure after report.csv's content is known leaves report.csv, report.md and the figures
+    byte-identical to the previous report (no new csv beside an old md) and no temp files."""
+    build_report(sweep)
+    names = ["report.csv", "report.md", "accuracy_vs_gflops.png", "accuracy_vs_params.png"]
+    before = {name: (sweep / name).read_bytes() for name in names}
+    _job(sweep, 99, ["model=resnet10", "model.width_mult=0.25", "seed=3", "experiment=x"],
+         {"test/acc": 0.5, "model/params": 2000.0, "model/gflops": 0.25})  # a new report would differ
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{step} failed")
+
+    monkeypatch.setattr(dyconv.report, step, fail)
+    with pytest.raises(RuntimeError, match=f"{step} failed"):
+        build_report(sweep)
+    assert {name: (sweep / name).read_bytes() for name in names} == before
+    assert not list(sweep.glob(".*.tmp"))
+    monkeypatch.undo()
+    build_report(sweep)  # the new job does change the report
+    assert (sweep / "report.csv").read_bytes() != before["report.csv"]

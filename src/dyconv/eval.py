@@ -18,12 +18,8 @@ when that holds nothing but Hydra's files.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
 from dyconv.errors import ConfigError
+from dyconv.utils.files import create_new_file, first_free_folder
 from dyconv.utils.rebuild import load_trained_run
 
 log = logging.getLogger("dyconv.eval")
@@ -39,52 +36,12 @@ log = logging.getLogger("dyconv.eval")
 RESULT_FILE = "metrics.json"
 
 
-def _create_new(path: Path, text: str) -> bool:
-    """Write ``path`` only if nothing is there: a complete file appears at once (a private temp
-    file hard-linked to its name; the link fails if the name exists), or nothing; False when the
-    name is taken (a file, a folder or a link). File systems without hard links get an exclusive
-    create instead (never a replacement, but readers may see it being written)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")  # this writer's own
-    try:
-        with os.fdopen(os.open(tmp, flags, 0o666), "w") as f:
-            f.write(text)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
-                raise
-        try:  # no hard links here
-            fd = os.open(path, flags, 0o666)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
 def write_result(out_dir: Path, text: str) -> Path:
     """Write ``text`` as ``out_dir/metrics.json``, or, when that folder already holds one, as the
     ``metrics.json`` of the first free ``<out_dir>+1``, ``+2``, ...; never replaces a result.
     Returns the file written."""
-    candidate, n = out_dir, 0
-    while True:
-        with contextlib.suppress(FileExistsError):  # a file of that name: the next folder
-            candidate.mkdir(parents=True, exist_ok=True)
-        path = candidate / RESULT_FILE
-        if candidate.is_dir() and _create_new(path, text):
-            if n:
-                log.warning("%s already holds an evaluation's results: this one is in %s", out_dir / RESULT_FILE,
-                            path)
-            return path
-        n += 1
-        candidate = out_dir.with_name(f"{out_dir.name}+{n}")
+    folder = first_free_folder(out_dir, lambda f: create_new_file(f / RESULT_FILE, text), "evaluation results")
+    return folder / RESULT_FILE
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -26,22 +26,26 @@ layers ignore the temperature and are left out).
 Segmentation runs: labels are per pixel while the attention is per image, so there are no
 per-class means (``per_class.csv`` is not written).
 
-Writes to ``<run dir>/inspect/<split>/`` (``output_dir=`` overrides): ``layers.csv`` (one row
-per layer), ``per_class.csv`` (layer x class), ``temperature.csv``, PNG plots and
-``resolved_config.yaml``: the resolved config of the inspection that wrote them, with the absolute
-checkpoint path and its epoch and global step.
+Writes to ``<run dir>/inspect/<split>_<time>/`` (the time to the microsecond, as eval's;
+``output_dir=`` overrides): ``layers.csv`` (one row per layer), ``per_class.csv`` (layer x class),
+``temperature.csv``, PNG plots and ``resolved_config.yaml``: the resolved config of the inspection
+that wrote them, with the absolute checkpoint path and its epoch and global step. An inspection
+never replaces or mixes with an earlier one's files: when the folder already holds an inspection
+(a fixed ``output_dir=``), the files go to the first free ``<folder>+1``, ``+2``, ... (a warning
+names it), and every file is produced before the first is written.
 
 Run folder: Hydra writes ``.hydra/`` and ``inspect.log`` into the output folder before the tool
 starts. A launch refused before it writes anything (``split=train2``, a missing checkpoint, ...)
-removes that folder again when it holds nothing else. A failed relaunch into a folder that holds an
-earlier inspection keeps its files, but Hydra has already replaced ``.hydra/*.yaml`` with the failed
-launch's: ``.hydra/`` describes the latest launch, ``resolved_config.yaml`` (written only on
+removes that folder again when it holds nothing else. A relaunch into a fixed ``output_dir`` that
+holds an earlier inspection keeps its files, but Hydra has already replaced ``.hydra/*.yaml`` with
+the relaunch's: ``.hydra/`` describes the latest launch, ``resolved_config.yaml`` (written only on
 success) the outputs next to it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -208,15 +212,15 @@ def inspect_checkpoint(
                       epoch=run.checkpoint.get("epoch"), global_step=run.checkpoint.get("global_step"))
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+def _csv_text(rows: list[dict[str, Any]]) -> str:
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
@@ -234,36 +238,28 @@ def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
-def _write_resolved_config(result: Inspection, out: Path, config: DictConfig | Mapping[str, Any] | None) -> Path:
-    from dyconv.utils.files import atomic_write_text
-
+def _resolved_config_text(result: Inspection, config: DictConfig | Mapping[str, Any] | None) -> str:
     record = resolved_config(config)
     record["ckpt_path"] = str(Path(result.ckpt_path).expanduser().absolute())
     record["split"] = result.split
     record["checkpoint"] = {"path": record["ckpt_path"], "epoch": result.epoch, "global_step": result.global_step}
-    return atomic_write_text(out / RESOLVED_CONFIG, OmegaConf.to_yaml(OmegaConf.create(record)))
+    return OmegaConf.to_yaml(OmegaConf.create(record))
 
 
-def write_outputs(
-    result: Inspection, output_dir: str | Path, config: DictConfig | Mapping[str, Any] | None = None
-) -> list[Path]:
-    """Write the CSV tables, PNG figures and ``resolved_config.yaml`` (``config`` resolved, plus
-    the absolute checkpoint path, its epoch and global step) of ``result`` into ``output_dir``;
-    returns the files (``resolved_config.yaml`` last: it is written once the others are)."""
+def _output_files(result: Inspection) -> dict[str, str | bytes]:
+    """Every table and figure of ``result``, by file name (``layers.csv`` first)."""
     from dyconv.analysis.plots import attention_figures, temperature_figure
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [_write_csv(out / "layers.csv", result.summary.rows())]
+    files: dict[str, str | bytes] = {"layers.csv": _csv_text(result.summary.rows())}
     if result.per_class:
-        files.append(_write_csv(out / "per_class.csv", _per_class_rows(result.summary)))
+        files["per_class.csv"] = _csv_text(_per_class_rows(result.summary))
     if result.sweep:
         rows = [
             {"temperature": t, "layer": name, "entropy_ratio": r}
             for t, by_layer in result.sweep.items()
             for name, r in by_layer.items()
         ]
-        files.append(_write_csv(out / "temperature.csv", rows))
+        files["temperature.csv"] = _csv_text(rows)
     figures = attention_figures(result.summary)
     if result.sweep:
         temps = list(result.sweep)
@@ -271,10 +267,31 @@ def write_outputs(
             temps, [sum(v.values()) / len(v) for v in result.sweep.values()]
         )
     for tag, fig in figures.items():
-        path = out / (tag.replace("/", "_") + ".png")
-        fig.savefig(path, dpi=120)
-        files.append(path)
-    files.append(_write_resolved_config(result, out, config))
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=120)
+        files[tag.replace("/", "_") + ".png"] = image.getvalue()
+    return files
+
+
+def write_outputs(
+    result: Inspection, output_dir: str | Path, config: DictConfig | Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Write the CSV tables, PNG figures and ``resolved_config.yaml`` (``config`` resolved, plus
+    the absolute checkpoint path, its epoch and global step) of ``result`` into ``output_dir``, or,
+    when that folder already holds an inspection's ``layers.csv``, into the first free
+    ``<output_dir>+1``, ``+2``, ...: an inspection never replaces or mixes with an earlier one.
+    Everything is produced before the first file is written; returns the files
+    (``resolved_config.yaml`` last: it is written once the others are)."""
+    from dyconv.utils.files import atomic_write_bytes, atomic_write_text, create_new_file, first_free_folder
+
+    contents = _output_files(result)
+    first = next(iter(contents))
+    out = first_free_folder(output_dir, lambda f: create_new_file(f / first, contents[first]), "inspection outputs")
+    files = [out / first]
+    for name, data in contents.items():
+        if name != first:
+            files.append(atomic_write_bytes(out / name, data.encode() if isinstance(data, str) else data))
+    files.append(atomic_write_text(out / RESOLVED_CONFIG, _resolved_config_text(result, config)))
     result.files = files
     return files
 
@@ -387,7 +404,10 @@ def _run_inspection(cfg: DictConfig) -> Inspection:
         data_overrides=overrides,
         device=str(cfg.device),
     )
-    write_outputs(result, Path(cfg.output_dir).expanduser().absolute(), cfg)
+    # Hydra's folder for this launch (hydra.run.dir is output_dir): output_dir itself would
+    # resolve ${now:...} again.
+    folder = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    write_outputs(result, Path(folder or cfg.output_dir).expanduser().absolute(), cfg)
     print(format_report(result), flush=True)
     return result
 

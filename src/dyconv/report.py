@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import statistics
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dyconv.sweeps import SUMMARY_CSV, collect_jobs, exclude_keys, load_plain_yaml, split_override
-from dyconv.utils.files import output_folder_problem
+from dyconv.utils.files import atomic_write_bytes, atomic_write_text, output_folder_problem
 
 __all__ = ["Comparison", "Group", "build_report", "main"]
 
@@ -227,7 +228,8 @@ def _series(groups: Sequence[Group], varying: Sequence[str]) -> dict[str, list[G
 
 
 def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: str, xlabel: str,
-          path: Path, title: str) -> Path | None:
+          title: str) -> bytes | None:
+    """The PNG of the metric against ``x_attr`` per series; None when no group has ``x_attr``."""
     from matplotlib.figure import Figure
 
     if not any(getattr(g, x_attr) for g in groups):
@@ -260,13 +262,17 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
     ax.grid(True, alpha=0.3)
     if len(ax.lines) <= 12:  # an Optuna search gives one series per trial: no legend then
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str | None = None,
                  title: str | None = None) -> dict[str, Any]:
-    """Write report.md, report.csv and the plots; returns what it computed (groups, comparisons, paths)."""
+    """Write report.md, report.csv and the plots; returns what it computed (groups, comparisons, paths).
+
+    Every output is produced in memory before any is written, and each is written atomically, so a
+    failure while producing one leaves the previous set of files as it was."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SystemExit(f"error: {sweep_dir} is not a directory; pass a sweep directory "
@@ -299,10 +305,11 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metri
             "fit_min mean": statistics.fmean(g.fit_s) / 60 if g.fit_s else "",
             "seeds": " ".join(g.seeds),
         })
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_text = buf.getvalue()
 
     lines = [f"# {title}", "",
              f"{len(jobs)} jobs in `{sweep_dir}`: {len(jobs) - len(failed)} completed, {len(failed)} failed or "
@@ -322,13 +329,21 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metri
     if failed:
         lines += ["", "Not included (failed or incomplete):", ""]
         lines += [f"- `{j['job']}` ({j['status']}): {j.get('error') or 'no error recorded'}" for j in failed]
-    plots = [p for p in (
-        _plot(groups, varying, metric, "gflops", "GFLOPs (one image, forward)", out / "accuracy_vs_gflops.png", title),
-        _plot(groups, varying, metric, "params", "parameters", out / "accuracy_vs_params.png", title),
-    ) if p is not None]
+    figures = {path: png for path, png in (
+        (out / "accuracy_vs_gflops.png",
+         _plot(groups, varying, metric, "gflops", "GFLOPs (one image, forward)", title)),
+        (out / "accuracy_vs_params.png", _plot(groups, varying, metric, "params", "parameters", title)),
+    ) if png is not None}
+    plots = list(figures)
     if plots:
         lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    md_text = "\n".join(lines) + "\n"
+
+    # Everything is produced: write it, the figures first and report.md (which shows them) last.
+    for path, png in figures.items():
+        atomic_write_bytes(path, png)
+    atomic_write_text(out / "report.csv", csv_text)
+    atomic_write_text(out / "report.md", md_text)
     return {"metric": metric, "groups": groups, "varying": varying, "comparisons": comparisons,
             "report": out / "report.md", "csv": out / "report.csv", "plots": plots, "text": "\n".join(lines)}
 

@@ -3,27 +3,90 @@ moment, sees the old content or the new one, never a part."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "output_folder_problem"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "create_new_file", "first_free_folder", "output_folder_problem"]
+
+log = logging.getLogger(__name__)
+
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path`` (named by this process, so concurrent writers
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path`` (named by this process, so concurrent writers
     never share one) and ``os.replace`` it over ``path``; returns ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.unlink(missing_ok=True)  # a leftover (or planted link) is removed, never written through
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(os.open(tmp, _EXCLUSIVE, 0o666), "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write_bytes` for text (UTF-8)."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def create_new_file(path: str | os.PathLike[str], data: str | bytes) -> bool:
+    """Write ``path`` only if nothing is there: a complete file appears at once (a private temp
+    file hard-linked to its name; the link fails if the name exists), or nothing; False when the
+    name is taken (a file, a folder or a link). File systems without hard links get an exclusive
+    create instead (never a replacement, but readers may see it being written)."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")  # this writer's own
+    try:
+        with os.fdopen(os.open(tmp, _EXCLUSIVE, 0o666), "wb") as f:
+            f.write(raw)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+        try:  # no hard links here
+            fd = os.open(path, _EXCLUSIVE, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def first_free_folder(folder: str | os.PathLike[str], claim: Callable[[Path], bool], what: str = "results") -> Path:
+    """The first of ``folder``, ``<folder>+1``, ``<folder>+2``, ... that ``claim`` takes (``claim(f)``
+    creates a file in the existing folder ``f`` that marks it as taken, returning False when it
+    already was: :func:`create_new_file`); a name held by a file is skipped. So a second run writing
+    to the same folder (started together, or a fixed output folder) never replaces the first's
+    ``what``; returns the folder claimed."""
+    folder = Path(folder)
+    candidate, n = folder, 0
+    while True:
+        with contextlib.suppress(FileExistsError):  # a file of that name: the next folder
+            candidate.mkdir(parents=True, exist_ok=True)
+        if candidate.is_dir() and claim(candidate):
+            if n:
+                log.warning("%s already holds earlier %s: these are in %s", folder, what, candidate)
+            return candidate
+        n += 1
+        candidate = folder.with_name(f"{folder.name}+{n}")
 
 
 def output_folder_problem(folder: str | os.PathLike[str]) -> tuple[str, str] | None:
