@@ -1,7 +1,7 @@
 """Exported dynamic models against their exported static twins, in onnxruntime (and torch.export).
 
 Each model pair is exported with ``dyconv.export.export_model`` (the file ``python -m
-dyconv.export`` writes: any batch, an ``If`` on the batch size) and, with ``--fixed-batch1``,
+dyconv.export`` writes: any batch, one ``Scan`` over the samples) and, with ``--fixed-batch1``,
 also as a batch-1-only file. All sessions run on the same input, interleaved round by round in
 one process (order alternating), so the ratios compare like with like on a noisy machine.
 
@@ -206,7 +206,7 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         if args.fixed_batch1 and batch == 1:
             active["onnx dynamic (batch=1 file)"] = fixed
         # onnxruntime and torch are timed in separate groups: torch's allocations between
-        # onnxruntime runs slowed the If file's batch-1 branch several-fold here (not the others).
+        # onnxruntime runs slowed the (then) If file's batch-1 branch several-fold here.
         t = time_interleaved({k: v for k, v in active.items() if k.startswith("onnx")}, x, args.rounds)
         if args.pt2:
             t |= time_interleaved({k: v for k, v in active.items() if k.startswith("pt2")}, x, args.rounds)
