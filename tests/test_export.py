@@ -140,7 +140,8 @@ def test_export_model_onnx_per_sample_scan_and_fixed_batches(tmp_path):
     files = {}
     for batch in (None, 1, 3):
         files[batch] = tmp_path / f"net_{batch}.onnx"
-        export_model(net, example, files[batch], "onnx", batch=batch)
+        # The any-batch file from a batch-1 example and a plain string path, as a user may pass them.
+        export_model(net, example[:1] if batch is None else example, str(files[batch]), "onnx", batch=batch)
     # The any-batch file: one Scan over the samples, each step the batch-1 graph.
     ops = [n.op_type for n in onnx.load(str(files[None])).graph.node]
     assert ops.count("Scan") == 1 and "If" not in ops

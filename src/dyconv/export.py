@@ -262,7 +262,7 @@ def _localise_subgraph_constants(path: Path) -> int:
 def export_model(
     model: nn.Module,
     example: torch.Tensor,
-    path: Path,
+    path: str | os.PathLike[str],
     fmt: str,
     *,
     opset: int | None = None,
@@ -283,6 +283,7 @@ def export_model(
     """
     from dyconv.utils.fold import prepare_for_export
 
+    path = Path(path)
     _check_format(fmt)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
@@ -380,9 +381,9 @@ def _load_runner(path: Path, fmt: str) -> Any:
 
 def verify_export(
     model: nn.Module,
-    path: Path,
+    path: str | os.PathLike[str],
     fmt: str,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     *,
     batches: tuple[int, ...] = VERIFY_BATCHES,
     rtol: float = 1e-3,
@@ -391,7 +392,7 @@ def verify_export(
 ) -> dict[int, float]:
     """Max abs difference between the exported file's and PyTorch's outputs per batch size;
     raises :class:`ExportError` if any element differs beyond ``atol + rtol * |expected|``."""
-    run = _load_runner(path, fmt)
+    run = _load_runner(Path(path), fmt)
     gen = torch.Generator().manual_seed(seed)
     diffs: dict[int, float] = {}
     for b in batches:
