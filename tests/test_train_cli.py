@@ -232,6 +232,8 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         (["seed=-1"], ["seed must be an integer in [0, 2**32 - 1]"]),
         (["ckpt_path=missing.ckpt"], ["ckpt_path=missing.ckpt: no such file"]),
         (["trainer.devices=0"], ["Trainer(devices=0)", "(in trainer)"]),  # Lightning's check, before any write
+        # A misspelled key of a group chosen on the same line: Hydra's refusal, then the closest key.
+        (["model=dy_resnet10", "model.widht_mult=0.5"], ["did you mean 'model.width_mult'?"]),
     ],
 )
 def test_bad_input_fails_at_start_with_one_clear_message(cli, tmp_path, args, expected):
@@ -243,6 +245,21 @@ def test_bad_input_fails_at_start_with_one_clear_message(cli, tmp_path, args, ex
     assert "Traceback" not in out
     runs = tmp_path / "logs" / "train" / "runs"
     assert not (runs.is_dir() and any(runs.iterdir())), "a failed start left a run directory behind"
+
+
+def test_misspelled_key_hint_names_the_closest_key_only_for_keys_the_config_lacks():
+    from dyconv.cli import misspelled_key_hint
+
+    hint = misspelled_key_hint("train", ["trainer.max_epoch=1", "optimizer.lr=0.1", "modle=dy_resnet10"])
+    assert hint.splitlines() == [
+        "dyconv: the config has no key 'trainer.max_epoch'; did you mean 'trainer.max_epochs'? "
+        "(+trainer.max_epoch=... adds a new key)",
+        "dyconv: the config has no key 'modle'; did you mean 'model'? (+modle=... adds a new key)",
+    ]
+    assert "'split'" in misspelled_key_hint("eval", ["ckpt_path=x.ckpt", "splt=val"])
+    # Existing keys, new keys (+), Hydra's own keys and flags: nothing to say.
+    assert misspelled_key_hint("train", ["trainer.max_epochs=1", "+foo.bar=1", "hydra.job.name=x", "-m"]) is None
+    assert misspelled_key_hint("train", ["data=tinyimagenet", "data.image_size=32"]) is None
 
 
 def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tmp_path):

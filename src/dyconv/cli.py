@@ -9,7 +9,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ __all__ = [
     "CONF_DIR",
     "is_user_error",
     "launched_externally",
+    "misspelled_key_hint",
     "plain",
     "process_rank",
     "require_ckpt_path",
     "route_lightning_logs",
+    "run_hydra_main",
     "run_job",
 ]
 
@@ -157,6 +159,67 @@ def removing_stub(cfg: DictConfig, task: str) -> contextlib.AbstractContextManag
     if not folder:
         return contextlib.nullcontext()
     return remove_stub_on_error(Path(folder), process_rank(), (f"{cfg.get('task_name') or task}.log",))
+
+
+def _key_paths(node: Any, prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            paths += [path, *_key_paths(v, path + ".")]
+    return paths
+
+
+def misspelled_key_hint(config_name: str, args: Sequence[str]) -> str | None:
+    """For command-line overrides ``key=value`` of keys the composed ``config_name`` does not have
+    (Hydra refuses them with "Key ... is not in struct"), a line per key naming the closest key
+    it has; None when every key exists or nothing is close. Config groups selected on the same
+    command line (``model=dy_resnet10``) count, so their keys are found too."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    plain_args = [a for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
+    keys = [a.split("=", 1)[0] for a in plain_args]
+    if not any(k.split(".")[0] != "hydra" for k in keys):
+        return None
+    groups = [a for a, k in zip(plain_args, keys) if "." not in k and "," not in a]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            try:
+                cfg = compose(config_name, overrides=groups)
+            except Exception:  # a misspelled or unknown group: the defaults alone
+                cfg = compose(config_name)
+        known = _key_paths(OmegaConf.to_container(cfg, resolve=False))
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    lines = []
+    for key in dict.fromkeys(keys):
+        if key.split(".")[0] == "hydra" or key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            lines.append(f"dyconv: the config has no key {key!r}; did you mean {close[0]!r}? "
+                         f"(+{key}=... adds a new key)")
+    return "\n".join(lines) or None
+
+
+def run_hydra_main(hydra_main: Callable[[], Any], config_name: str) -> Any:
+    """Run a tool's ``@hydra.main`` function; when the launch fails, name the closest existing key
+    for each override of a key the config does not have (:func:`misspelled_key_hint`), under
+    Hydra's own message."""
+    try:
+        return hydra_main()
+    except SystemExit as e:
+        if e.code not in (0, None):
+            hint = misspelled_key_hint(config_name, sys.argv[1:])
+            if hint:
+                print(hint, file=sys.stderr, flush=True)
+        raise
 
 
 def require_ckpt_path(usage: str) -> None:

@@ -26,7 +26,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
+from dyconv.cli import (
+    CONF_DIR,
+    removing_stub,
+    require_ckpt_path,
+    resolved_config,
+    route_lightning_logs,
+    run_hydra_main,
+    run_job,
+)
 from dyconv.errors import ConfigError
 from dyconv.utils.files import create_new_file, first_free_folder
 from dyconv.utils.rebuild import load_trained_run
@@ -93,7 +101,7 @@ def main() -> None:
 
     quiet_console()
     require_ckpt_path("python -m dyconv.eval ckpt_path=PATH [split=test|val] [data.root=DIR] [trainer=gpu]")
-    _main()
+    run_hydra_main(_main, "eval")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
+from dyconv.cli import (
+    CONF_DIR,
+    removing_stub,
+    require_ckpt_path,
+    resolved_config,
+    route_lightning_logs,
+    run_hydra_main,
+    run_job,
+)
 from dyconv.errors import ConfigError, DyconvError
 from dyconv.layers.dynamic_conv import DynamicConvNd, export_batch
 from dyconv.utils.files import atomic_write_text
@@ -581,7 +589,7 @@ def main() -> None:
         "python -m dyconv.export ckpt_path=PATH [format=onnx|pt2|torchscript] [output=FILE] [opset=N] [batch=B] "
         "[overwrite=true]"
     )
-    _main()
+    run_hydra_main(_main, "export")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from dyconv.analysis.recorder import AttentionRecorder
 from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary, LayerSpec
-from dyconv.cli import CONF_DIR, removing_stub, require_ckpt_path, resolved_config, route_lightning_logs, run_job
+from dyconv.cli import (
+    CONF_DIR,
+    removing_stub,
+    require_ckpt_path,
+    resolved_config,
+    route_lightning_logs,
+    run_hydra_main,
+    run_job,
+)
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
 from dyconv.layers.routing import ROUTINGS
@@ -423,7 +431,7 @@ def main() -> None:
 
     quiet_console()
     require_ckpt_path("python -m dyconv.inspect ckpt_path=PATH [split=val|test] [output_dir=DIR] [max_batches=N]")
-    _main()
+    run_hydra_main(_main, "inspect")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.cli import CONF_DIR, launched_externally, plain, process_rank, route_lightning_logs, run_job
+from dyconv.cli import (
+    CONF_DIR,
+    launched_externally,
+    plain,
+    process_rank,
+    route_lightning_logs,
+    run_hydra_main,
+    run_job,
+)
 from dyconv.errors import ConfigError, RunStopped
 
 __all__ = ["CONF_DIR", "check_trainable", "main", "objective", "train", "validate_config"]
@@ -443,7 +451,7 @@ def main() -> None:
 
     quiet_console()
     _require_sweeper(sys.argv[1:])
-    _main()
+    run_hydra_main(_main, "train")
 
 
 if __name__ == "__main__":
