@@ -16,11 +16,13 @@ The project's own replacement for ``torchvision.datasets.utils.download_and_extr
 
 Each DataModule describes its source with an :class:`Archive` (official URL first, mirrors after)
 and raises :class:`DatasetNotFoundError` with where it looked, the layout it expected and how to
-get the data.
+get the data. Before touching ``data.root`` it calls :func:`check_data_root`, which refuses a root
+that is a file, lies under one, or cannot be written where data must be written, in one message.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
@@ -34,11 +36,11 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from dyconv.errors import DyconvError
+from dyconv.errors import ConfigError, DyconvError
 from dyconv.utils.files import atomic_write_text
 
 __all__ = [
@@ -51,9 +53,11 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "UnsafeArchiveError",
+    "check_data_root",
     "check_not_interrupted",
     "download_and_extract",
     "download_file",
+    "download_writes",
     "ensure_gunzipped",
     "file_digest",
     "is_complete",
@@ -86,14 +90,19 @@ class DatasetNotFoundError(DyconvError, FileNotFoundError):
 
     @classmethod
     def for_dataset(cls, name: str, *, where: Path, problem: str, layout: str, how: str) -> DatasetNotFoundError:
-        layout = "\n".join("    " + line for line in layout.strip("\n").splitlines())
         return cls(
             f"{name} not found or incomplete: {problem}.\n"
             f"  Looked in: {where}\n"
-            f"  Expected layout:\n{layout}\n"
+            f"{_layout_block(layout)}\n"
             f"  To get it: {how}",
             where=where,
         )
+
+
+def _layout_block(layout: str) -> str:
+    """The ``Expected layout:`` lines of a dataset message (the layout indented under the heading)."""
+    lines = "\n".join("    " + line for line in layout.strip("\n").splitlines())
+    return f"  Expected layout:\n{lines}"
 
 
 class DownloadError(DyconvError, RuntimeError):
@@ -135,6 +144,108 @@ class Archive:
 def resolve_root(root: str | os.PathLike[str]) -> Path:
     """``root`` as an absolute path; a relative one is taken from the current directory (never chdir'd)."""
     return Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (``/`` at worst); nothing is created."""
+    for p in (path, *path.parents):
+        try:
+            os.lstat(p)
+        except OSError:  # missing, under a file (ENOTDIR), or above it a folder that cannot be entered
+            continue
+        return p
+    return Path(path.anchor or os.sep)
+
+
+def _not_a_folder(p: Path) -> str:
+    """What stands at ``p`` instead of a folder, for messages."""
+    if p.is_symlink() and not p.exists():
+        return "a broken symbolic link"
+    return "a file" if p.is_file() else "not a folder"
+
+
+def check_data_root(
+    root: Path,
+    *,
+    layout: str,
+    folders: Sequence[Path] = (),
+    writes: str | Callable[[], str | None] | None = None,
+    key: str = "data.root",
+) -> None:
+    """Raise :class:`~dyconv.errors.ConfigError` when ``root`` cannot hold the dataset; nothing is created.
+
+    Every DataModule calls it first in ``prepare_data`` and ``setup``, before it reads or writes
+    anything under ``root``, so a bad ``data.root`` is one message (the path, the problem, the
+    fix and ``layout``) instead of an ``OSError`` from deep inside a reader or the downloader.
+
+    Args:
+        root: the configured dataset folder (resolved).
+        layout: the dataset's expected layout, shown as in :class:`DatasetNotFoundError`.
+        folders: the folders the caller reads or writes (``root/MNIST/raw``; default ``root``): a
+            file where one of them (or a folder above it) belongs is refused.
+        writes: what is about to be written there (``"data.download=true downloads MNIST (11 MB)
+            into it"``), or a callable returning that or None (called once the folders are known
+            to be readable): they must then be creatable and writable. None: read only.
+        key: the config key named in the message.
+
+    Raises:
+        ConfigError: ``root`` (or a folder above or below it that is needed) is a file, or a folder
+            cannot be read, created or written (permission denied, read-only file system).
+    """
+    root = Path(root)
+    layout_text = _layout_block(layout)
+    fix = f"set {key} to the dataset folder (expected layout below)"
+    targets = tuple(folders) or (root,)
+    found = [(target, _first_existing(target)) for target in targets]
+    for _, p in found:
+        if p.is_dir():
+            continue
+        what = _not_a_folder(p)
+        if p == root:
+            problem = f"{key}={root} is {what}, not a folder: {fix}"
+        elif p in root.parents:
+            problem = f"{key}={root} cannot be a folder: {p} is {what}, not a folder; {fix}"
+        else:
+            problem = (f"{key}={root}: {p} is {what} where the dataset needs a folder; move or delete it, "
+                       f"or {fix}")
+        raise ConfigError(f"{problem}.\n{layout_text}")
+    for target, p in found:
+        if not os.access(p, os.X_OK | (os.R_OK if p == target else 0)):
+            raise ConfigError(
+                f"{key}={root} cannot be read ({p}: {os.strerror(errno.EACCES)}): set {key} to a folder "
+                f"you can read, or give yourself access to it.\n{layout_text}"
+            )
+    if callable(writes):
+        writes = writes()
+    if not writes:
+        return
+    for _, p in found:
+        if os.access(p, os.W_OK | os.X_OK):
+            continue
+        action = "written" if os.path.isdir(root) else "created"
+        raise ConfigError(
+            f"{key}={root} cannot be {action} ({p}: {_write_denied(p)}), and {writes}: set {key} to a folder "
+            f"you can write (it is created when missing), or place the complete dataset there beforehand."
+            f"\n{layout_text}"
+        )
+
+
+def download_writes(download: bool, archive: Archive, dataset_dir: Path) -> Callable[[], str | None]:
+    """``writes`` for :func:`check_data_root` before :func:`download_and_extract`: what it will write
+    (None without ``download``, or when ``dataset_dir`` is already complete and nothing is written)."""
+
+    def writes() -> str | None:
+        if not download or is_complete(dataset_dir):
+            return None
+        return f"data.download=true downloads {archive.filename} ({archive.size}) and extracts it there"
+
+    return writes
+
+
+def _write_denied(p: Path) -> str:
+    """The OS's words for why ``p`` cannot be written: a read-only file system, else permission denied."""
+    read_only = hasattr(os, "statvfs") and bool(os.statvfs(p).f_flag & getattr(os, "ST_RDONLY", 1))
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)
 
 
 def file_digest(path: Path, algorithm: str = "md5") -> str:

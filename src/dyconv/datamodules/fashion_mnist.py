@@ -102,8 +102,15 @@ class FashionMNISTDataModule(MNISTDataModule):
                 f"Delete it and run again (it is re-created from {DEBIAN_DIR} or downloaded with data.download=true)."
             )
 
+    def _writes(self) -> str | None:
+        system = self.system_dir
+        if system is not None and any((system / f"{name}.gz").is_file() for name in self._missing()):
+            return f"the files of {system} are decompressed into {self.raw_dir}"
+        return super()._writes()
+
     def prepare_data(self) -> None:
         """Fill ``root/FashionMNIST/raw`` from the Debian package or a download; md5-verify every file."""
+        self.check_root(writing=True)
         sources: list[str] = []
         for f in self.FILES:
             raw, gz = self.raw_dir / f.filename[:-3], self.raw_dir / f.filename
@@ -135,6 +142,8 @@ class FashionMNISTDataModule(MNISTDataModule):
             write_marker(self.raw_dir, files=sorted(FASHION_MNIST_RAW_MD5), sources=sources)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.check_root()
         if self.train_set is None and not self._missing():
             for name in FASHION_MNIST_RAW_MD5:
                 self._verify_raw(self.raw_dir / name)

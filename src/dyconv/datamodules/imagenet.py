@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from dyconv.datamodules.base import BaseDataModule
-from dyconv.datamodules.download import DatasetNotFoundError, resolve_root
+from dyconv.datamodules.download import DatasetNotFoundError, check_data_root, resolve_root
 from dyconv.datamodules.images import load_image
 from dyconv.datamodules.transforms import (
     IMAGENET_MEAN,
@@ -82,6 +82,10 @@ class ImageNetDataModule(BaseDataModule):
         self.wnids: list[str] = []
         self.set_rgb_transforms(augment, padding=padding, scale=scale, hflip=hflip, eval_crop_ratio=eval_crop_ratio)
 
+    def check_root(self) -> None:
+        """Refuse a ``root`` (or ``train``/``val`` inside it) that is a file or unreadable, in one message."""
+        check_data_root(self.root, layout=_LAYOUT, folders=(self.root / "train", self.root / "val"))
+
     def _check(self) -> None:
         problems: list[str] = []
         classes: dict[str, list[str]] = {}
@@ -113,6 +117,7 @@ class ImageNetDataModule(BaseDataModule):
             )
 
     def prepare_data(self) -> None:
+        self.check_root()
         self._check()
         self.verify_data()
 
@@ -127,6 +132,7 @@ class ImageNetDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.check_root()
         self._check()
         train = ImageFolder(str(Path(self.root, "train")), transform=self.train_transform, loader=load_image)
         self.check_num_classes(len(train.classes), f"{self.root / 'train'}")

@@ -22,8 +22,10 @@ from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
     Archive,
     DatasetNotFoundError,
+    check_data_root,
     check_not_interrupted,
     download_and_extract,
+    download_writes,
     resolve_root,
 )
 from dyconv.datamodules.images import load_image
@@ -152,7 +154,14 @@ class ImagenetteDataModule(BaseDataModule):
             )
         return classes["train"]
 
+    def check_root(self, *, writing: bool = False) -> None:
+        """Refuse a ``root`` that cannot hold the dataset folder (a file, unreadable, or unwritable
+        when ``writing`` and a download is due) in one message, before anything is touched."""
+        writes = download_writes(self.download, self.archive, self.folder) if writing else None
+        check_data_root(self.root, layout=self._layout(), folders=(self.root, self.folder), writes=writes)
+
     def prepare_data(self) -> None:
+        self.check_root(writing=True)
         if self.download:
             download_and_extract(self.archive, download_dir=self.root, extract_dir=self.root, dataset_dir=self.folder)
         self._check()
@@ -169,6 +178,7 @@ class ImagenetteDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.check_root()
         wnids = self._check()
         self.check_num_classes(len(wnids), f"{self.folder / 'train'}")
         self.wnids = wnids

@@ -23,6 +23,7 @@ from dyconv.datamodules.download import (
     Archive,
     ChecksumError,
     DatasetNotFoundError,
+    check_data_root,
     download_file,
     ensure_gunzipped,
     resolve_root,
@@ -133,14 +134,32 @@ class MNISTDataModule(BaseDataModule):
             self.NAME, where=self.raw_dir, problem=problem, layout=self.LAYOUT, how=self._how()
         )
 
+    def _writes(self) -> str | None:
+        """What ``prepare_data`` is about to write into ``raw_dir`` (for the root check), or None."""
+        missing = self._missing()
+        if missing and self.download:
+            return f"data.download=true downloads {self.NAME} ({self.SIZE}) into {self.raw_dir}"
+        if any((self.raw_dir / f"{name}.gz").is_file() for name in missing):
+            return f"the .gz files in {self.raw_dir} are decompressed there"
+        return None
+
+    def check_root(self, *, writing: bool = False) -> None:
+        """Refuse a ``root`` that cannot hold ``raw_dir`` (a file, unreadable, or unwritable when
+        ``writing`` and files are to be written) in one message, before anything is touched."""
+        writes = self._writes if writing else None
+        check_data_root(self.root, layout=self.LAYOUT, folders=(self.raw_dir,), writes=writes)
+
     def prepare_data(self) -> None:
         """Decompress ``.gz`` files already there; download the missing ones when ``download`` is set."""
+        self.check_root(writing=True)
+        fetched = False
         for f in self.FILES:
             raw, gz = self.raw_dir / f.filename[:-3], self.raw_dir / f.filename
             if raw.is_file():
                 continue
             if self.download:
                 download_file(f.urls, gz, md5=f.md5)  # reuses a valid .gz, replaces a bad one
+                fetched = True
             elif gz.is_file():
                 try:
                     verify_checksum(gz, md5=f.md5)
@@ -152,7 +171,7 @@ class MNISTDataModule(BaseDataModule):
         missing = self._missing()
         if missing:
             raise self._not_found(f"missing {', '.join(missing)}")
-        if self.download:
+        if fetched:  # a complete folder is left untouched (it may be read-only)
             write_marker(self.raw_dir, files=[f.filename for f in self.FILES])
 
     def _transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -163,6 +182,7 @@ class MNISTDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.check_root()
         missing = self._missing()
         if missing:
             raise self._not_found(f"missing {', '.join(missing)}")

@@ -27,8 +27,10 @@ from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
     Archive,
     DatasetNotFoundError,
+    check_data_root,
     check_not_interrupted,
     download_and_extract,
+    download_writes,
     resolve_root,
 )
 from dyconv.datamodules.images import load_image
@@ -204,7 +206,14 @@ class TinyImageNetDataModule(BaseDataModule):
             )
         return wnids, train, val
 
+    def check_root(self, *, writing: bool = False) -> None:
+        """Refuse a ``root`` that cannot hold ``tiny-imagenet-200/`` (a file, unreadable, or
+        unwritable when ``writing`` and a download is due) in one message, before anything is touched."""
+        writes = download_writes(self.download, self.ARCHIVE, self.folder) if writing else None
+        check_data_root(self.root, layout=_LAYOUT, folders=(self.root, self.folder), writes=writes)
+
     def prepare_data(self) -> None:
+        self.check_root(writing=True)
         if self.download:
             download_and_extract(self.ARCHIVE, download_dir=self.root, extract_dir=self.root, dataset_dir=self.folder)
         self._read()
@@ -217,6 +226,7 @@ class TinyImageNetDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.check_root()
         wnids, train, val = self._read()
         self.check_num_classes(len(wnids), f"{self.folder / 'wnids.txt'}")
         self.wnids = wnids

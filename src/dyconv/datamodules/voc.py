@@ -32,8 +32,10 @@ from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
     Archive,
     DatasetNotFoundError,
+    check_data_root,
     check_not_interrupted,
     download_and_extract,
+    download_writes,
     resolve_root,
 )
 from dyconv.datamodules.images import decoding, load_image
@@ -260,7 +262,14 @@ class VOCDataModule(BaseDataModule):
     def _train_samples(self, voc: dict[str, list[SegmentationSample]]) -> list[SegmentationSample]:
         return voc["train"]
 
+    def check_root(self, *, writing: bool = False) -> None:
+        """Refuse a ``root`` that cannot hold ``VOCdevkit/VOC2012`` (a file, unreadable, or unwritable
+        when ``writing`` and a download is due) in one message, before anything is touched."""
+        writes = download_writes(self.download, self.VOC_ARCHIVE, self.voc_dir) if writing else None
+        check_data_root(self.root, layout=_VOC_LAYOUT, folders=(self.root, self.voc_dir), writes=writes)
+
     def prepare_data(self) -> None:
+        self.check_root(writing=True)
         if self.download:
             download_and_extract(
                 self.VOC_ARCHIVE, download_dir=self.root, extract_dir=self.root, dataset_dir=self.voc_dir
@@ -276,6 +285,7 @@ class VOCDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.check_root()
         self.check_num_classes(len(VOC_CLASSES), "Pascal VOC (background + 20 classes)")
         voc = self._voc_samples()
         self.train_set = SegmentationDataset(self._train_samples(voc), self.train_transform)
@@ -297,6 +307,15 @@ class VOCSBDDataModule(VOCDataModule):
     def __init__(self, *, sbd_root: str | os.PathLike[str] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.sbd_root = resolve_root(sbd_root) if sbd_root is not None else self.root / "SBD"
+        self._sbd_key = "data.sbd_root" if sbd_root is not None else "data.root"
+
+    def check_root(self, *, writing: bool = False) -> None:
+        """VOC's check, then the same for ``sbd_root`` (named ``data.root`` when it is the default ``<root>/SBD``)."""
+        super().check_root(writing=writing)
+        writes = download_writes(self.download, self.SBD_ARCHIVE, self.sbd_root) if writing else None
+        named = self.sbd_root if self._sbd_key == "data.sbd_root" else self.root
+        check_data_root(named, layout=_SBD_LAYOUT, folders=(self.sbd_root.parent, self.sbd_root), writes=writes,
+                        key=self._sbd_key)
 
     def _sbd_ids(self) -> list[str]:
         """SBD train + val ids (deduplicated, in file order); raises if anything is missing."""
@@ -346,6 +365,7 @@ class VOCSBDDataModule(VOCDataModule):
         return samples
 
     def prepare_data(self) -> None:
+        self.check_root(writing=True)
         if self.download:
             download_and_extract(
                 self.SBD_ARCHIVE,
