@@ -303,6 +303,7 @@ def test_a_second_inspection_never_replaces_or_mixes_with_the_first(forced_ckpt,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     names = {p.name for p in (tmp_path / "attn+1").iterdir()}
     assert "layers.csv" in names and "temperature.csv" not in names and "resolved_config.yaml" in names
+    assert f"output_dir: {tmp_path / 'attn+1'}" in (tmp_path / "attn+1" / "resolved_config.yaml").read_text()
     assert not [p for p in tmp_path.rglob(".*tmp")]
 
 

@@ -260,6 +260,12 @@ def test_misspelled_key_hint_names_the_closest_key_only_for_keys_the_config_lack
     # Existing keys, new keys (+), Hydra's own keys and flags: nothing to say.
     assert misspelled_key_hint("train", ["trainer.max_epochs=1", "+foo.bar=1", "hydra.job.name=x", "-m"]) is None
     assert misspelled_key_hint("train", ["data=tinyimagenet", "data.image_size=32"]) is None
+    # Only siblings under the same parent count: a checkpoint's data key set without its + (eval
+    # and inspect keep only some data keys) is not "data.pin_memory".
+    assert misspelled_key_hint("eval", ["ckpt_path=x.ckpt", "data.split_seed=1", "data.image_size=3"]) is None
+    # A group that cannot be composed hides nothing else and gets no guesses under it.
+    assert misspelled_key_hint("train", ["data=mnist", "data.root=/x", "modle=dy_resnet10"]).count("did you") == 1
+    assert misspelled_key_hint("train", ["model=dy_resnet100", "model.stem=large"]) is None
 
 
 def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tmp_path):

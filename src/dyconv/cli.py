@@ -161,49 +161,52 @@ def removing_stub(cfg: DictConfig, task: str) -> contextlib.AbstractContextManag
     return remove_stub_on_error(Path(folder), process_rank(), (f"{cfg.get('task_name') or task}.log",))
 
 
-def _key_paths(node: Any, prefix: str = "") -> list[str]:
-    paths: list[str] = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            path = f"{prefix}{k}"
-            paths += [path, *_key_paths(v, path + ".")]
-    return paths
-
-
 def misspelled_key_hint(config_name: str, args: Sequence[str]) -> str | None:
     """For command-line overrides ``key=value`` of keys the composed ``config_name`` does not have
-    (Hydra refuses them with "Key ... is not in struct"), a line per key naming the closest key
-    it has; None when every key exists or nothing is close. Config groups selected on the same
-    command line (``model=dy_resnet10``) count, so their keys are found too."""
+    (Hydra refuses them with "Key ... is not in struct"), a line per key naming the closest
+    sibling under the same parent (``trainer.max_epoch`` -> ``trainer.max_epochs``); None when
+    every key exists or nothing is close (Hydra's own "+key=" advice then stands). Config groups
+    chosen on the same command line (``model=dy_resnet10``, a sweep's first option) are composed,
+    so their keys count; keys under a group that cannot be composed are left to Hydra's message."""
     import difflib
 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    plain_args = [a for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
-    keys = [a.split("=", 1)[0] for a in plain_args]
-    if not any(k.split(".")[0] != "hydra" for k in keys):
+    pairs = [a.split("=", 1) for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
+    keys = [k for k, _ in pairs if k.split(".")[0] != "hydra"]
+    if not keys:
         return None
-    groups = [a for a, k in zip(plain_args, keys) if "." not in k and "," not in a]
+    group_choices = [f"{k}={v.split(',')[0]}" for k, v in pairs if "." not in k and k != "hydra"]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(CONF_DIR, version_base="1.3"):
-            try:
-                cfg = compose(config_name, overrides=groups)
-            except Exception:  # a misspelled or unknown group: the defaults alone
-                cfg = compose(config_name)
-        known = _key_paths(OmegaConf.to_container(cfg, resolve=False))
+            chosen, broken = [], set()
+            for choice in group_choices:  # each on its own: a bad one must not hide the good ones
+                try:
+                    compose(config_name, overrides=[*chosen, choice])
+                    chosen.append(choice)
+                except Exception:
+                    broken.add(choice.split("=", 1)[0])
+            tree = OmegaConf.to_container(compose(config_name, overrides=chosen), resolve=False)
     except Exception:
         return None
     finally:
         GlobalHydra.instance().clear()
     lines = []
     for key in dict.fromkeys(keys):
-        if key.split(".")[0] == "hydra" or key in known:
+        *parents, leaf = key.split(".")
+        if parents and parents[0] in broken:
             continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf in node:
+            continue
+        close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1, cutoff=0.75)
         if close:
-            lines.append(f"dyconv: the config has no key {key!r}; did you mean {close[0]!r}? "
+            suggestion = ".".join([*parents, close[0]])
+            lines.append(f"dyconv: the config has no key {key!r}; did you mean {suggestion!r}? "
                          f"(+{key}=... adds a new key)")
     return "\n".join(lines) or None
 

@@ -32,14 +32,15 @@ Writes to ``<run dir>/inspect/<split>_<time>/`` (the time to the microsecond, as
 that wrote them, with the absolute checkpoint path and its epoch and global step. An inspection
 never replaces or mixes with an earlier one's files: when the folder already holds an inspection
 (a fixed ``output_dir=``), the files go to the first free ``<folder>+1``, ``+2``, ... (a warning
-names it), and every file is produced before the first is written.
+names it; their ``resolved_config.yaml`` records that folder as ``output_dir``), and every file is
+produced before the first is written.
 
 Run folder: Hydra writes ``.hydra/`` and ``inspect.log`` into the output folder before the tool
 starts. A launch refused before it writes anything (``split=train2``, a missing checkpoint, ...)
 removes that folder again when it holds nothing else. A relaunch into a fixed ``output_dir`` that
-holds an earlier inspection keeps its files, but Hydra has already replaced ``.hydra/*.yaml`` with
-the relaunch's: ``.hydra/`` describes the latest launch, ``resolved_config.yaml`` (written only on
-success) the outputs next to it.
+holds an earlier inspection keeps its tables and figures, but Hydra's files there are the latest
+launch's (``.hydra/*.yaml``, ``job_status.json``; ``inspect.log`` is appended to): each set of outputs
+is described by its own ``resolved_config.yaml`` (written only on success).
 """
 
 from __future__ import annotations
@@ -246,8 +247,9 @@ def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
-def _resolved_config_text(result: Inspection, config: DictConfig | Mapping[str, Any] | None) -> str:
+def _resolved_config_text(result: Inspection, config: DictConfig | Mapping[str, Any] | None, out: Path) -> str:
     record = resolved_config(config)
+    record["output_dir"] = str(out)  # where the files are (a taken output_dir: its free <folder>+N)
     record["ckpt_path"] = str(Path(result.ckpt_path).expanduser().absolute())
     record["split"] = result.split
     record["checkpoint"] = {"path": record["ckpt_path"], "epoch": result.epoch, "global_step": result.global_step}
@@ -299,7 +301,7 @@ def write_outputs(
     for name, data in contents.items():
         if name != first:
             files.append(atomic_write_bytes(out / name, data.encode() if isinstance(data, str) else data))
-    files.append(atomic_write_text(out / RESOLVED_CONFIG, _resolved_config_text(result, config)))
+    files.append(atomic_write_text(out / RESOLVED_CONFIG, _resolved_config_text(result, config, out)))
     result.files = files
     return files
 
@@ -412,10 +414,9 @@ def _run_inspection(cfg: DictConfig) -> Inspection:
         data_overrides=overrides,
         device=str(cfg.device),
     )
-    # Hydra's folder for this launch (hydra.run.dir is output_dir): output_dir itself would
-    # resolve ${now:...} again.
-    folder = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
-    write_outputs(result, Path(folder or cfg.output_dir).expanduser().absolute(), cfg)
+    # Hydra caches ${now:...}: output_dir is the folder hydra.run.dir made (not so in a multirun,
+    # whose jobs run in the sweep's folders but still write their outputs to output_dir).
+    write_outputs(result, Path(cfg.output_dir).expanduser().absolute(), cfg)
     print(format_report(result), flush=True)
     return result
 

@@ -329,19 +329,23 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metri
     if failed:
         lines += ["", "Not included (failed or incomplete):", ""]
         lines += [f"- `{j['job']}` ({j['status']}): {j.get('error') or 'no error recorded'}" for j in failed]
-    figures = {path: png for path, png in (
-        (out / "accuracy_vs_gflops.png",
-         _plot(groups, varying, metric, "gflops", "GFLOPs (one image, forward)", title)),
-        (out / "accuracy_vs_params.png", _plot(groups, varying, metric, "params", "parameters", title)),
-    ) if png is not None}
+    rendered = {
+        out / "accuracy_vs_gflops.png": _plot(groups, varying, metric, "gflops", "GFLOPs (one image, forward)", title),
+        out / "accuracy_vs_params.png": _plot(groups, varying, metric, "params", "parameters", title),
+    }
+    figures = {path: png for path, png in rendered.items() if png is not None}
     plots = list(figures)
     if plots:
         lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
     md_text = "\n".join(lines) + "\n"
 
-    # Everything is produced: write it, the figures first and report.md (which shows them) last.
-    for path, png in figures.items():
-        atomic_write_bytes(path, png)
+    # Everything is produced: write it, the figures first and report.md (which shows them) last;
+    # a figure this report does not have is removed, not left from an earlier one.
+    for path, png in rendered.items():
+        if png is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(path, png)
     atomic_write_text(out / "report.csv", csv_text)
     atomic_write_text(out / "report.md", md_text)
     return {"metric": metric, "groups": groups, "varying": varying, "comparisons": comparisons,
