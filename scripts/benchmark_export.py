@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pairs", nargs="*", default=DEFAULT_PAIRS, choices=list(PAIRS))
     parser.add_argument("--batch", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime intra-op threads (and torch's); 0: each library's default (one per core). "
+                             "Time other settings in separate processes: sessions' thread pools slow each other")
     parser.add_argument("--ort-level", choices=list(LEVELS), default="all", help="onnxruntime graph optimisation")
     parser.add_argument("--size", type=int, default=None, help="override every input side")
     parser.add_argument("--width", type=float, default=None, help="override width_mult")
@@ -247,13 +249,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-tune-malloc", action="store_true",
                         help="keep glibc's default mmap behaviour (affects the pt2 rows: torch allocates per run)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads < 0:
+        parser.error("--threads must be >= 0 (0: the libraries' defaults)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # What dyconv's entry points do (dyconv.runtime): without it the pt2 programs' activations
     # are page-faulted in afresh on every run, more for whichever program allocates more.
     tuned = False if args.no_tune_malloc else tune_malloc()
     import onnxruntime as ort
 
-    head = (f"onnxruntime {ort.__version__} (graph optimisation {args.ort_level}, {args.threads} intra-op thread),"
+    threads = f"{args.threads} intra-op thread" if args.threads else "default intra-op threads"
+    head = (f"onnxruntime {ort.__version__} (graph optimisation {args.ort_level}, {threads}),"
             f" torch {torch.__version__}, tune_malloc={tuned}; median of {args.rounds} interleaved rounds")
     print("#", head, flush=True)
     rows: list[dict] = []
