@@ -500,7 +500,84 @@ def test_a_checkpoint_never_makes_the_tools_fetch_pretrained_weights(tmp_path, m
     monkeypatch.setattr(MobileNet_V2_Weights.IMAGENET1K_V1.__class__, "get_state_dict", no_fetch)
     ckpt = make_checkpoint(tmp_path / "seg.ckpt", ["data=voc", "model=deeplabv3plus"])
     ckpt_data = torch.load(ckpt, map_location="cpu", weights_only=True)
-    ckpt_data["dyconv"]["config"]["model"]["pretrained_backbone"] = True
+    for value in (True, 1, "yes"):  # whatever the model reads as true
+        ckpt_data["dyconv"]["config"]["model"]["pretrained_backbone"] = value
+        torch.save(ckpt_data, ckpt)
+        run = load_trained_run(ckpt)
+        assert run.config["model"]["pretrained_backbone"] == value  # recorded as stored, not acted on
+    # Nested under another key of the model config: still not obeyed (the model refuses the key).
+    ckpt_data["dyconv"]["config"]["model"]["pretrained_backbone"] = False
+    ckpt_data["dyconv"]["config"]["model"]["extra"] = {"_target_": "dyconv.models.create_model",
+                                                      "name": "deeplabv3plus", "pretrained_backbone": True}
+    torch.save(ckpt_data, ckpt)
+    with pytest.raises(Exception, match="extra"):
+        load_trained_run(ckpt)
+
+
+def test_a_checkpoint_never_makes_the_tools_unpack_data_into_its_root(tmp_path):
+    """FashionMNIST unpacks a local copy (system_dir) into its root: a checkpoint's stored root
+    and system_dir rebuild with system_dir unset, so nothing is written where it says."""
+    target = tmp_path / "somewhere" / "chosen"
+    system = tmp_path / "system"
+    system.mkdir()
+    ckpt = make_checkpoint(tmp_path / "run.ckpt", ["data=fashion_mnist", "model=simple_cnn"])
+    ckpt_data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    ckpt_data["dyconv"]["config"]["data"].update(root=str(target), system_dir=str(system), download=False)
     torch.save(ckpt_data, ckpt)
     run = load_trained_run(ckpt)
-    assert run.config["model"]["pretrained_backbone"] is True  # recorded as stored, not acted on
+    dm = run.datamodule()
+    assert dm.system_dir is None and dm.download is False
+    with pytest.raises(DyconvError):
+        dm.prepare_data()
+    assert not target.exists()
+    assert run.datamodule({"system_dir": str(system)}).system_dir == system  # the command line may
+
+
+def test_restoring_launch_files_never_copies_a_links_target(tmp_path):
+    """A handed run's recorded launch whose config.yaml is a link to a user's file: the relaunch
+    that does not run restores nothing from it (the file's content never enters the run)."""
+    from dyconv.utils.run_dir import restore_launch_files
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    run = tmp_path / "handed"
+    launch = run / ".hydra" / "launches" / "2099-01-01_00-00-00"
+    launch.mkdir(parents=True)
+    (launch / "config.yaml").symlink_to(secret)
+    (launch / "overrides.yaml").write_text("- seed=1\n")
+    (run / ".hydra" / "config.yaml").write_text("this launch's\n")
+    assert restore_launch_files(run)
+    assert (run / ".hydra" / "config.yaml").read_text() == "this launch's\n"
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1\n"
+    linked = tmp_path / "linked"
+    (linked / ".hydra").mkdir(parents=True)
+    (linked / ".hydra" / "launches").symlink_to(launch.parent)
+    assert not restore_launch_files(linked)
+
+
+def test_links_planted_where_hydra_writes_are_removed_before_a_launch(cli, tmp_path):
+    """A handed run folder with links where Hydra writes a launch's files (export's .hydra/*.yaml
+    and export.log, and <run>/export itself): the export writes real files into the run and every
+    link target keeps its content."""
+    run = tmp_path / "handed"
+    ckpt = make_checkpoint(run / "checkpoints" / "last.ckpt", ["model=simple_cnn", "data=mnist"])
+    home = tmp_path / "home"
+    home.mkdir()
+    victims = []
+    for rel in ("export/.hydra/config.yaml", "export/.hydra/overrides.yaml", "export/export.log"):
+        victim = home / rel.replace("/", "_")
+        victim.write_text("precious")
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).symlink_to(victim)
+        victims.append(victim)
+    cli("export", f"ckpt_path={ckpt}", "format=torchscript", "verify=false")
+    assert [v.read_text() for v in victims] == ["precious"] * 3
+    assert not (run / "export" / "export.log").is_symlink() and (run / "export" / "model.ts").is_file()
+
+    other = tmp_path / "handed2"
+    ckpt2 = make_checkpoint(other / "checkpoints" / "last.ckpt", ["model=simple_cnn", "data=mnist"])
+    projects = home / "Projects"
+    projects.mkdir()
+    (other / "export").symlink_to(projects)
+    cli("export", f"ckpt_path={ckpt2}", "format=torchscript", "verify=false")
+    assert not any(projects.iterdir()) and (other / "export" / "model.ts").is_file()

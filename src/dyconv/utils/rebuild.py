@@ -41,18 +41,32 @@ class TrainedRun:
 
     def datamodule(self, overrides: Mapping[str, Any] | None = None) -> Any:
         """The run's DataModule, with ``overrides`` (e.g. ``{"root": ...}``) merged in; ``None``
-        values keep the checkpoint's setting (the tools' CLI defaults), except ``download``,
-        which is off unless an override turns it on."""
+        values keep the checkpoint's setting (the tools' CLI defaults), except what would make
+        dyconv write data: ``download`` is off and FashionMNIST's ``system_dir`` (a local copy it
+        unpacks into ``root``) unset unless an override sets them."""
         from hydra.utils import instantiate
 
         kept = {k: v for k, v in (overrides or {}).items() if v is not None}
         stored = dict(self.config["data"])
+        # A checkpoint never makes dyconv fetch or write data (its root may name any folder); the
+        # command line may.
         if "download" in stored:
-            stored["download"] = False  # a checkpoint never makes dyconv fetch or write data; the command line may
+            stored["download"] = False
+        if "system_dir" in stored:
+            stored["system_dir"] = None
         merged = OmegaConf.merge(OmegaConf.create(stored), OmegaConf.create(kept))
         data_cfg = OmegaConf.to_container(merged, resolve=False)
         check_section("data", data_cfg, self.ckpt_path)  # what gets built is still one of dyconv's datamodules
         return instantiate(data_cfg)
+
+
+def _no_pretrained(node: Any) -> Any:
+    """``node`` with every ``pretrained*`` key, at any depth, set to False."""
+    if isinstance(node, Mapping):
+        return {k: (False if str(k).startswith("pretrained") else _no_pretrained(v)) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_no_pretrained(v) for v in node]
+    return node
 
 
 def load_trained_run(ckpt_path: str | os.PathLike) -> TrainedRun:
@@ -69,10 +83,9 @@ def load_trained_run(ckpt_path: str | os.PathLike) -> TrainedRun:
         raise ConfigError(f"ckpt_path={ckpt_path}: {not_a_checkpoint_file(path)}")
     checkpoint = load_checkpoint(path)
     config = checkpoint_config(checkpoint, path)  # every _target_ checked before anything is built
-    # The weights come from the checkpoint: a stored pretrained_backbone=true must not make dyconv
-    # fetch (and cache) other weights first.
-    model_cfg = {k: (False if k.startswith("pretrained") and v is True else v) for k, v in config["model"].items()}
-    model = instantiate(model_cfg)
+    # The weights come from the checkpoint: a stored pretrained_backbone=true (or 1, or under a
+    # nested model config) must not make dyconv fetch (and cache) other weights first.
+    model = instantiate(_no_pretrained(config["model"]))
     task_cfg = dict(config["task"])
     task_cfg["compile"] = False
     make_task = instantiate(task_cfg, _partial_=True, _convert_="all")

@@ -217,9 +217,14 @@ def keep_launch_config(output_dir: Path, cfg: DictConfig | None = None) -> Path 
         n += 1
     dest.mkdir(parents=True)
     for name in (*_LAUNCH_FILES, "resolved_config.yaml"):
-        if (hydra_dir / name).is_file():
+        if _regular_file(hydra_dir / name):
             shutil.copy2(hydra_dir / name, dest / name)
     return dest
+
+
+def _regular_file(path: Path) -> bool:
+    """A file of the run folder itself: not a link (a handed folder's link could name any file)."""
+    return path.is_file() and not path.is_symlink()
 
 
 def restore_launch_files(output_dir: Path) -> bool:
@@ -227,12 +232,14 @@ def restore_launch_files(output_dir: Path) -> bool:
     launch that then did not run: refused, failed its checks, or found the run finished).
     Returns whether there was a recorded launch to restore."""
     launches = output_dir / ".hydra" / "launches"
-    recorded = [d for d in launches.iterdir() if d.is_dir()] if launches.is_dir() else []
+    if any(p.is_symlink() for p in (output_dir / ".hydra", launches)) or not launches.is_dir():
+        return False
+    recorded = [d for d in launches.iterdir() if d.is_dir() and not d.is_symlink()]
     if not recorded:
         return False
     latest = max(recorded, key=lambda d: (d.stat().st_mtime, d.name))
     for name in _LAUNCH_FILES:
-        if (latest / name).is_file():
+        if _regular_file(latest / name):  # a link's target is never copied into the run
             atomic_write_text(output_dir / ".hydra" / name, (latest / name).read_text())
     return True
 
@@ -290,3 +297,73 @@ def prepare_run_dir(output_dir: Path, cfg: DictConfig) -> None:
     for name in ("metrics.json", "completed.json"):
         if (output_dir / name).is_file() and launch is not None:
             os.replace(output_dir / name, launch / f"previous_{name}")
+
+
+#: The tools whose Hydra folder lies inside a run folder (``<run>/export``, ...).
+_TOOL_FOLDERS = ("eval", "inspect", "export")
+
+#: What Hydra writes into a run (or job) folder before any dyconv code runs.
+_HYDRA_WRITES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "job_status.json")
+
+
+def remove_planted_links(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Remove the symbolic links standing at ``folder/<name>`` (the links, never their targets), so
+    that what is about to be written there becomes a file of the folder instead of overwriting
+    whatever a handed run folder's link points at; returns the links removed."""
+    removed = []
+    for name in names:
+        path = folder / name
+        if path.is_symlink():
+            path.unlink()
+            removed.append(path)
+            log.warning("removed the symbolic link %s: dyconv never writes through links in a run folder", path)
+    return removed
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class PlantedLinkGuard(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback (``conf/hydra/default.yaml``): before Hydra writes a launch's files into an
+    existing run folder (``.hydra/*.yaml``, ``<task>.log``, ``job_status.json``; for a multirun
+    ``multirun.yaml`` and every job folder's files), links planted at those names are removed, so a
+    handed run or sweep folder cannot make a relaunch overwrite or append to the files they name.
+    For eval, inspect and export, whose folders lie inside the checkpoint's run folder, links at
+    those folders (``<run>/export``, ``<run>/eval``) are removed too. A training run's folder
+    itself and its ``checkpoints/`` may be links (e.g. to a larger disk)."""
+
+    @staticmethod
+    def _names(config: Any) -> tuple[str, ...]:
+        task = OmegaConf.select(config, "task_name", default=None) or OmegaConf.select(
+            config, "hydra.job.name", default="")
+        return (*_HYDRA_WRITES, f"{task}.log")
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        # Hydra only warns about an error raised here, so links are removed, never refused.
+        folder = Path(str(OmegaConf.select(config, "hydra.run.dir", default="")))
+        if not str(folder):
+            return
+        ckpt = OmegaConf.select(config, "ckpt_path", default=None)
+        if OmegaConf.select(config, "task_name", default=None) in _TOOL_FOLDERS and ckpt:
+            # <run>/export, <run>/eval/<x>, <run>/inspect/<x>: folders a handed run holds, derived
+            # from where its checkpoint is; a link there would put the tool's files anywhere.
+            from dyconv.utils.rebuild import run_dir_of
+
+            run = Path(run_dir_of(ckpt))
+            inside = [p for p in (folder, *folder.parents) if run in p.parents]
+            remove_planted_links(run, tuple(str(p.relative_to(run)) for p in reversed(inside)))
+        if folder.is_dir():
+            remove_planted_links(folder, self._names(config))
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="")))
+        if not (str(sweep) and sweep.is_dir()):
+            return
+        remove_planted_links(sweep, ("multirun.yaml",))
+        names = self._names(config)
+        for job in sweep.iterdir():
+            if job.is_dir() and not job.is_symlink():
+                remove_planted_links(job, names)
