@@ -12,7 +12,12 @@ The project's own replacement for ``torchvision.datasets.utils.download_and_extr
   existing link, via temp file and rename), so extraction is safe on every Python, with or
   without tarfile's ``data`` filter and its fixes (CVE-2025-4517);
 * a ``.dyconv-extracting`` marker is written before extraction and the ``.dyconv-complete``
-  marker last, so a half-extracted tree (killed job, full disk) is never taken as complete.
+  marker last, so a half-extracted tree (killed job, full disk) is never taken as complete;
+* every file this module creates (``.part`` downloads, temp files, markers) is created fresh
+  (``O_EXCL|O_NOFOLLOW``) after removing whatever stood at its name, and renamed into place, so a
+  link planted at any of those names is replaced, never written through;
+* ``.gz`` files are checksum-verified before they are decompressed (when a checksum is known) and
+  decompression stops at a size limit, so a small file cannot fill the disk.
 
 Each DataModule describes its source with an :class:`Archive` (official URL first, mirrors after)
 and raises :class:`DatasetNotFoundError` with where it looked, the layout it expected and how to
@@ -22,6 +27,7 @@ that is a file, lies under one, or cannot be written where data must be written,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -29,7 +35,6 @@ import http.client
 import json
 import logging
 import os
-import shutil
 import stat
 import tarfile
 import time
@@ -39,6 +44,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 from dyconv.errors import ConfigError, DyconvError
 from dyconv.utils.files import atomic_write_text
@@ -46,6 +52,7 @@ from dyconv.utils.files import atomic_write_text
 __all__ = [
     "COMPLETE_MARKER",
     "EXTRACTING_MARKER",
+    "MAX_GUNZIP_SIZE",
     "MAX_MEMBERS",
     "MAX_TOTAL_SIZE",
     "Archive",
@@ -72,6 +79,10 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = ".dyconv-complete"
 EXTRACTING_MARKER = ".dyconv-extracting"
 _CHUNK = 1 << 20
+#: Default limit of :func:`ensure_gunzipped`: far above any file it decompresses (MNIST's largest
+#: is 47 MB), far below what would fill a disk by surprise.
+MAX_GUNZIP_SIZE = 1 << 30
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -248,6 +259,46 @@ def _write_denied(p: Path) -> str:
     return os.strerror(errno.EROFS if read_only else errno.EACCES)
 
 
+def _create_new(path: Path) -> BinaryIO:
+    """Open ``path`` as a new, empty file for writing, never through what was at that name before.
+
+    Whatever stands at ``path`` (a leftover of an interrupted run, a symbolic or hard link planted
+    there) is removed first (the link itself, never what it points to), then the file is created
+    with ``O_EXCL|O_NOFOLLOW``: if anything reappears at the name meanwhile, this fails
+    (``FileExistsError``) instead of writing through it. Every file this module writes goes through
+    here (then ``os.replace`` into its final name, which also replaces a link, not its target).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "a folder stands where dyconv writes a file; remove it", str(path))
+        os.unlink(path)
+    return os.fdopen(os.open(path, _EXCLUSIVE, 0o644), "wb")
+
+
+def _resumable_size(part: Path) -> int:
+    """Bytes of a ``.part`` left by an interrupted download that can be resumed: a plain file with
+    no other name; 0 when there is none, or for a link of any kind (replaced, never appended to)."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else 0
+
+
+def _open_resumed(part: Path) -> BinaryIO:
+    """Open the ``.part`` :func:`_resumable_size` accepted for appending, never through a link."""
+    fd = os.open(part, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))  # a symbolic link: ELOOP
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # swapped for a hard link since it was checked
+        os.close(fd)
+        raise OSError(errno.EMLINK, "became a link while resuming; it is downloaded afresh next time", str(part))
+    return os.fdopen(fd, "ab")
+
+
 def file_digest(path: Path, algorithm: str = "md5") -> str:
     """Hex digest of a file, read in chunks."""
     h = hashlib.new(algorithm)
@@ -271,8 +322,9 @@ def verify_checksum(path: Path, *, md5: str | None = None, sha256: str | None = 
 
 
 def _fetch(url: str, part: Path, timeout: float) -> None:
-    """Stream ``url`` into ``part``, resuming from its current size when the server honours ``Range``."""
-    start = part.stat().st_size if part.exists() else 0
+    """Stream ``url`` into ``part``, resuming from its current size when the server honours ``Range``
+    (a link at ``part`` is replaced by a new file, never written through)."""
+    start = _resumable_size(part)
     request = urllib.request.Request(url, headers={"User-Agent": "dyconv-downloader"})
     if start:
         request.add_header("Range", f"bytes={start}-")
@@ -287,7 +339,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         total = response.headers.get("Content-Length")
         log.info("Downloading %s%s", url, f" (resuming at {start} bytes)" if resumed else "")
         written, last_log = 0, time.monotonic()
-        with open(part, "ab" if resumed else "wb") as f:
+        with _open_resumed(part) if resumed else _create_new(part) as f:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 f.write(chunk)
                 written += len(chunk)
@@ -326,7 +378,7 @@ def download_file(
     bad_checksums: list[str] = []
     for url in urls:
         for attempt in range(2):
-            resumed = part.exists()
+            resumed = _resumable_size(part) > 0
             try:
                 _fetch(url, part, timeout)
                 verify_checksum(part, md5=md5, sha256=sha256, source=url)
@@ -494,10 +546,9 @@ def _write_file(src: object, parent: Path, filename: str, archive: Path, name: s
             raise UnsafeArchiveError(f"refusing to extract {archive.name}: member {name!r} would replace the "
                                      f"directory {target}")
     tmp = parent / f".{filename[:200]}.{os.getpid()}.{time.monotonic_ns()}.dyconv-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     written = 0
     try:
-        with os.fdopen(fd, "wb") as dst:
+        with _create_new(tmp) as dst:
             for chunk in iter(lambda: src.read(_CHUNK), b""):  # type: ignore[attr-defined]
                 written += len(chunk)
                 if written > limit:
@@ -623,16 +674,48 @@ def _extract(archive: Path, dest: Path, entries: Sequence[_Entry], open_member: 
             _write_file(src, parent, entry.parts[-1], archive, entry.name, entry.size)
 
 
-def ensure_gunzipped(gz: Path, dest: Path) -> Path:
-    """Decompress ``gz`` to ``dest`` via a temp file and an atomic rename (a partial file never shows)."""
+def ensure_gunzipped(
+    gz: Path,
+    dest: Path,
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    max_size: int = MAX_GUNZIP_SIZE,
+) -> Path:
+    """Decompress ``gz`` to ``dest`` via a temp file and an atomic rename (a partial file never shows).
+
+    ``gz`` is checked against the checksums given before anything is decompressed, and at most
+    ``max_size`` bytes are written (the file's known size where there is one): a ``.gz`` that holds
+    more is refused and the partial output deleted. The temp file ``<dest>.tmp`` is created afresh
+    (a link planted at that name is removed, never written through).
+
+    Raises:
+        ChecksumError: ``gz`` does not match ``md5``/``sha256`` (nothing was decompressed).
+        UnsafeArchiveError: ``gz`` decompresses to more than ``max_size`` bytes (nothing is kept).
+    """
+    gz, dest = Path(gz), Path(dest)
     if dest.exists():
         return dest
+    verify_checksum(gz, md5=md5, sha256=sha256)
     tmp = dest.with_name(dest.name + ".tmp")
-    with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, _CHUNK)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, dest)
+    try:
+        with gzip.open(gz, "rb") as src, _create_new(tmp) as dst:
+            written = 0
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                written += len(chunk)
+                if written > max_size:
+                    raise UnsafeArchiveError(
+                        f"refusing to decompress {gz}: it unpacks to more than {max_size:,} bytes, the limit for "
+                        f"{dest.name} (a damaged or malicious file); nothing was kept, delete it and fetch it again"
+                    )
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, dest)  # replaces a link at `dest` itself, never what it points to
+    except BaseException:
+        with contextlib.suppress(OSError):  # (a folder at `tmp` stays, and the first error is raised)
+            tmp.unlink()
+        raise
     return dest
 
 
@@ -685,7 +768,7 @@ def download_and_extract(
     path = download_file(archive.urls, Path(download_dir) / archive.filename, md5=archive.md5, sha256=archive.sha256)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     (dataset_dir / COMPLETE_MARKER).unlink(missing_ok=True)
-    (dataset_dir / EXTRACTING_MARKER).write_text(f"extracting {path}\n")
+    atomic_write_text(dataset_dir / EXTRACTING_MARKER, f"extracting {path}\n")  # replaces a link there
     log.info("Extracting %s into %s", path, extract_dir)
     safe_extract(path, Path(extract_dir), strip_prefix=strip_prefix)  # on failure the EXTRACTING marker stays
     contents = [p for p in dataset_dir.iterdir() if p.name not in (EXTRACTING_MARKER, COMPLETE_MARKER)]

@@ -4,14 +4,15 @@
 Read by ``torchvision.datasets.FashionMNIST`` from its layout ``root/FashionMNIST/raw/``. Where
 the files come from, in order:
 
-1. already decompressed in ``root/FashionMNIST/raw/`` (md5-verified);
+1. already decompressed in ``root/FashionMNIST/raw/``, or as ``.gz`` files there (decompressed);
 2. Debian's ``dataset-fashion-mnist`` package (``apt-get install dataset-fashion-mnist``), whose
    gzipped files in ``/usr/share/datasets/fashion-mnist/`` are decompressed into the layout with no
    download (Debian recompressed them, so the *decompressed* files are md5-verified);
 3. ``download=true``: the official files from Zalando's mirror, md5-verified as downloaded.
 
-The 60k training images are split into train and a seeded validation holdout (``val_size``,
-default 5,000); test is the official 10k.
+Decompression stops at each file's known size, so no ``.gz`` can fill the disk. The 60k training
+images are split into train and a seeded validation holdout (``val_size``, default 5,000); test is
+the official 10k.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from dyconv.datamodules.download import (
 )
 from dyconv.datamodules.mnist import MNISTDataModule
 
-__all__ = ["DEBIAN_DIR", "FASHION_MNIST_FILES", "FASHION_MNIST_RAW_MD5", "FashionMNISTDataModule"]
+__all__ = [
+    "DEBIAN_DIR",
+    "FASHION_MNIST_FILES",
+    "FASHION_MNIST_RAW_MD5",
+    "FASHION_MNIST_RAW_SIZE",
+    "FashionMNISTDataModule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,14 @@ FASHION_MNIST_RAW_MD5: dict[str, str] = {
     "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
     "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+#: Size in bytes of the decompressed files (idx header + 28x28 bytes per image, 1 per label):
+#: decompression stops there, so a small ``.gz`` that unpacks to more is refused, not written out.
+FASHION_MNIST_RAW_SIZE: dict[str, int] = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
 }
 #: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped files.
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -109,24 +124,26 @@ class FashionMNISTDataModule(MNISTDataModule):
         return super()._writes()
 
     def prepare_data(self) -> None:
-        """Fill ``root/FashionMNIST/raw`` from the Debian package or a download; md5-verify every file."""
+        """Fill ``root/FashionMNIST/raw`` from the Debian package or a download; md5-verify every
+        decompressed file (decompression stops at the file's known size)."""
         self.check_root(writing=True)
         sources: list[str] = []
         for f in self.FILES:
             raw, gz = self.raw_dir / f.filename[:-3], self.raw_dir / f.filename
             if raw.is_file():
                 continue
+            max_size = FASHION_MNIST_RAW_SIZE[raw.name]
             system_gz = self.system_dir / f.filename if self.system_dir else None
-            if gz.is_file():
-                ensure_gunzipped(gz, raw)
+            if gz.is_file():  # official or recompressed (Debian's): its raw md5 is checked below
+                ensure_gunzipped(gz, raw, max_size=max_size)
             elif system_gz is not None and system_gz.is_file():
                 self.raw_dir.mkdir(parents=True, exist_ok=True)
                 log.info("Fashion-MNIST: decompressing %s into %s (no download)", system_gz, self.raw_dir)
-                ensure_gunzipped(system_gz, raw)
+                ensure_gunzipped(system_gz, raw, max_size=max_size)  # Debian recompressed: its raw md5 is checked
                 sources.append(str(system_gz))
             elif self.download:
-                download_file(f.urls, gz, md5=f.md5)
-                ensure_gunzipped(gz, raw)
+                download_file(f.urls, gz, md5=f.md5)  # replaces a .gz that failed its md5
+                ensure_gunzipped(gz, raw, max_size=max_size)
                 sources.append(f.url)
             else:
                 continue
