@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from dyconv.errors import ConfigError, DyconvError
-from dyconv.utils.files import atomic_write_text
+from dyconv.utils.files import EXCLUSIVE_CREATE, atomic_write_text
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -82,7 +82,6 @@ _CHUNK = 1 << 20
 #: Default limit of :func:`ensure_gunzipped`: far above any file it decompresses (MNIST's largest
 #: is 47 MB), far below what would fill a disk by surprise.
 MAX_GUNZIP_SIZE = 1 << 30
-_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -276,7 +275,7 @@ def _create_new(path: Path) -> BinaryIO:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a folder stands where dyconv writes a file; remove it", str(path))
         os.unlink(path)
-    return os.fdopen(os.open(path, _EXCLUSIVE, 0o644), "wb")
+    return os.fdopen(os.open(path, EXCLUSIVE_CREATE, 0o644), "wb")
 
 
 def _resumable_size(part: Path) -> int:

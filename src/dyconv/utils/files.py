@@ -11,11 +11,19 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "create_new_file", "first_free_folder", "output_folder_problem"]
+__all__ = [
+    "EXCLUSIVE_CREATE",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "create_new_file",
+    "first_free_folder",
+    "output_folder_problem",
+]
 
 log = logging.getLogger(__name__)
 
-_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+#: ``os.open`` flags that create a new file and never follow a link at its name.
+EXCLUSIVE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -25,7 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.unlink(missing_ok=True)  # a leftover (or planted link) is removed, never written through
-        with os.fdopen(os.open(tmp, _EXCLUSIVE, 0o666), "wb") as f:
+        with os.fdopen(os.open(tmp, EXCLUSIVE_CREATE, 0o666), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -48,7 +56,7 @@ def create_new_file(path: str | os.PathLike[str], data: str | bytes) -> bool:
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")  # this writer's own
     try:
-        with os.fdopen(os.open(tmp, _EXCLUSIVE, 0o666), "wb") as f:
+        with os.fdopen(os.open(tmp, EXCLUSIVE_CREATE, 0o666), "wb") as f:
             f.write(raw)
         try:
             os.link(tmp, path)
@@ -59,7 +67,7 @@ def create_new_file(path: str | os.PathLike[str], data: str | bytes) -> bool:
             if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                 raise
         try:  # no hard links here
-            fd = os.open(path, _EXCLUSIVE, 0o666)
+            fd = os.open(path, EXCLUSIVE_CREATE, 0o666)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as f:
