@@ -527,7 +527,7 @@ def test_a_checkpoint_never_makes_the_tools_unpack_data_into_its_root(tmp_path):
     run = load_trained_run(ckpt)
     dm = run.datamodule()
     assert dm.system_dir is None and dm.download is False
-    with pytest.raises(DyconvError):
+    with pytest.raises(DyconvError, match=r"pass data\.system_dir=/usr/share/datasets/fashion-mnist: it is unset here"):
         dm.prepare_data()
     assert not target.exists()
     assert run.datamodule({"system_dir": str(system)}).system_dir == system  # the command line may

@@ -105,8 +105,9 @@ class FashionMNISTDataModule(MNISTDataModule):
         self.system_dir = Path(system_dir) if system_dir else None
 
     def _how(self) -> str:
-        return (f"apt-get install dataset-fashion-mnist (Debian/Ubuntu: used from {DEBIAN_DIR} with no download), "
-                + super()._how())
+        where = (f"used from {self.system_dir} with no download" if self.system_dir is not None
+                 else f"then pass data.system_dir={DEBIAN_DIR}: it is unset here")
+        return f"apt-get install dataset-fashion-mnist (Debian/Ubuntu; {where}), " + super()._how()
 
     def _verify_raw(self, raw: Path) -> None:
         expected = FASHION_MNIST_RAW_MD5[raw.name]
