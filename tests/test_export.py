@@ -157,6 +157,66 @@ def test_export_model_onnx_per_sample_scan_and_fixed_batches(tmp_path):
                 torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-4, msg=f"{batch}/{b}")
 
 
+def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(tmp_path):
+    """runtime="onnxruntime": depthwise layers whose channels 16 divides run their computed
+    kernels through onnxruntime's blocked conv (the 8-channel one keeps a standard Conv); the
+    files compute what the model computes at batch 1 and 5 (any-batch) and at their fixed batch."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dyconv.export import export_model
+    from dyconv.utils.ort_blocked import NCHWC_DOMAIN, block_size
+
+    if block_size() < 8:
+        pytest.skip("onnxruntime has no blocked (NCHWc) kernels on this CPU")
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        DynamicConv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+        DynamicConv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),  # blocked
+        DynamicConv2d(16, 32, 1), nn.ReLU(),
+        DynamicConv2d(32, 32, 3, stride=2, padding=1, groups=32),  # blocked, strided
+        DynamicConv2d(32, 8, 1), DynamicConv2d(8, 8, 3, padding=1, groups=8),  # 8 channels: standard
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+    _sharpen(net)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    yield from nodes(attr.g)
+
+    for batch, sizes in ((None, (1, 5)), (1, (1,)), (3, (3,))):
+        path = tmp_path / f"net_{batch}.onnx"
+        info = export_model(net, torch.randn(2, 3, 16, 16), str(path), "onnx", batch=batch, runtime="onnxruntime")
+        assert info["blocked_depthwise_convs"] == 2
+        ops = [(n.domain, n.op_type) for n in nodes(onnx.load(str(path)).graph)]
+        assert ops.count((NCHWC_DOMAIN, "Conv")) == 2 and ("", "Conv") in ops
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for b in sizes:
+            x = torch.randn(b, 3, 16, 16)
+            (out,) = sess.run(None, {"image": x.numpy()})
+            with torch.no_grad():
+                torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5, msg=f"{batch}/{b}")
+
+
+def test_export_runtime_is_checked_before_exporting(tmp_path):
+    from dyconv.errors import ConfigError
+    from dyconv.export import export_model
+
+    with pytest.raises(ConfigError, match="runtime must be one of any, onnxruntime, got 'tensorrt'"):
+        export_model(_net(), torch.randn(2, 3, 16, 16), tmp_path / "a.onnx", "onnx", runtime="tensorrt")
+    with pytest.raises(ConfigError, match="runtime=onnxruntime applies to format=onnx only"):
+        export_model(_net(), torch.randn(2, 3, 16, 16), tmp_path / "a.pt2", "pt2", runtime="onnxruntime")
+    assert not any(tmp_path.iterdir())
+
+
 def test_export_model_pt2_compiles_with_aotinductor(tmp_path):
     """docs/deployment.md's AOTInductor recipe on an exported program: the compiled package
     computes what the model computes at every batch, not only the example's (a symbolic conv

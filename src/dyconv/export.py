@@ -124,6 +124,42 @@ def _check_format(fmt: str) -> None:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
+#: ``runtime=``: what the exported file may use. ``any``: standard operators; ``onnxruntime``:
+#: also onnxruntime's blocked (NCHWc) conv for depthwise layers (:mod:`dyconv.utils.ort_blocked`).
+RUNTIMES = ("any", "onnxruntime")
+
+
+def _check_runtime(runtime: str, fmt: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime":
+        if fmt != "onnx":
+            raise ConfigError(f"runtime=onnxruntime applies to format=onnx only (got format={fmt})")
+        from dyconv.utils.ort_blocked import block_size
+
+        try:
+            block = block_size()
+        except ImportError:
+            raise ConfigError("runtime=onnxruntime needs onnxruntime: pip install onnxruntime") from None
+        if block < 8:
+            raise ConfigError(
+                "runtime=onnxruntime needs onnxruntime's blocked (NCHWc) kernels, which this machine's onnxruntime "
+                "lacks (x86-64 with AVX2 or AVX-512 has them): export with runtime=any"
+            )
+
+
+def _rewrite_for_onnxruntime(path: Path) -> int:
+    """Rewrite the depthwise convs of the ONNX file at ``path`` for onnxruntime's blocked layout."""
+    import onnx
+
+    from dyconv.utils.ort_blocked import rewrite_depthwise_blocked
+
+    proto = onnx.load(str(path))
+    count = rewrite_depthwise_blocked(proto)
+    onnx.save(proto, str(path))
+    return count
+
+
 #: The lowest opset torch's ONNX exporter (``dynamo=True``) writes: it exports at 18 and converts
 #: (onnxscript's version converter), which cannot go below 18.
 MIN_OPSET = 18
@@ -277,6 +313,7 @@ def export_model(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
+    runtime: str = "any",
 ) -> dict[str, Any]:
     """Write ``model`` (eval mode) to ``path`` in format ``fmt``; returns format details for the
     metadata. ``example`` fixes every dimension but the batch.
@@ -288,11 +325,15 @@ def export_model(
     for single-image serving; B > 1: per-sample kernels in one grouped conv per layer).
     ``fold_bn`` folds BatchNorm after dynamic convs into their kernels first (exact algebra,
     :mod:`dyconv.utils.fold`); ``model`` itself is not changed.
+    ``runtime="onnxruntime"`` (ONNX only): depthwise layers whose channels 16 divides run their
+    computed kernels in onnxruntime's blocked layout (:mod:`dyconv.utils.ort_blocked`), a file
+    only onnxruntime's CPU execution provider runs; ``"any"`` (default): standard ONNX operators.
     """
     from dyconv.utils.fold import prepare_for_export
 
     path = Path(path)
     _check_format(fmt)
+    _check_runtime(runtime, fmt)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
     if fmt == "torchscript" and any(isinstance(m, DynamicConvNd) and m.routing.kind == "omni" for m in model.modules()):
@@ -305,10 +346,15 @@ def export_model(
     dynamic = any(isinstance(m, DynamicConvNd) for m in model.modules())
     net: nn.Module = prepare_for_export(model, fold_bn=fold_bn) if dynamic and fmt != "torchscript" else model
     if dynamic and fmt == "onnx":
+        from dyconv.utils.ort_blocked import CHANNEL_MULTIPLE
+
         for m in net.modules():
             if isinstance(m, DynamicConvNd):
-                # onnxruntime's batch-1 form per layer (DynamicConvNd._export_mixture_single)
-                m._export_onnx = True
+                # onnxruntime's batch-1 form per layer (DynamicConvNd._export_mixture_single),
+                # except for the depthwise layers runtime=onnxruntime runs blocked (aggregated)
+                blocked = runtime == "onnxruntime" and m._ndim == 2 and m.groups == m.in_channels == m.out_channels \
+                    and m.groups % CHANNEL_MULTIPLE == 0 and all(d == 1 for d in m.dilation)
+                m._export_onnx = not blocked
     if batch is not None:
         example = example[:1].expand(batch, *example.shape[1:]).contiguous()
         dynamic_shapes: Any = None
@@ -347,6 +393,8 @@ def export_model(
 
                 if isinstance(net, _PerSample) and not _onnx_external_data(model):
                     _localise_subgraph_constants(path)
+                if runtime == "onnxruntime":
+                    info["blocked_depthwise_convs"] = _rewrite_for_onnxruntime(path)
                 proto = onnx.load(str(path), load_external_data=False)
                 info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
             elif fmt == "pt2":
@@ -434,6 +482,7 @@ def export_checkpoint(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
+    runtime: str = "any",
     overwrite: bool = False,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -448,6 +497,7 @@ def export_checkpoint(
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
     _check_format(fmt)
+    _check_runtime(runtime, fmt)
     if not (rtol >= 0 and atol >= 0):  # also NaN: a check that can never pass
         raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     if opset is not None and fmt != "onnx":
@@ -484,7 +534,8 @@ def export_checkpoint(
     try:
         staging.mkdir()
         staged = staging / path.name
-        info = export_model(model, example, staged, fmt, opset=opset, max_batch=max_batch, batch=batch, fold_bn=fold_bn)
+        info = export_model(model, example, staged, fmt, opset=opset, max_batch=max_batch, batch=batch, fold_bn=fold_bn,
+                            runtime=runtime)
         batches = VERIFY_BATCHES if batch is None else (batch,)
         try:
             shape = (channels, h, w)
@@ -523,6 +574,7 @@ def export_checkpoint(
         "num_classes": num_classes,
         "normalization": normalization_of(data),
         "opset": info.get("opset"),
+        "runtime": runtime,
         "verified_max_abs_diff": {str(b): d for b, d in diffs.items()},
         "dyconv_version": dyconv.__version__,
         "torch_version": torch.__version__,
@@ -557,6 +609,7 @@ def _run_export(cfg: DictConfig) -> dict[str, Any]:
         max_batch=int(cfg.max_batch),
         batch=_whole_number(cfg.get("batch"), "batch must be a positive integer or null (any batch)"),
         fold_bn=bool(cfg.get("fold_bn", True)),
+        runtime=str(cfg.get("runtime", "any")),
         overwrite=bool(cfg.get("overwrite", False)),
         config=resolved_config(cfg),
     )
