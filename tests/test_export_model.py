@@ -231,14 +231,23 @@ def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_pa
     assert _files(tmp_path) == before
 
 
-def test_the_readme_export_commands_write_two_files(two_checkpoints):
-    """README: ``format=onnx`` then ``batch=1``, both to the default place: two files, no refusal."""
+def test_the_readme_export_commands_write_their_own_files(two_checkpoints):
+    """README: ``format=onnx``, ``batch=1`` and ``runtime=onnxruntime``, all to the default place:
+    three files, no refusal; the .json says which runtime a file is for."""
+    from dyconv.utils.ort_blocked import block_size
+
+    if block_size() < 8:
+        pytest.skip("onnxruntime has no blocked (NCHWc) kernels on this CPU: runtime=onnxruntime is refused")
     first, _ = two_checkpoints
     export_dir = first.parent.parent / "export"
     run_export(_export_command(f"ckpt_path={first}", "format=onnx"))
     run_export(_export_command(f"ckpt_path={first}", "format=onnx", "batch=1"))
+    run_export(_export_command(f"ckpt_path={first}", "runtime=onnxruntime"))
     assert sorted(p.name for p in export_dir.iterdir()) == [
-        "model.onnx", "model.onnx.json", "model_batch1.onnx", "model_batch1.onnx.json"]
+        "model.onnx", "model.onnx.json", "model_batch1.onnx", "model_batch1.onnx.json",
+        "model_onnxruntime.onnx", "model_onnxruntime.onnx.json"]
+    assert json.loads((export_dir / "model_onnxruntime.onnx.json").read_text())["runtime"] == "onnxruntime"
+    assert json.loads((export_dir / "model.onnx.json").read_text())["runtime"] == "any"
 
 
 def test_negative_tolerances_are_refused_before_exporting(two_checkpoints, tmp_path):

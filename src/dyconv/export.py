@@ -512,8 +512,9 @@ def export_checkpoint(
     data = run.config.get("data", {})
     channels = int(data.get("in_channels") or 3)
     h, w = _input_size(data, image_size)
-    # A fixed-batch file is another file: exporting both (README) needs no output=.
-    default_name = f"model{'' if batch is None else f'_batch{batch}'}{FORMATS[fmt]}"
+    # A fixed-batch or onnxruntime-only file is another file: exporting each (README) needs no output=.
+    suffix = ("" if batch is None else f"_batch{batch}") + ("_onnxruntime" if runtime == "onnxruntime" else "")
+    default_name = f"model{suffix}{FORMATS[fmt]}"
     path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / default_name
     path = path.expanduser().absolute()
     meta_path = path.with_name(path.name + ".json")
