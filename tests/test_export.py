@@ -130,8 +130,21 @@ def test_fold_batchnorm_and_temperature_are_exact():
         torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def _matches_in_onnxruntime(path, net: nn.Module, sizes, atol: float):
+    """The ONNX file at ``path`` computes ``net`` on random 3x16x16 batches of each size; returns its session."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in sizes:
+        x = torch.randn(b, 3, 16, 16)
+        (out,) = sess.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=atol, msg=f"{path.name}/{b}")
+    return sess
+
+
 def test_export_model_onnx_per_sample_scan_and_fixed_batches(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from dyconv.export import export_model
 
@@ -147,21 +160,16 @@ def test_export_model_onnx_per_sample_scan_and_fixed_batches(tmp_path):
     assert ops.count("Scan") == 1 and "If" not in ops
     assert "Scan" not in [n.op_type for n in onnx.load(str(files[1])).graph.node]
     for batch, sizes in ((None, (1, 5, 2)), (1, (1,)), (3, (3,))):
-        sess = ort.InferenceSession(str(files[batch]), providers=["CPUExecutionProvider"])
+        sess = _matches_in_onnxruntime(files[batch], net, sizes, atol=1e-4)
         shape = sess.get_inputs()[0].shape
         assert shape[0] == batch if batch else not isinstance(shape[0], int)
-        for b in sizes:
-            x = torch.randn(b, 3, 16, 16)
-            (out,) = sess.run(None, {"image": x.numpy()})
-            with torch.no_grad():
-                torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-4, msg=f"{batch}/{b}")
 
 
 def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(tmp_path):
     """runtime="onnxruntime": depthwise layers whose channels 16 divides run their computed
     kernels through onnxruntime's blocked conv (the 8-channel one keeps a standard Conv); the
     files compute what the model computes at batch 1 and 5 (any-batch) and at their fixed batch."""
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from dyconv.export import export_model
     from dyconv.utils.ort_blocked import NCHWC_DOMAIN, block_size
@@ -198,12 +206,7 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
         assert info["blocked_depthwise_convs"] == 2
         ops = [(n.domain, n.op_type) for n in nodes(onnx.load(str(path)).graph)]
         assert ops.count((NCHWC_DOMAIN, "Conv")) == 2 and ("", "Conv") in ops
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for b in sizes:
-            x = torch.randn(b, 3, 16, 16)
-            (out,) = sess.run(None, {"image": x.numpy()})
-            with torch.no_grad():
-                torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5, msg=f"{batch}/{b}")
+        _matches_in_onnxruntime(path, net, sizes, atol=1e-5)
 
 
 def test_export_runtime_is_checked_before_exporting(tmp_path):
