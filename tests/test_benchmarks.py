@@ -37,10 +37,17 @@ def test_gpu_check_dry_run_writes_tables(tmp_path):
 def test_benchmark_export_dry_run(tmp_path):
     pytest.importorskip("onnxruntime")
     md = tmp_path / "export.md"
+    from dyconv.utils.ort_blocked import block_size
+
+    ort_files = block_size() >= 8  # runtime=onnxruntime needs onnxruntime's blocked kernels
     rows = _load("benchmark_export").main(["--pairs", "simple_cnn", "--rounds", "2", "--batch", "1", "3",
-                                           "--fixed-batch1", "--markdown", str(md)])
-    assert {(r["batch"], r["variant"]) for r in rows} == {(1, "dynamic"), (1, "dynamic (batch=1 file)"),
-                                                         (3, "dynamic")}
+                                           "--fixed-batch1", "--markdown", str(md)]
+                                          + (["--runtime-onnxruntime"] if ort_files else []))
+    expected = {(1, "dynamic"), (1, "dynamic (batch=1 file)"), (3, "dynamic")}
+    if ort_files:
+        expected |= {(1, "dynamic (runtime=onnxruntime)"), (3, "dynamic (runtime=onnxruntime)"),
+                     (1, "dynamic (batch=1, runtime=onnxruntime)")}
+    assert {(r["batch"], r["variant"]) for r in rows} == expected
     assert all(r["ratio"] > 0 for r in rows)
     assert "| dy_simple_cnn (3x28x28) | 1 | onnx | dynamic |" in md.read_text()
     # The 1-D, 3-D and omni pairs build a static network and its dynamic twin (same output shape).
@@ -112,15 +119,3 @@ def test_benchmark_layer_shapes_match_the_static_convs():
                 y = cands["static"](x)
                 assert tuple(y.shape[2:]) == shape.output_size
                 assert cands["auto"](x).shape == y.shape
-
-
-def test_ort_blocked_depthwise_dry_run(capsys):
-    """runtime=onnxruntime against the standard export: the script checks the files agree (it
-    exits if not) and times every file."""
-    script = _load("ort_blocked_depthwise")
-    if script.block_size() < 8:
-        pytest.skip("onnxruntime has no blocked (NCHWc) kernels on this CPU")
-    ms = script.main(["--no-any-batch", "--width", "0.35", "--size", "32", "--rounds", "2"])
-    assert set(ms) == {"static", "dynamic batch=1", "dynamic batch=1, runtime=onnxruntime"}
-    assert all(v > 0 for v in ms.values())
-    assert "depthwise convs in the blocked layout" in capsys.readouterr().out

@@ -11,8 +11,8 @@ reads it when it runs (a ``ReorderInput`` of 8 channels pads them to one block),
 whose channel count 16 divides are rewritten, so the padded layout is the same for both.
 
 The rewritten file runs only in onnxruntime's CPU execution provider (other runtimes do not know
-the domain; onnxruntime may have no blocked kernels on ARM). ``scripts/ort_blocked_depthwise.py``
-measures the gain.
+the domain; onnxruntime may have no blocked kernels on ARM). ``scripts/benchmark_export.py
+--runtime-onnxruntime`` measures the gain.
 """
 
 from __future__ import annotations
