@@ -148,18 +148,6 @@ def _check_runtime(runtime: str, fmt: str) -> None:
             )
 
 
-def _rewrite_for_onnxruntime(path: Path) -> int:
-    """Rewrite the depthwise convs of the ONNX file at ``path`` for onnxruntime's blocked layout."""
-    import onnx
-
-    from dyconv.utils.ort_blocked import rewrite_depthwise_blocked
-
-    proto = onnx.load(str(path))
-    count = rewrite_depthwise_blocked(proto)
-    onnx.save(proto, str(path))
-    return count
-
-
 #: The lowest opset torch's ONNX exporter (``dynamo=True``) writes: it exports at 18 and converts
 #: (onnxscript's version converter), which cannot go below 18.
 MIN_OPSET = 18
@@ -272,16 +260,14 @@ def _drop_stack_traces(graph: Any) -> None:
                 _drop_stack_traces(sub)
 
 
-def _localise_subgraph_constants(path: Path) -> int:
+def _localise_subgraph_constants(proto: Any) -> int:
     """Move each initializer that only one subgraph (the ``Scan`` body) reads into it; returns
     how many. onnxruntime pre-packs (and lays out in its blocked NCHWc format) only constants of
     the graph that reads them: with the kernels outside, the constant convs of an ``If`` branch
     ran several-fold slower than in a ``batch=1`` file (measured). The rewrite also drops the
     exporter's per-node stack traces (debug text, 107 of 126 MB there) and the initializers no
-    node reads (onnxruntime printed a warning for each when loading)."""
-    import onnx
-
-    proto = onnx.load(str(path))
+    node reads (onnxruntime printed a warning for each when loading). ``proto`` (an
+    ``onnx.ModelProto``) is changed in place."""
     graph = proto.graph
     _drop_stack_traces(graph)
     subgraphs = [a.g for node in graph.node for a in node.attribute if a.HasField("g")]
@@ -299,7 +285,6 @@ def _localise_subgraph_constants(path: Path) -> int:
         subgraphs[readers[0]].initializer.append(init)
         graph.initializer.remove(init)
         moved += 1
-    onnx.save(proto, str(path))
     return moved
 
 
@@ -346,15 +331,13 @@ def export_model(
     dynamic = any(isinstance(m, DynamicConvNd) for m in model.modules())
     net: nn.Module = prepare_for_export(model, fold_bn=fold_bn) if dynamic and fmt != "torchscript" else model
     if dynamic and fmt == "onnx":
-        from dyconv.utils.ort_blocked import CHANNEL_MULTIPLE
+        from dyconv.utils.ort_blocked import blocks_layer
 
         for m in net.modules():
             if isinstance(m, DynamicConvNd):
                 # onnxruntime's batch-1 form per layer (DynamicConvNd._export_mixture_single),
                 # except for the depthwise layers runtime=onnxruntime runs blocked (aggregated)
-                blocked = runtime == "onnxruntime" and m._ndim == 2 and m.groups == m.in_channels == m.out_channels \
-                    and m.groups % CHANNEL_MULTIPLE == 0 and all(d == 1 for d in m.dilation)
-                m._export_onnx = not blocked
+                m._export_onnx = not (runtime == "onnxruntime" and blocks_layer(m))
     if batch is not None:
         example = example[:1].expand(batch, *example.shape[1:]).contiguous()
         dynamic_shapes: Any = None
@@ -391,11 +374,18 @@ def export_model(
                 )
                 import onnx
 
-                if isinstance(net, _PerSample) and not _onnx_external_data(model):
-                    _localise_subgraph_constants(path)
-                if runtime == "onnxruntime":
-                    info["blocked_depthwise_convs"] = _rewrite_for_onnxruntime(path)
-                proto = onnx.load(str(path), load_external_data=False)
+                localise = isinstance(net, _PerSample) and not _onnx_external_data(model)
+                if localise or runtime == "onnxruntime":  # one pass over the file for both rewrites
+                    from dyconv.utils.ort_blocked import rewrite_depthwise_blocked
+
+                    proto = onnx.load(str(path))
+                    if localise:
+                        _localise_subgraph_constants(proto)
+                    if runtime == "onnxruntime":
+                        info["blocked_depthwise_convs"] = rewrite_depthwise_blocked(proto)
+                    onnx.save(proto, str(path))
+                else:
+                    proto = onnx.load(str(path), load_external_data=False)
                 info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
             elif fmt == "pt2":
                 with torch.no_grad():

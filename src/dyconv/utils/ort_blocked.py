@@ -17,11 +17,12 @@ the domain; onnxruntime may have no blocked kernels on ARM). ``scripts/benchmark
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CHANNEL_MULTIPLE", "NCHWC_DOMAIN", "block_size", "rewrite_depthwise_blocked"]
+__all__ = ["CHANNEL_MULTIPLE", "NCHWC_DOMAIN", "block_size", "blocks_layer", "rewrite_depthwise_blocked"]
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 #: A conv is rewritten only when this divides its channels: every NCHWc block (8, 16) then pads
@@ -29,8 +30,10 @@ NCHWC_DOMAIN = "com.microsoft.nchwc"
 CHANNEL_MULTIPLE = 16
 
 
+@functools.cache
 def block_size() -> int:
-    """onnxruntime's NCHWc block on this CPU (8 or 16; 0 when it has no blocked kernels)."""
+    """onnxruntime's NCHWc block on this CPU (8 or 16; 0 when it has no blocked kernels); probed
+    once per process (export_checkpoint and export_model both check it)."""
     import onnxruntime as ort
     from onnx import TensorProto
     from onnx import helper as h
@@ -44,6 +47,15 @@ def block_size() -> int:
         return int(session.run(None, {"x": np.zeros((1, 8, 1, 1), np.float32)})[0].shape[1])
     except Exception:  # no such kernels in this build or on this CPU
         return 0
+
+
+def blocks_layer(layer: Any) -> bool:
+    """Whether the dynamic layer ``layer`` exports as a conv :func:`rewrite_depthwise_blocked`
+    rewrites (2-D depthwise, channels :data:`CHANNEL_MULTIPLE` divides, no dilation): the export
+    then aggregates its kernels (the conv the rewrite looks for) instead of mixing K convs."""
+    channels = layer.groups
+    return (layer._ndim == 2 and channels == layer.in_channels == layer.out_channels
+            and channels % CHANNEL_MULTIPLE == 0 and all(d == 1 for d in layer.dilation))
 
 
 def rewrite_depthwise_blocked(proto: Any) -> int:
