@@ -221,7 +221,7 @@ def inspect_checkpoint(
                       epoch=run.checkpoint.get("epoch"), global_step=run.checkpoint.get("global_step"))
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
+def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
@@ -229,7 +229,7 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    return buffer.getvalue()
+    return buffer.getvalue().encode()
 
 
 def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
@@ -256,20 +256,21 @@ def _resolved_config_text(result: Inspection, config: DictConfig | Mapping[str, 
     return OmegaConf.to_yaml(OmegaConf.create(record))
 
 
-def _output_files(result: Inspection) -> dict[str, str | bytes]:
+def _output_files(result: Inspection) -> dict[str, bytes]:
     """Every table and figure of ``result``, by file name (``layers.csv`` first)."""
     from dyconv.analysis.plots import attention_figures, temperature_figure
+    from dyconv.utils.files import png_bytes
 
-    files: dict[str, str | bytes] = {"layers.csv": _csv_text(result.summary.rows())}
+    files = {"layers.csv": _csv_bytes(result.summary.rows())}
     if result.per_class:
-        files["per_class.csv"] = _csv_text(_per_class_rows(result.summary))
+        files["per_class.csv"] = _csv_bytes(_per_class_rows(result.summary))
     if result.sweep:
         rows = [
             {"temperature": t, "layer": name, "entropy_ratio": r}
             for t, by_layer in result.sweep.items()
             for name, r in by_layer.items()
         ]
-        files["temperature.csv"] = _csv_text(rows)
+        files["temperature.csv"] = _csv_bytes(rows)
     figures = attention_figures(result.summary)
     if result.sweep:
         temps = list(result.sweep)
@@ -277,9 +278,7 @@ def _output_files(result: Inspection) -> dict[str, str | bytes]:
             temps, [sum(v.values()) / len(v) for v in result.sweep.values()]
         )
     for tag, fig in figures.items():
-        image = io.BytesIO()
-        fig.savefig(image, format="png", dpi=120)
-        files[tag.replace("/", "_") + ".png"] = image.getvalue()
+        files[tag.replace("/", "_") + ".png"] = png_bytes(fig)
     return files
 
 
@@ -300,7 +299,7 @@ def write_outputs(
     files = [out / first]
     for name, data in contents.items():
         if name != first:
-            files.append(atomic_write_bytes(out / name, data.encode() if isinstance(data, str) else data))
+            files.append(atomic_write_bytes(out / name, data))
     files.append(atomic_write_text(out / RESOLVED_CONFIG, _resolved_config_text(result, config, out)))
     result.files = files
     return files

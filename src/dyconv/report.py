@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dyconv.sweeps import SUMMARY_CSV, collect_jobs, exclude_keys, load_plain_yaml, split_override
-from dyconv.utils.files import atomic_write_bytes, atomic_write_text, output_folder_problem
+from dyconv.utils.files import atomic_write_bytes, atomic_write_text, output_folder_problem, png_bytes
 
 __all__ = ["Comparison", "Group", "build_report", "main"]
 
@@ -262,9 +262,7 @@ def _plot(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: 
     ax.grid(True, alpha=0.3)
     if len(ax.lines) <= 12:  # an Optuna search gives one series per trial: no legend then
         ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str | None = None,

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from dyconv.errors import ConfigError, DyconvError
-from dyconv.utils.files import EXCLUSIVE_CREATE, atomic_write_text
+from dyconv.utils.files import atomic_write_text, open_new_file
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -258,26 +258,6 @@ def _write_denied(p: Path) -> str:
     return os.strerror(errno.EROFS if read_only else errno.EACCES)
 
 
-def _create_new(path: Path) -> BinaryIO:
-    """Open ``path`` as a new, empty file for writing, never through what was at that name before.
-
-    Whatever stands at ``path`` (a leftover of an interrupted run, a symbolic or hard link planted
-    there) is removed first (the link itself, never what it points to), then the file is created
-    with ``O_EXCL|O_NOFOLLOW``: if anything reappears at the name meanwhile, this fails
-    (``FileExistsError``) instead of writing through it. Every file this module writes goes through
-    here (then ``os.replace`` into its final name, which also replaces a link, not its target).
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "a folder stands where dyconv writes a file; remove it", str(path))
-        os.unlink(path)
-    return os.fdopen(os.open(path, EXCLUSIVE_CREATE, 0o644), "wb")
-
-
 def _resumable_size(part: Path) -> int:
     """Bytes of a ``.part`` left by an interrupted download that can be resumed: a plain file with
     no other name; 0 when there is none, or for a link of any kind (replaced, never appended to)."""
@@ -338,7 +318,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         total = response.headers.get("Content-Length")
         log.info("Downloading %s%s", url, f" (resuming at {start} bytes)" if resumed else "")
         written, last_log = 0, time.monotonic()
-        with _open_resumed(part) if resumed else _create_new(part) as f:
+        with _open_resumed(part) if resumed else open_new_file(part, 0o644) as f:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 f.write(chunk)
                 written += len(chunk)
@@ -547,7 +527,7 @@ def _write_file(src: object, parent: Path, filename: str, archive: Path, name: s
     tmp = parent / f".{filename[:200]}.{os.getpid()}.{time.monotonic_ns()}.dyconv-tmp"
     written = 0
     try:
-        with _create_new(tmp) as dst:
+        with open_new_file(tmp, 0o644) as dst:
             for chunk in iter(lambda: src.read(_CHUNK), b""):  # type: ignore[attr-defined]
                 written += len(chunk)
                 if written > limit:
@@ -698,7 +678,7 @@ def ensure_gunzipped(
     verify_checksum(gz, md5=md5, sha256=sha256)
     tmp = dest.with_name(dest.name + ".tmp")
     try:
-        with gzip.open(gz, "rb") as src, _create_new(tmp) as dst:
+        with gzip.open(gz, "rb") as src, open_new_file(tmp, 0o644) as dst:
             written = 0
             for chunk in iter(lambda: src.read(_CHUNK), b""):
                 written += len(chunk)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 __all__ = [
     "EXCLUSIVE_CREATE",
@@ -17,7 +20,9 @@ __all__ = [
     "atomic_write_text",
     "create_new_file",
     "first_free_folder",
+    "open_new_file",
     "output_folder_problem",
+    "png_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -26,20 +31,47 @@ log = logging.getLogger(__name__)
 EXCLUSIVE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
+def open_new_file(path: str | os.PathLike[str], mode: int = 0o666) -> BinaryIO:
+    """Open ``path`` as a new, empty file for writing, never through what was at that name before.
+
+    Whatever stands at ``path`` (a leftover of an interrupted run, a symbolic or hard link planted
+    there) is removed first (the link itself, never what it points to), then the file is created
+    with ``O_EXCL|O_NOFOLLOW``: if anything reappears at the name meanwhile, this fails
+    (``FileExistsError``) instead of writing through it. Meant for temp files that are then
+    ``os.replace``-d into their final name (which also replaces a link, not its target).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "a folder stands where dyconv writes a file; remove it", str(path))
+        os.unlink(path)
+    return os.fdopen(os.open(path, EXCLUSIVE_CREATE, mode), "wb")
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temp file beside ``path`` (named by this process, so concurrent writers
     never share one) and ``os.replace`` it over ``path``; returns ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.unlink(missing_ok=True)  # a leftover (or planted link) is removed, never written through
-        with os.fdopen(os.open(tmp, EXCLUSIVE_CREATE, 0o666), "wb") as f:
+        with open_new_file(tmp) as f:  # a leftover (or planted link) is removed, never written through
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def png_bytes(figure: Any) -> bytes:
+    """A matplotlib ``figure`` as the bytes of a PNG file (120 dpi, the tools' figures), to be
+    written with :func:`atomic_write_bytes` once every output of a tool exists."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
