@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.errors import ConfigError, RunDirectoryError
+from dyconv.sweeps import STATUS_FILE
 from dyconv.utils.files import atomic_write_text
-from dyconv.utils.run_state import read_completed
+from dyconv.utils.run_state import HYDRA_LAUNCH_FILES, read_completed
 
 __all__ = [
     "NotACheckpointError",
@@ -180,9 +181,6 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) ->
     return diffs
 
 
-_LAUNCH_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
-
-
 def _this_launch_files(cfg: DictConfig | None) -> dict[str, str]:
     """This launch's Hydra files, from memory (what this process was started with). Hydra
     writes them into ``.hydra/`` before the job runs, so another launch into the same folder (a
@@ -216,7 +214,7 @@ def keep_launch_config(output_dir: Path, cfg: DictConfig | None = None) -> Path 
         dest = dest.with_name(f"{dest.name.split('+')[0]}+{n}")
         n += 1
     dest.mkdir(parents=True)
-    for name in (*_LAUNCH_FILES, "resolved_config.yaml"):
+    for name in (*HYDRA_LAUNCH_FILES, "resolved_config.yaml"):
         if _regular_file(hydra_dir / name):
             shutil.copy2(hydra_dir / name, dest / name)
     return dest
@@ -238,7 +236,7 @@ def restore_launch_files(output_dir: Path) -> bool:
     if not recorded:
         return False
     latest = max(recorded, key=lambda d: (d.stat().st_mtime, d.name))
-    for name in _LAUNCH_FILES:
+    for name in HYDRA_LAUNCH_FILES:
         if _regular_file(latest / name):  # a link's target is never copied into the run
             atomic_write_text(output_dir / ".hydra" / name, (latest / name).read_text())
     return True
@@ -303,7 +301,7 @@ def prepare_run_dir(output_dir: Path, cfg: DictConfig) -> None:
 _TOOL_FOLDERS = ("eval", "inspect", "export")
 
 #: What Hydra writes into a run (or job) folder before any dyconv code runs.
-_HYDRA_WRITES = (".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "job_status.json")
+_HYDRA_WRITES = (".hydra", *(f".hydra/{name}" for name in HYDRA_LAUNCH_FILES), STATUS_FILE)
 
 
 def remove_planted_links(folder: Path, names: tuple[str, ...]) -> list[Path]:

@@ -28,6 +28,7 @@ from dyconv.utils.files import atomic_write_text
 
 __all__ = [
     "COMPLETED_FILE",
+    "HYDRA_LAUNCH_FILES",
     "LOCK_FILE",
     "RunLock",
     "is_stub",
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 COMPLETED_FILE = "completed.json"
 #: What Hydra writes into a run directory before the job function runs.
-_HYDRA_STUB = {".hydra", "config.yaml", "hydra.yaml", "overrides.yaml"}
+#: The files Hydra writes into ``.hydra/`` for every launch.
+HYDRA_LAUNCH_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
+_HYDRA_STUB = {".hydra", *HYDRA_LAUNCH_FILES}
 
 
 #: Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its
