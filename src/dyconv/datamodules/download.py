@@ -60,11 +60,11 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "UnsafeArchiveError",
+    "check_archive_root",
     "check_data_root",
     "check_not_interrupted",
     "download_and_extract",
     "download_file",
-    "download_writes",
     "ensure_gunzipped",
     "file_digest",
     "is_complete",
@@ -240,16 +240,29 @@ def check_data_root(
         )
 
 
-def download_writes(download: bool, archive: Archive, dataset_dir: Path) -> Callable[[], str | None]:
-    """``writes`` for :func:`check_data_root` before :func:`download_and_extract`: what it will write
-    (None without ``download``, or when ``dataset_dir`` is already complete and nothing is written)."""
+def check_archive_root(
+    root: Path,
+    dataset_dir: Path,
+    archive: Archive,
+    *,
+    layout: str,
+    download: bool,
+    writing: bool,
+    folders: Sequence[Path] = (),
+    key: str = "data.root",
+) -> None:
+    """:func:`check_data_root` for a dataset :func:`download_and_extract` fetches as ``archive``
+    into ``dataset_dir`` (``folders``: default ``root`` and ``dataset_dir``). With ``writing``
+    (``prepare_data``), the folders must be writable when a download is due: ``download`` is set
+    and ``dataset_dir`` is not complete yet."""
 
     def writes() -> str | None:
         if not download or is_complete(dataset_dir):
             return None
         return f"data.download=true downloads {archive.filename} ({archive.size}) and extracts it there"
 
-    return writes
+    check_data_root(root, layout=layout, folders=tuple(folders) or (root, dataset_dir),
+                    writes=writes if writing else None, key=key)
 
 
 def _write_denied(p: Path) -> str:

@@ -27,10 +27,9 @@ from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
     Archive,
     DatasetNotFoundError,
-    check_data_root,
+    check_archive_root,
     check_not_interrupted,
     download_and_extract,
-    download_writes,
     resolve_root,
 )
 from dyconv.datamodules.images import load_image
@@ -209,8 +208,8 @@ class TinyImageNetDataModule(BaseDataModule):
     def check_root(self, *, writing: bool = False) -> None:
         """Refuse a ``root`` that cannot hold ``tiny-imagenet-200/`` (a file, unreadable, or
         unwritable when ``writing`` and a download is due) in one message, before anything is touched."""
-        writes = download_writes(self.download, self.ARCHIVE, self.folder) if writing else None
-        check_data_root(self.root, layout=_LAYOUT, folders=(self.root, self.folder), writes=writes)
+        check_archive_root(self.root, self.folder, self.ARCHIVE, layout=_LAYOUT, download=self.download,
+                           writing=writing)
 
     def prepare_data(self) -> None:
         self.check_root(writing=True)

@@ -32,10 +32,9 @@ from dyconv.datamodules.base import BaseDataModule
 from dyconv.datamodules.download import (
     Archive,
     DatasetNotFoundError,
-    check_data_root,
+    check_archive_root,
     check_not_interrupted,
     download_and_extract,
-    download_writes,
     resolve_root,
 )
 from dyconv.datamodules.images import decoding, load_image
@@ -265,8 +264,8 @@ class VOCDataModule(BaseDataModule):
     def check_root(self, *, writing: bool = False) -> None:
         """Refuse a ``root`` that cannot hold ``VOCdevkit/VOC2012`` (a file, unreadable, or unwritable
         when ``writing`` and a download is due) in one message, before anything is touched."""
-        writes = download_writes(self.download, self.VOC_ARCHIVE, self.voc_dir) if writing else None
-        check_data_root(self.root, layout=_VOC_LAYOUT, folders=(self.root, self.voc_dir), writes=writes)
+        check_archive_root(self.root, self.voc_dir, self.VOC_ARCHIVE, layout=_VOC_LAYOUT, download=self.download,
+                           writing=writing)
 
     def prepare_data(self) -> None:
         self.check_root(writing=True)
@@ -312,10 +311,9 @@ class VOCSBDDataModule(VOCDataModule):
     def check_root(self, *, writing: bool = False) -> None:
         """VOC's check, then the same for ``sbd_root`` (named ``data.root`` when it is the default ``<root>/SBD``)."""
         super().check_root(writing=writing)
-        writes = download_writes(self.download, self.SBD_ARCHIVE, self.sbd_root) if writing else None
         named = self.sbd_root if self._sbd_key == "data.sbd_root" else self.root
-        check_data_root(named, layout=_SBD_LAYOUT, folders=(self.sbd_root.parent, self.sbd_root), writes=writes,
-                        key=self._sbd_key)
+        check_archive_root(named, self.sbd_root, self.SBD_ARCHIVE, layout=_SBD_LAYOUT, download=self.download,
+                           writing=writing, folders=(self.sbd_root.parent, self.sbd_root), key=self._sbd_key)
 
     def _sbd_ids(self) -> list[str]:
         """SBD train + val ids (deduplicated, in file order); raises if anything is missing."""
