@@ -91,3 +91,22 @@ def test_torchscript_refuses_omni_with_one_message(tmp_path):
     with pytest.raises(ConfigError, match="format=torchscript cannot express routing='omni'"):
         export_model(net, torch.randn(2, 2, 8), tmp_path / "m.ts", "torchscript")
     assert not (tmp_path / "m.ts").exists()
+
+
+def test_verification_of_tiny_outputs_is_relative_to_their_scale(tmp_path):
+    """An untrained network in eval mode can give logits of 1e-14, far below ``atol``: the check
+    must still tell the exported graph from another one, and pass the right one."""
+    from dyconv.export import ExportError
+
+    torch.manual_seed(0)
+    net = _net(2, "softmax")
+    with torch.no_grad():
+        net[-1].weight.mul_(1e-12)
+        net[-1].bias.mul_(1e-12)
+    path = tmp_path / "tiny.onnx"
+    export_model(net, torch.randn((2,) + SHAPES[2]), path, "onnx")
+    assert max(verify_export(net, path, "onnx", SHAPES[2], batches=(1, 5)).values()) < 1e-15
+    with torch.no_grad():
+        net[-1].bias.add_(torch.tensor([1e-12, -1e-12, 0.0, 0.0]))  # the same outputs moved by their own size
+    with pytest.raises(ExportError, match="largest magnitude"):
+        verify_export(net, path, "onnx", SHAPES[2], batches=(1,))
