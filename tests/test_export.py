@@ -171,6 +171,9 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
     files compute what the model computes at batch 1 and 5 (any-batch) and at their fixed batch."""
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
+    from onnx.inliner import inline_local_functions
+    from onnx.reference import ReferenceEvaluator
+
     from dyconv.export import export_model
     from dyconv.utils.ort_blocked import NCHWC_DOMAIN, block_size
 
@@ -207,6 +210,17 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
         ops = [(n.domain, n.op_type) for n in nodes(onnx.load(str(path)).graph)]
         assert ops.count((NCHWC_DOMAIN, "Conv")) == 2 and ("", "Conv") in ops
         _matches_in_onnxruntime(path, net, sizes, atol=1e-5)
+        # Other runtimes: the blocked ops' standard function bodies, expanded, compute the same.
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        expanded = tmp_path / f"net_{batch}_expanded.onnx"
+        onnx.save(inline_local_functions(onnx.load(str(path))), str(expanded))
+        assert {n.domain for n in nodes(onnx.load(str(expanded)).graph)} <= {"", "ai.onnx"}
+        _matches_in_onnxruntime(expanded, net, sizes, atol=1e-5)
+        if batch == 1:  # onnx's reference runtime knows no onnxruntime op: it runs the functions
+            x = torch.randn(1, 3, 16, 16)
+            (out,) = ReferenceEvaluator(str(path)).run(None, {"image": x.numpy()})
+            with torch.no_grad():
+                torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5)
 
 
 def test_export_runtime_is_checked_before_exporting(tmp_path):

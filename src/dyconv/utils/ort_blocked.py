@@ -1,5 +1,5 @@
 """The ``runtime=onnxruntime`` export target: depthwise convs with computed kernels in onnxruntime's
-blocked layout.
+blocked layout, with a standard-ONNX fallback for every other runtime.
 
 onnxruntime lays a ``Conv`` out in its blocked NCHWc format (its fast depthwise kernels) only when
 the weight is a constant; a depthwise conv whose kernel the graph computes (a dynamic layer's
@@ -7,12 +7,16 @@ attention-mixed kernel) runs channel by channel instead. Its internal ``com.micr
 ``Conv`` reads the weight at run time, so this module rewrites each such conv into
 ``ReorderInput`` -> blocked ``Conv`` (the kernel reordered in the graph to the blocked ``OIHWBo``
 layout) -> ``ReorderOutput``. The block is the CPU's (8 with AVX2, 16 with AVX-512): the graph
-reads it when it runs (a ``ReorderInput`` of 8 channels pads them to one block), and only convs
+reads it when it runs (a ``ReorderInput`` of 4 channels pads them to one block), and only convs
 whose channel count 16 divides are rewritten, so the padded layout is the same for both.
 
-The rewritten file runs only in onnxruntime's CPU execution provider (other runtimes do not know
-the domain; onnxruntime may have no blocked kernels on ARM). ``scripts/benchmark_export.py
---runtime-onnxruntime`` measures the gain.
+The file also defines those three operators as ONNX model-local functions in standard operators
+(:func:`fallback_functions`): the reorders are identities and the conv is the standard ``Conv``.
+onnxruntime runs its own kernels where it has them (x86-64 CPUs) and expands the functions where
+it does not; other runtimes that support model-local functions expand them, and
+``onnx.inliner.inline_local_functions`` turns the file into standard operators only. Expanded,
+the probe's reorder pads nothing and the graph takes the block as 1, for which the kernel reorder
+is the identity: the fallback computes exactly the standard conv. ``scripts/benchmark_export.py`` measures the gain.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CHANNEL_MULTIPLE", "NCHWC_DOMAIN", "block_size", "blocks_layer", "rewrite_depthwise_blocked"]
+__all__ = [
+    "CHANNEL_MULTIPLE", "NCHWC_DOMAIN", "block_size", "blocks_layer", "fallback_functions", "rewrite_depthwise_blocked",
+]
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 #: A conv is rewritten only when this divides its channels: every NCHWc block (8, 16) then pads
 #: them the same way (not at all), so one graph serves every CPU.
 CHANNEL_MULTIPLE = 16
+#: Channels of the block probe: onnxruntime's ``ReorderInput`` takes multiples of 4 and pads them
+#: to its block (8 or 16); the expanded (identity) reorder leaves 4, which reads as block 1.
+_PROBE = 4
 
 
 @functools.cache
@@ -39,12 +48,12 @@ def block_size() -> int:
     from onnx import helper as h
 
     graph = h.make_graph([h.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)], "probe",
-                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, 1])],
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, _PROBE, 1, 1])],
                          [h.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     probe = h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid(NCHWC_DOMAIN, 1)])
     try:
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        return int(session.run(None, {"x": np.zeros((1, 8, 1, 1), np.float32)})[0].shape[1])
+        return int(session.run(None, {"x": np.zeros((1, _PROBE, 1, 1), np.float32)})[0].shape[1])
     except Exception:  # no such kernels in this build or on this CPU
         return 0
 
@@ -65,9 +74,38 @@ def rewrite_depthwise_blocked(proto: Any) -> int:
     from onnx import helper as h
 
     count = _rewrite(proto.graph, set())
-    if count and not any(o.domain == NCHWC_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(h.make_opsetid(NCHWC_DOMAIN, 1))
+    if count:
+        if not any(o.domain == NCHWC_DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(h.make_opsetid(NCHWC_DOMAIN, 1))
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+        defined = {(f.domain, f.name) for f in proto.functions}
+        proto.functions.extend(f for f in fallback_functions(opset) if (f.domain, f.name) not in defined)
     return count
+
+
+#: The attributes the rewrite sets on a blocked ``Conv`` (the functions declare exactly these).
+_CONV_ATTRIBUTES = ("group", "kernel_shape", "pads", "strides")
+
+
+def fallback_functions(opset: int) -> list[Any]:
+    """``ReorderInput``, ``Conv`` and ``ReorderOutput`` of the ``com.microsoft.nchwc`` domain as
+    model-local functions in standard operators (opset ``opset``), as the rewrite uses them:
+    channels that 16 divides (the reorders pad nothing, so they are identities) and a block probe
+    read as block 1 once expanded (the kernel keeps its standard layout)."""
+    from onnx import AttributeProto
+    from onnx import helper as h
+
+    std = [h.make_opsetid("", opset)]
+    conv = h.make_node("Conv", ["X", "W", "B"], ["Y"])
+    for name in _CONV_ATTRIBUTES:
+        kind = AttributeProto.INT if name == "group" else AttributeProto.INTS
+        conv.attribute.append(AttributeProto(name=name, ref_attr_name=name, type=kind))
+    return [
+        h.make_function(NCHWC_DOMAIN, "ReorderInput", ["X"], ["Y"], [h.make_node("Identity", ["X"], ["Y"])], std),
+        h.make_function(NCHWC_DOMAIN, "Conv", ["X", "W", "B"], ["Y"], [conv], std, attributes=list(_CONV_ATTRIBUTES)),
+        h.make_function(NCHWC_DOMAIN, "ReorderOutput", ["X"], ["Y"], [h.make_node("Identity", ["X"], ["Y"])], std,
+                        attributes=["channels"]),
+    ]
 
 
 def _dims(value: Any) -> list[int] | None:
@@ -133,19 +171,32 @@ def _rewrite(graph: Any, outer_constants: set[str]) -> int:
             h.make_node("Reshape", [t + "w_t", t + "merge"], [t + "w"]),
             h.make_node("ReorderInput", [node.input[0]], [t + "x"], domain=NCHWC_DOMAIN),
         ]
-        attrs = {a.name: h.get_attribute_value(a) for a in node.attribute
-                 if a.name in ("kernel_shape", "pads", "strides", "dilations")}
-        inputs = [t + "x", t + "w", *node.input[2:3]]
+        given = {a.name: h.get_attribute_value(a) for a in node.attribute}
+        # Every attribute the fallback function reads, set (defaults spelled out), and a bias.
+        attrs = {"group": channels, "kernel_shape": [kh, kw], "pads": given.get("pads", [0, 0, 0, 0]),
+                 "strides": given.get("strides", [1, 1])}
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else t + "b"
+        if bias == t + "b":
+            graph.initializer.append(nh.from_array(np.zeros(channels, np.float32), bias))
         nodes += [
-            h.make_node("Conv", inputs, [t + "y"], domain=NCHWC_DOMAIN, group=channels, **attrs),
+            h.make_node("Conv", [t + "x", t + "w", bias], [t + "y"], domain=NCHWC_DOMAIN, **attrs),
             h.make_node("ReorderOutput", [t + "y"], [node.output[0]], domain=NCHWC_DOMAIN, channels=channels),
         ]
         count += 1
     if len(nodes) != len(graph.node):  # this graph has rewrites: read the block first
-        graph.initializer.append(nh.from_array(np.zeros((1, 8, 1, 1), np.float32), "dyconv_nchwc_probe"))
+        graph.initializer.extend([
+            nh.from_array(np.zeros((1, _PROBE, 1, 1), np.float32), "dyconv_nchwc_probe"),
+            nh.from_array(np.array([_PROBE], np.int64), "dyconv_nchwc_probe_channels"),
+            nh.from_array(np.array([1], np.int64), "dyconv_nchwc_one"),
+        ])
+        # onnxruntime pads the probe's channels to its block; expanded, the reorder keeps them, and
+        # the block is 1 (the kernel keeps its standard layout, as the standard Conv reads it).
         probe = [
             h.make_node("ReorderInput", ["dyconv_nchwc_probe"], ["dyconv_nchwc_probe_blocked"], domain=NCHWC_DOMAIN),
-            h.make_node("Shape", ["dyconv_nchwc_probe_blocked"], ["dyconv_nchwc_block"], start=1, end=2),
+            h.make_node("Shape", ["dyconv_nchwc_probe_blocked"], ["dyconv_nchwc_padded"], start=1, end=2),
+            h.make_node("Equal", ["dyconv_nchwc_padded", "dyconv_nchwc_probe_channels"], ["dyconv_nchwc_expanded"]),
+            h.make_node("Where", ["dyconv_nchwc_expanded", "dyconv_nchwc_one", "dyconv_nchwc_padded"],
+                        ["dyconv_nchwc_block"]),
         ]
         del graph.node[:]
         graph.node.extend(probe + nodes)
