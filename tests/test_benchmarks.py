@@ -37,16 +37,10 @@ def test_gpu_check_dry_run_writes_tables(tmp_path):
 def test_benchmark_export_dry_run(tmp_path):
     pytest.importorskip("onnxruntime")
     md = tmp_path / "export.md"
-    from dyconv.utils.ort_blocked import block_size
-
-    ort_files = block_size() >= 8  # runtime=onnxruntime needs onnxruntime's blocked kernels
     rows = _load("benchmark_export").main(["--pairs", "simple_cnn", "--rounds", "2", "--batch", "1", "3",
-                                           "--fixed-batch1", "--markdown", str(md)]
-                                          + (["--runtime-onnxruntime"] if ort_files else []))
-    expected = {(1, "dynamic"), (1, "dynamic (batch=1 file)"), (3, "dynamic")}
-    if ort_files:
-        expected |= {(1, "dynamic (runtime=onnxruntime)"), (3, "dynamic (runtime=onnxruntime)"),
-                     (1, "dynamic (batch=1, runtime=onnxruntime)")}
+                                           "--fixed-batch1", "--runtime-any", "--markdown", str(md)])
+    expected = {(1, "dynamic"), (1, "dynamic (batch=1 file)"), (3, "dynamic"), (1, "dynamic (runtime=any)"),
+                (3, "dynamic (runtime=any)"), (1, "dynamic (batch=1, runtime=any)")}
     assert {(r["batch"], r["variant"]) for r in rows} == expected
     assert all(r["ratio"] > 0 for r in rows)
     assert "| dy_simple_cnn (3x28x28) | 1 | onnx | dynamic |" in md.read_text()

@@ -227,7 +227,7 @@ def test_export_runtime_is_checked_before_exporting(tmp_path):
     from dyconv.errors import ConfigError
     from dyconv.export import export_model
 
-    with pytest.raises(ConfigError, match="runtime must be one of any, onnxruntime, got 'tensorrt'"):
+    with pytest.raises(ConfigError, match="runtime must be one of auto, any, onnxruntime, got 'tensorrt'"):
         export_model(_net(), torch.randn(2, 3, 16, 16), tmp_path / "a.onnx", "onnx", runtime="tensorrt")
     with pytest.raises(ConfigError, match="runtime=onnxruntime applies to format=onnx only"):
         export_model(_net(), torch.randn(2, 3, 16, 16), tmp_path / "a.pt2", "pt2", runtime="onnxruntime")

@@ -232,22 +232,19 @@ def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_pa
 
 
 def test_the_readme_export_commands_write_their_own_files(two_checkpoints):
-    """README: ``format=onnx``, ``batch=1`` and ``runtime=onnxruntime``, all to the default place:
-    three files, no refusal; the .json says which runtime a file is for."""
-    from dyconv.utils.ort_blocked import block_size
-
-    if block_size() < 8:
-        pytest.skip("onnxruntime has no blocked (NCHWc) kernels on this CPU: runtime=onnxruntime is refused")
+    """README: ``format=onnx``, ``batch=1`` and ``runtime=any``, all to the default place: three
+    files, no refusal; the .json says which runtime a file is for (``auto`` resolves to
+    ``onnxruntime`` for ONNX)."""
     first, _ = two_checkpoints
     export_dir = first.parent.parent / "export"
     run_export(_export_command(f"ckpt_path={first}", "format=onnx"))
     run_export(_export_command(f"ckpt_path={first}", "format=onnx", "batch=1"))
-    run_export(_export_command(f"ckpt_path={first}", "runtime=onnxruntime"))
+    run_export(_export_command(f"ckpt_path={first}", "runtime=any"))
     assert sorted(p.name for p in export_dir.iterdir()) == [
-        "model.onnx", "model.onnx.json", "model_batch1.onnx", "model_batch1.onnx.json",
-        "model_onnxruntime.onnx", "model_onnxruntime.onnx.json"]
-    assert json.loads((export_dir / "model_onnxruntime.onnx.json").read_text())["runtime"] == "onnxruntime"
-    assert json.loads((export_dir / "model.onnx.json").read_text())["runtime"] == "any"
+        "model.onnx", "model.onnx.json", "model_any.onnx", "model_any.onnx.json",
+        "model_batch1.onnx", "model_batch1.onnx.json"]
+    assert json.loads((export_dir / "model_any.onnx.json").read_text())["runtime"] == "any"
+    assert json.loads((export_dir / "model.onnx.json").read_text())["runtime"] == "onnxruntime"
 
 
 def test_negative_tolerances_are_refused_before_exporting(two_checkpoints, tmp_path):

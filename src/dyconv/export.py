@@ -124,28 +124,22 @@ def _check_format(fmt: str) -> None:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
-#: ``runtime=``: what the exported file may use. ``any``: standard operators; ``onnxruntime``:
-#: also onnxruntime's blocked (NCHWc) conv for depthwise layers (:mod:`dyconv.utils.ort_blocked`).
-RUNTIMES = ("any", "onnxruntime")
+#: ``runtime=``: what the exported file may use. ``onnxruntime``: onnxruntime's blocked (NCHWc)
+#: conv for depthwise layers, each blocked op also defined as a standard-ONNX model-local function
+#: that other runtimes expand (:mod:`dyconv.utils.ort_blocked`); ``any``: standard operators only,
+#: no functions; ``auto`` (default): ``onnxruntime`` for ONNX files, ``any`` for the other formats.
+RUNTIMES = ("auto", "any", "onnxruntime")
 
 
-def _check_runtime(runtime: str, fmt: str) -> None:
+def _resolve_runtime(runtime: str, fmt: str) -> str:
+    """``runtime`` checked against ``fmt``, ``auto`` resolved (``onnxruntime`` for ONNX)."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "onnxruntime":
-        if fmt != "onnx":
-            raise ConfigError(f"runtime=onnxruntime applies to format=onnx only (got format={fmt})")
-        from dyconv.utils.ort_blocked import block_size
-
-        try:
-            block = block_size()
-        except ImportError:
-            raise ConfigError("runtime=onnxruntime needs onnxruntime: pip install onnxruntime") from None
-        if block < 8:
-            raise ConfigError(
-                "runtime=onnxruntime needs onnxruntime's blocked (NCHWc) kernels, which this machine's onnxruntime "
-                "lacks (x86-64 with AVX2 or AVX-512 has them): export with runtime=any"
-            )
+    if runtime == "onnxruntime" and fmt != "onnx":
+        raise ConfigError(f"runtime=onnxruntime applies to format=onnx only (got format={fmt})")
+    if runtime == "auto":
+        return "onnxruntime" if fmt == "onnx" else "any"
+    return runtime
 
 
 #: The lowest opset torch's ONNX exporter (``dynamo=True``) writes: it exports at 18 and converts
@@ -298,7 +292,7 @@ def export_model(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
-    runtime: str = "any",
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Write ``model`` (eval mode) to ``path`` in format ``fmt``; returns format details for the
     metadata. ``example`` fixes every dimension but the batch.
@@ -310,15 +304,16 @@ def export_model(
     for single-image serving; B > 1: per-sample kernels in one grouped conv per layer).
     ``fold_bn`` folds BatchNorm after dynamic convs into their kernels first (exact algebra,
     :mod:`dyconv.utils.fold`); ``model`` itself is not changed.
-    ``runtime="onnxruntime"`` (ONNX only): depthwise layers whose channels 16 divides run their
-    computed kernels in onnxruntime's blocked layout (:mod:`dyconv.utils.ort_blocked`), a file
-    only onnxruntime's CPU execution provider runs; ``"any"`` (default): standard ONNX operators.
+    ``runtime="onnxruntime"`` (ONNX only; what ``"auto"``, the default, picks for ONNX): depthwise
+    layers whose channels 16 divides run their computed kernels through onnxruntime's blocked
+    conv, which the file also defines in standard operators as ONNX functions for every other
+    runtime (:mod:`dyconv.utils.ort_blocked`); ``"any"``: standard ONNX operators only.
     """
     from dyconv.utils.fold import prepare_for_export
 
     path = Path(path)
     _check_format(fmt)
-    _check_runtime(runtime, fmt)
+    runtime = _resolve_runtime(runtime, fmt)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
     if fmt == "torchscript" and any(isinstance(m, DynamicConvNd) and m.routing.kind == "omni" for m in model.modules()):
@@ -477,7 +472,7 @@ def export_checkpoint(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
-    runtime: str = "any",
+    runtime: str = "auto",
     overwrite: bool = False,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -492,7 +487,7 @@ def export_checkpoint(
     from dyconv.utils.rebuild import load_trained_run, run_dir_of
 
     _check_format(fmt)
-    _check_runtime(runtime, fmt)
+    requested, runtime = runtime, _resolve_runtime(runtime, fmt)
     if not (rtol >= 0 and atol >= 0):  # also NaN: a check that can never pass
         raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     if opset is not None and fmt != "onnx":
@@ -507,8 +502,10 @@ def export_checkpoint(
     data = run.config.get("data", {})
     channels = int(data.get("in_channels") or 3)
     h, w = _input_size(data, image_size)
-    # A fixed-batch or onnxruntime-only file is another file: exporting each (README) needs no output=.
-    suffix = ("" if batch is None else f"_batch{batch}") + ("_onnxruntime" if runtime == "onnxruntime" else "")
+    # A fixed-batch file, or one for a runtime named explicitly, is another file: exporting each
+    # (README) needs no output=.
+    named = f"_{requested}" if fmt == "onnx" and requested != "auto" else ""
+    suffix = ("" if batch is None else f"_batch{batch}") + named
     default_name = f"model{suffix}{FORMATS[fmt]}"
     path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / default_name
     path = path.expanduser().absolute()
@@ -605,7 +602,7 @@ def _run_export(cfg: DictConfig) -> dict[str, Any]:
         max_batch=int(cfg.max_batch),
         batch=_whole_number(cfg.get("batch"), "batch must be a positive integer or null (any batch)"),
         fold_bn=bool(cfg.get("fold_bn", True)),
-        runtime=str(cfg.get("runtime", "any")),
+        runtime=str(cfg.get("runtime", "auto")),
         overwrite=bool(cfg.get("overwrite", False)),
         config=resolved_config(cfg),
     )
