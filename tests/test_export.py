@@ -318,3 +318,23 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
                 expected = net(x)
             assert expected.abs().max() > 0.1
             torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4, msg=f"{name}/{b}")
+
+
+def test_export_model_with_weights_in_a_side_file(tmp_path, monkeypatch):
+    """A network over 2 GiB keeps its weights in ``<file>.data`` (forced here for a small one):
+    the default ONNX form's rewrite loads and saves them there, and the file matches the model."""
+    pytest.importorskip("onnxruntime")
+    import dyconv.export as export
+
+    monkeypatch.setattr(export, "_onnx_external_data", lambda model: True)
+    torch.manual_seed(0)
+    net = nn.Sequential(DynamicConv2d(3, 16, 3, padding=1), nn.ReLU(), DynamicConv2d(16, 16, 3, padding=1, groups=16),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4096))
+    _sharpen(net)
+    net.eval()
+    path = tmp_path / "big.onnx"
+    info = export.export_model(net, torch.randn(2, 3, 16, 16), path, "onnx")
+    assert info["blocked_depthwise_convs"] == 1
+    weights = 16 * 4096 * 4  # the Linear's: in the side file, not in the graph
+    assert (tmp_path / "big.onnx.data").stat().st_size > weights > path.stat().st_size
+    _matches_in_onnxruntime(path, net, (1, 5), atol=1e-5)

@@ -369,7 +369,8 @@ def export_model(
                 )
                 import onnx
 
-                localise = isinstance(net, _PerSample) and not _onnx_external_data(model)
+                external = _onnx_external_data(model)
+                localise = isinstance(net, _PerSample) and not external
                 if localise or runtime == "onnxruntime":  # one pass over the file for both rewrites
                     from dyconv.utils.ort_blocked import rewrite_depthwise_blocked
 
@@ -378,7 +379,10 @@ def export_model(
                         _localise_subgraph_constants(proto)
                     if runtime == "onnxruntime":
                         info["blocked_depthwise_convs"] = rewrite_depthwise_blocked(proto)
-                    onnx.save(proto, str(path))
+                    # Weights over one protobuf's 2 GiB stay in the side file the exporter wrote.
+                    side = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                            "location": path.name + ".data"} if external else {}
+                    onnx.save(proto, str(path), **side)
                 else:
                     proto = onnx.load(str(path), load_external_data=False)
                 info["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
