@@ -151,6 +151,8 @@ def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path):
     meta = export_checkpoint(ckpt, "onnx")
     _check_onnx(Path(meta["path"]), model, shape)
     assert [n.op_type for n in onnx.load(meta["path"]).graph.node].count("Scan") == 1
+    # Its depthwise layers (channels that 16 divides) run in onnxruntime's blocked conv by default.
+    assert meta["runtime"] == "onnxruntime" and meta["blocked_depthwise_convs"] >= 10
     fixed = export_checkpoint(ckpt, "onnx", tmp_path / "b1.onnx", batch=1)
     assert fixed["input"]["shape"] == [1, 3, 32, 32] and set(fixed["verified_max_abs_diff"]) == {"1"}
     session = ort.InferenceSession(fixed["path"], providers=["CPUExecutionProvider"])
@@ -244,7 +246,9 @@ def test_the_readme_export_commands_write_their_own_files(two_checkpoints):
         "model.onnx", "model.onnx.json", "model_any.onnx", "model_any.onnx.json",
         "model_batch1.onnx", "model_batch1.onnx.json"]
     assert json.loads((export_dir / "model_any.onnx.json").read_text())["runtime"] == "any"
-    assert json.loads((export_dir / "model.onnx.json").read_text())["runtime"] == "onnxruntime"
+    default = json.loads((export_dir / "model.onnx.json").read_text())
+    # dy_simple_cnn has no depthwise layer to put in onnxruntime's blocked conv: a standard file.
+    assert (default["runtime"], default["blocked_depthwise_convs"]) == ("any", 0)
 
 
 def test_negative_tolerances_are_refused_before_exporting(two_checkpoints, tmp_path):

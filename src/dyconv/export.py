@@ -571,7 +571,10 @@ def export_checkpoint(
         "num_classes": num_classes,
         "normalization": normalization_of(data),
         "opset": info.get("opset"),
-        "runtime": runtime,
+        # What the file needs: onnxruntime's blocked ops (with standard fallbacks) only where
+        # depthwise layers were rewritten, else standard operators only.
+        "runtime": "onnxruntime" if info.get("blocked_depthwise_convs") else "any",
+        "blocked_depthwise_convs": info.get("blocked_depthwise_convs", 0),
         "verified_max_abs_diff": {str(b): d for b, d in diffs.items()},
         "dyconv_version": dyconv.__version__,
         "torch_version": torch.__version__,
@@ -619,6 +622,11 @@ def _run_export(cfg: DictConfig) -> dict[str, Any]:
         lines.append(
             "Verified against PyTorch: max abs difference "
             + ", ".join(f"{d:.2e} at batch {b}" for b, d in meta["verified_max_abs_diff"].items())
+        )
+    if meta["blocked_depthwise_convs"]:
+        lines.append(
+            f"Depthwise layers in onnxruntime's blocked conv: {meta['blocked_depthwise_convs']} (other runtimes expand "
+            "them to the standard Conv, as ONNX functions; runtime=any writes standard operators only)"
         )
     lines.append(f"Metadata: {meta['metadata_file']}")
     print("\n".join(lines), flush=True)
