@@ -1,5 +1,5 @@
-"""The ``runtime=onnxruntime`` export target: depthwise convs with computed kernels in onnxruntime's
-blocked layout, with a standard-ONNX fallback for every other runtime.
+"""The default ONNX export form (``runtime=auto``/``onnxruntime``): depthwise convs with computed
+kernels in onnxruntime's blocked layout, with a standard-ONNX fallback for every other runtime.
 
 onnxruntime lays a ``Conv`` out in its blocked NCHWc format (its fast depthwise kernels) only when
 the weight is a constant; a depthwise conv whose kernel the graph computes (a dynamic layer's
