@@ -175,10 +175,8 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
     from onnx.reference import ReferenceEvaluator
 
     from dyconv.export import export_model
-    from dyconv.utils.ort_blocked import NCHWC_DOMAIN, block_size
+    from dyconv.utils.ort_blocked import NCHWC_DOMAIN
 
-    if block_size() < 8:
-        pytest.skip("onnxruntime has no blocked (NCHWc) kernels on this CPU")
     torch.manual_seed(0)
     net = nn.Sequential(
         DynamicConv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
@@ -209,6 +207,7 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
         assert info["blocked_depthwise_convs"] == 2
         ops = [(n.domain, n.op_type) for n in nodes(onnx.load(str(path)).graph)]
         assert ops.count((NCHWC_DOMAIN, "Conv")) == 2 and ("", "Conv") in ops
+        _blocked_values_stay_blocked(onnx.load(str(path)).graph)
         _matches_in_onnxruntime(path, net, sizes, atol=1e-5)
         # Other runtimes: the blocked ops' standard function bodies, expanded, compute the same.
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
@@ -221,6 +220,42 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
             (out,) = ReferenceEvaluator(str(path)).run(None, {"image": x.numpy()})
             with torch.no_grad():
                 torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5)
+
+
+def _blocked_values_stay_blocked(graph) -> None:
+    """onnxruntime's blocked ops and their function bodies (identity reorders) give different
+    values, so standard ops may read a blocked value only to hand it, reshaped, to a blocked
+    conv: then every standard value is the same under both meanings, and a tool that folds
+    constants by the functions' meaning (onnx-simplifier did, with the earlier block probe) and
+    keeps the blocked nodes cannot change what onnxruntime computes."""
+    from dyconv.utils.ort_blocked import NCHWC_DOMAIN
+
+    blocked = {o for n in graph.node if n.domain == NCHWC_DOMAIN and n.op_type != "ReorderOutput" for o in n.output}
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _blocked_values_stay_blocked(attr.g)
+        if node.domain == NCHWC_DOMAIN or not blocked & set(node.input):
+            continue
+        assert node.op_type == "Reshape", node
+        readers = [n for n in graph.node if node.output[0] in n.input]
+        uses = [(n.domain, n.op_type, list(n.input).index(node.output[0])) for n in readers]
+        assert uses == [(NCHWC_DOMAIN, "Conv", 1)]  # the blocked conv's kernel
+
+
+def test_float64_depthwise_layers_keep_the_standard_conv(tmp_path):
+    """onnxruntime's blocked kernels are float32: a float64 network's file stays standard."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dyconv.export import export_model
+
+    net = nn.Sequential(DynamicConv2d(16, 16, 3, padding=1, groups=16, bias=False)).double().eval()
+    path = tmp_path / "f64.onnx"
+    info = export_model(net, torch.randn(2, 16, 8, 8, dtype=torch.float64), path, "onnx")
+    assert info["blocked_depthwise_convs"] == 0
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert not model.functions
 
 
 def test_export_runtime_is_checked_before_exporting(tmp_path):

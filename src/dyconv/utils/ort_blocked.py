@@ -5,57 +5,34 @@ onnxruntime lays a ``Conv`` out in its blocked NCHWc format (its fast depthwise 
 the weight is a constant; a depthwise conv whose kernel the graph computes (a dynamic layer's
 attention-mixed kernel) runs channel by channel instead. Its internal ``com.microsoft.nchwc``
 ``Conv`` reads the weight at run time, so this module rewrites each such conv into
-``ReorderInput`` -> blocked ``Conv`` (the kernel reordered in the graph to the blocked ``OIHWBo``
-layout) -> ``ReorderOutput``. The block is the CPU's (8 with AVX2, 16 with AVX-512): the graph
-reads it when it runs (a ``ReorderInput`` of 4 channels pads them to one block), and only convs
-whose channel count 16 divides are rewritten, so the padded layout is the same for both.
+``ReorderInput`` -> blocked ``Conv`` -> ``ReorderOutput``. The kernel goes through a
+``ReorderInput`` too (seen as a ``(1, C, kh, kw)`` map, its blocked form is the conv's ``OIHWBo``
+layout), so the CPU's block (8 with AVX2, 16 with AVX-512) is onnxruntime's business alone: no
+value in the graph depends on it. Only convs whose channel count 16 divides are rewritten, so no
+block pads them.
 
 The file also defines those three operators as ONNX model-local functions in standard operators
-(:func:`fallback_functions`): the reorders are identities and the conv is the standard ``Conv``.
-onnxruntime runs its own kernels where it has them (x86-64 CPUs) and expands the functions where
-it does not; other runtimes that support model-local functions expand them, and
-``onnx.inliner.inline_local_functions`` turns the file into standard operators only. Expanded,
-the probe's reorder pads nothing and the graph takes the block as 1, for which the kernel reorder
-is the identity: the fallback computes exactly the standard conv. ``scripts/benchmark_export.py`` measures the gain.
+(:func:`fallback_functions`): the reorders are identities and the conv is the standard ``Conv``,
+which together compute exactly the original conv. onnxruntime runs its own kernels where it has
+them (x86-64 CPUs) and expands the functions where it does not; other runtimes that support
+model-local functions expand them, and ``onnx.inliner.inline_local_functions`` turns the file
+into standard operators only. A tool that folds constants by the functions' meaning but keeps
+the blocked nodes finds nothing to fold (the kernels are computed from the input).
+``scripts/benchmark_export.py`` measures the gain.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "CHANNEL_MULTIPLE", "NCHWC_DOMAIN", "block_size", "blocks_layer", "fallback_functions", "rewrite_depthwise_blocked",
-]
+__all__ = ["CHANNEL_MULTIPLE", "NCHWC_DOMAIN", "blocks_layer", "fallback_functions", "rewrite_depthwise_blocked"]
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 #: A conv is rewritten only when this divides its channels: every NCHWc block (8, 16) then pads
 #: them the same way (not at all), so one graph serves every CPU.
 CHANNEL_MULTIPLE = 16
-#: Channels of the block probe: onnxruntime's ``ReorderInput`` takes multiples of 4 and pads them
-#: to its block (8 or 16); the expanded (identity) reorder leaves 4, which reads as block 1.
-_PROBE = 4
-
-
-@functools.cache
-def block_size() -> int:
-    """onnxruntime's NCHWc block on this CPU (8 or 16; 0 when it has no blocked kernels); probed
-    once per process (export_checkpoint and export_model both check it)."""
-    import onnxruntime as ort
-    from onnx import TensorProto
-    from onnx import helper as h
-
-    graph = h.make_graph([h.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)], "probe",
-                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, _PROBE, 1, 1])],
-                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    probe = h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid(NCHWC_DOMAIN, 1)])
-    try:
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        return int(session.run(None, {"x": np.zeros((1, _PROBE, 1, 1), np.float32)})[0].shape[1])
-    except Exception:  # no such kernels in this build or on this CPU
-        return 0
 
 
 def blocks_layer(layer: Any) -> bool:
@@ -90,8 +67,8 @@ _CONV_ATTRIBUTES = ("group", "kernel_shape", "pads", "strides")
 def fallback_functions(opset: int) -> list[Any]:
     """``ReorderInput``, ``Conv`` and ``ReorderOutput`` of the ``com.microsoft.nchwc`` domain as
     model-local functions in standard operators (opset ``opset``), as the rewrite uses them:
-    channels that 16 divides (the reorders pad nothing, so they are identities) and a block probe
-    read as block 1 once expanded (the kernel keeps its standard layout)."""
+    channels that 16 divides, so the reorders pad nothing and are identities (the kernel's too: it
+    keeps its standard layout), and the blocked conv is the standard one."""
     from onnx import AttributeProto
     from onnx import helper as h
 
@@ -139,38 +116,34 @@ def _depthwise_channels(node: Any, constants: set[str], shapes: dict[str, list[i
 
 
 def _rewrite(graph: Any, outer_constants: set[str]) -> int:
+    from onnx import TensorProto
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
     constants = set(outer_constants) | {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    shapes = {v.name: d for v in (*graph.value_info, *graph.input, *graph.output) if (d := _dims(v)) is not None}
+    values = (*graph.value_info, *graph.input, *graph.output)
+    shapes = {v.name: d for v in values if (d := _dims(v)) is not None}
     shapes |= {i.name: list(i.dims) for i in graph.initializer}
+    float32 = {v.name for v in values if v.type.tensor_type.elem_type == TensorProto.FLOAT}
     count, nodes = 0, []
     for node in graph.node:
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 count += _rewrite(sub, constants)
         channels = _depthwise_channels(node, constants, shapes)
-        if channels is None:
+        if channels is None or not {node.input[0], node.input[1]} <= float32:  # the blocked kernels are float32
             nodes.append(node)
             continue
         kh, kw = shapes[node.input[1]][2:]
         t = f"dyconv_blocked_{channels}_{len(nodes)}_"
         graph.initializer.extend([
-            nh.from_array(np.array([channels], np.int64), t + "c"),
-            nh.from_array(np.array([kh * kw], np.int64), t + "taps"),
-            nh.from_array(np.array([channels, 1, kh, kw], np.int64), t + "merge"),
+            nh.from_array(np.array([1, channels, kh, kw], np.int64), t + "as_map"),
+            nh.from_array(np.array([channels, 1, kh, kw], np.int64), t + "as_kernel"),
         ])
-        # OIHW -> OIHWBo: blocks of `block` channels, the channel innermost.
-        nodes += [
-            h.make_node("Div", [t + "c", "dyconv_nchwc_block"], [t + "blocks"]),
-            h.make_node("Concat", [t + "blocks", "dyconv_nchwc_block", t + "taps"], [t + "split"], axis=0),
-            h.make_node("Reshape", [node.input[1], t + "split"], [t + "w_split"]),
-            h.make_node("Transpose", [t + "w_split"], [t + "w_t"], perm=[0, 2, 1]),
-            h.make_node("Reshape", [t + "w_t", t + "merge"], [t + "w"]),
-            h.make_node("ReorderInput", [node.input[0]], [t + "x"], domain=NCHWC_DOMAIN),
-        ]
+        # The kernel (C, 1, kh, kw) in the blocked conv's OIHWBo layout is the kernel seen as a
+        # (1, C, kh, kw) map, reordered like an input: onnxruntime's own ReorderInput lays it out
+        # for this CPU's block; expanded, the reorder is the identity and the kernel stays OIHW.
         given = {a.name: h.get_attribute_value(a) for a in node.attribute}
         # Every attribute the fallback function reads, set (defaults spelled out), and a bias.
         attrs = {"group": channels, "kernel_shape": [kh, kw], "pads": given.get("pads", [0, 0, 0, 0]),
@@ -179,25 +152,15 @@ def _rewrite(graph: Any, outer_constants: set[str]) -> int:
         if bias == t + "b":
             graph.initializer.append(nh.from_array(np.zeros(channels, np.float32), bias))
         nodes += [
+            h.make_node("Reshape", [node.input[1], t + "as_map"], [t + "w_map"]),
+            h.make_node("ReorderInput", [t + "w_map"], [t + "w_blocked"], domain=NCHWC_DOMAIN),
+            h.make_node("Reshape", [t + "w_blocked", t + "as_kernel"], [t + "w"]),
+            h.make_node("ReorderInput", [node.input[0]], [t + "x"], domain=NCHWC_DOMAIN),
             h.make_node("Conv", [t + "x", t + "w", bias], [t + "y"], domain=NCHWC_DOMAIN, **attrs),
             h.make_node("ReorderOutput", [t + "y"], [node.output[0]], domain=NCHWC_DOMAIN, channels=channels),
         ]
         count += 1
-    if len(nodes) != len(graph.node):  # this graph has rewrites: read the block first
-        graph.initializer.extend([
-            nh.from_array(np.zeros((1, _PROBE, 1, 1), np.float32), "dyconv_nchwc_probe"),
-            nh.from_array(np.array([_PROBE], np.int64), "dyconv_nchwc_probe_channels"),
-            nh.from_array(np.array([1], np.int64), "dyconv_nchwc_one"),
-        ])
-        # onnxruntime pads the probe's channels to its block; expanded, the reorder keeps them, and
-        # the block is 1 (the kernel keeps its standard layout, as the standard Conv reads it).
-        probe = [
-            h.make_node("ReorderInput", ["dyconv_nchwc_probe"], ["dyconv_nchwc_probe_blocked"], domain=NCHWC_DOMAIN),
-            h.make_node("Shape", ["dyconv_nchwc_probe_blocked"], ["dyconv_nchwc_padded"], start=1, end=2),
-            h.make_node("Equal", ["dyconv_nchwc_padded", "dyconv_nchwc_probe_channels"], ["dyconv_nchwc_expanded"]),
-            h.make_node("Where", ["dyconv_nchwc_expanded", "dyconv_nchwc_one", "dyconv_nchwc_padded"],
-                        ["dyconv_nchwc_block"]),
-        ]
+    if len(nodes) != len(graph.node):
         del graph.node[:]
-        graph.node.extend(probe + nodes)
+        graph.node.extend(nodes)
     return count
