@@ -140,9 +140,10 @@ def test_torchscript_best_effort_and_bad_arguments(tmp_path):
         export_checkpoint(ckpt, "pt2", opset=17)
 
 
-def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path):
+def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path, monkeypatch, capsys):
     """dy_mobilenetv2 (depthwise and 1x1 dynamic convs, BatchNorm folded): the default file is
-    right at batch 1 and 5, a ``batch=1`` file at batch 1 with a fixed input shape."""
+    right at batch 1 and 5, a ``batch=1`` file at batch 1 with a fixed input shape; with
+    onnxruntime-gpu installed the CLI says how to export for GPUs."""
     import onnx
 
     ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", ["model=dy_mobilenetv2", *RGB32], _randomise)
@@ -153,7 +154,9 @@ def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path):
     assert [n.op_type for n in onnx.load(meta["path"]).graph.node].count("Scan") == 1
     # Its depthwise layers (channels that 16 divides) run in onnxruntime's blocked conv by default.
     assert meta["runtime"] == "onnxruntime" and meta["blocked_depthwise_convs"] >= 10
-    fixed = export_checkpoint(ckpt, "onnx", tmp_path / "b1.onnx", batch=1)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    fixed = run_export(_export_command(f"ckpt_path={ckpt}", f"output={tmp_path / 'b1.onnx'}", "batch=1"))
+    assert "for GPU serving export with runtime=any" in capsys.readouterr().out
     assert fixed["input"]["shape"] == [1, 3, 32, 32] and set(fixed["verified_max_abs_diff"]) == {"1"}
     session = ort.InferenceSession(fixed["path"], providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 32]

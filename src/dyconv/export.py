@@ -628,9 +628,21 @@ def _run_export(cfg: DictConfig) -> dict[str, Any]:
             f"Depthwise layers in onnxruntime's blocked conv: {meta['blocked_depthwise_convs']} (other runtimes expand "
             "them to the standard Conv, as ONNX functions; runtime=any writes standard operators only)"
         )
+        if _onnxruntime_has_cuda():
+            lines.append("This onnxruntime has CUDA: on a GPU the blocked convs run on the CPU; for GPU serving "
+                         "export with runtime=any (docs/deployment.md)")
     lines.append(f"Metadata: {meta['metadata_file']}")
     print("\n".join(lines), flush=True)
     return meta
+
+
+def _onnxruntime_has_cuda() -> bool:
+    """Whether the installed onnxruntime can run on a CUDA GPU (``onnxruntime-gpu``)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
