@@ -355,6 +355,7 @@ def export_model(
             warnings.filterwarnings("ignore", message="torch.compile is ignored when called inside torch.export")
             if fmt == "onnx":
                 _quiet_onnx_loggers()
+                external = _onnx_external_data(model)  # weights over 2 GiB: a side file
                 torch.onnx.export(
                     net,
                     (example,),
@@ -364,12 +365,11 @@ def export_model(
                     opset_version=opset,
                     dynamic_shapes=dynamic_shapes,
                     dynamo=True,
-                    external_data=_onnx_external_data(model),
+                    external_data=external,
                     verbose=False,
                 )
                 import onnx
 
-                external = _onnx_external_data(model)
                 localise = isinstance(net, _PerSample) and not external
                 if localise or runtime == "onnxruntime":  # one pass over the file for both rewrites
                     from dyconv.utils.ort_blocked import rewrite_depthwise_blocked
@@ -452,8 +452,9 @@ def verify_export(
             raise ExportError(f"{path} returns shape {tuple(got.shape)} at batch {b}, PyTorch {tuple(expected.shape)}")
         diff = (got.float() - expected.float()).abs()
         diffs[b] = float(diff.max())
-        scale = float(expected.float().abs().max()) if expected.numel() else 0.0
-        bound = atol * min(1.0, scale) + rtol * expected.float().abs()
+        magnitude = expected.float().abs()
+        scale = float(magnitude.max()) if expected.numel() else 0.0
+        bound = atol * min(1.0, scale) + rtol * magnitude
         if not bool((diff <= bound).all()) or not math.isfinite(diffs[b]):
             scaled = f" x {scale:.3g} (the outputs' largest magnitude)" if scale < 1.0 else ""
             raise ExportError(

@@ -93,13 +93,16 @@ def _dims(value: Any) -> list[int] | None:
     return None if any(d < 0 for d in dims) else dims
 
 
-def _depthwise_channels(node: Any, constants: set[str], shapes: dict[str, list[int]]) -> int | None:
-    """The channel count of a 2-D depthwise ``Conv`` with a computed kernel that can be rewritten."""
+def _depthwise_conv(
+    node: Any, constants: set[str], shapes: dict[str, list[int]], float32: set[str]
+) -> tuple[int, dict[str, Any]] | None:
+    """Channel count and attributes of a 2-D float32 depthwise ``Conv`` with a computed kernel
+    that can be rewritten (the blocked kernels are float32); None for any other node."""
     from onnx import helper as h
 
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
         return None
-    if node.input[1] in constants:
+    if node.input[1] in constants or not {node.input[0], node.input[1]} <= float32:
         return None
     attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
     groups = int(attrs.get("group", 1))
@@ -112,7 +115,7 @@ def _depthwise_channels(node: Any, constants: set[str], shapes: dict[str, list[i
         return None
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
-    return groups
+    return groups, attrs
 
 
 def _rewrite(graph: Any, outer_constants: set[str]) -> int:
@@ -131,10 +134,11 @@ def _rewrite(graph: Any, outer_constants: set[str]) -> int:
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 count += _rewrite(sub, constants)
-        channels = _depthwise_channels(node, constants, shapes)
-        if channels is None or not {node.input[0], node.input[1]} <= float32:  # the blocked kernels are float32
+        found = _depthwise_conv(node, constants, shapes, float32)
+        if found is None:
             nodes.append(node)
             continue
+        channels, given = found
         kh, kw = shapes[node.input[1]][2:]
         t = f"dyconv_blocked_{channels}_{len(nodes)}_"
         graph.initializer.extend([
@@ -144,7 +148,6 @@ def _rewrite(graph: Any, outer_constants: set[str]) -> int:
         # The kernel (C, 1, kh, kw) in the blocked conv's OIHWBo layout is the kernel seen as a
         # (1, C, kh, kw) map, reordered like an input: onnxruntime's own ReorderInput lays it out
         # for this CPU's block; expanded, the reorder is the identity and the kernel stays OIHW.
-        given = {a.name: h.get_attribute_value(a) for a in node.attribute}
         # Every attribute the fallback function reads, set (defaults spelled out), and a bias.
         attrs = {"group": channels, "kernel_shape": [kh, kw], "pads": given.get("pads", [0, 0, 0, 0]),
                  "strides": given.get("strides", [1, 1])}
