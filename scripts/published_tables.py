@@ -1,4 +1,4 @@
-"""Rewrite the published-results tables of README.md and docs/experiments.md from dyconv.published.
+"""Rewrite the published-results tables of docs/experiments.md from dyconv.published.
 
 Usage: ``python scripts/published_tables.py`` (``--check``: exit 1 if a file is out of date).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 from dyconv.published import render
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = [ROOT / "README.md", ROOT / "docs" / "experiments.md"]
+FILES = [ROOT / "docs" / "experiments.md"]
 
 
 def main(argv: list[str]) -> int:
