@@ -20,6 +20,7 @@ from dyconv.datamodules import (
     FashionMNISTDataModule,
     ImageNetDataModule,
     ImagenetteDataModule,
+    MNIST1DDataModule,
     MNISTDataModule,
     TinyImageNetDataModule,
     VOCDataModule,
@@ -39,8 +40,10 @@ DATAMODULES: dict[str, type[BaseDataModule]] = {
     "tinyimagenet": TinyImageNetDataModule,
     "voc": VOCDataModule,
     "voc_sbd": VOCSBDDataModule,
+    "mnist1d": MNIST1DDataModule,
 }
-DOWNLOADABLE = [name for name in DATAMODULES if name != "imagenet"]  # ImageNet needs an account
+#: Written when missing (downloaded; MNIST-1D: generated, with no download option). ImageNet needs an account.
+DOWNLOADABLE = [name for name in DATAMODULES if name != "imagenet"]
 #: The folder each dataset needs directly under ``data.root``.
 DATASET_FOLDER = {
     "mnist": "MNIST",
@@ -50,6 +53,7 @@ DATASET_FOLDER = {
     "tinyimagenet": "tiny-imagenet-200",
     "voc": "VOCdevkit",
     "voc_sbd": "SBD",
+    "mnist1d": "MNIST1D",
 }
 
 
@@ -67,6 +71,8 @@ def _make(name: str, root: Path, *, download: bool = False, **kwargs) -> BaseDat
     if name == "imagenet":
         assert not download
         return ImageNetDataModule(root=root, **COMMON, **kwargs)
+    if name == "mnist1d":  # generated whenever its cache is missing: "download" is always on
+        return MNIST1DDataModule(root=root, **COMMON, **kwargs)
     return DATAMODULES[name](root=root, download=download, **COMMON, **kwargs)
 
 

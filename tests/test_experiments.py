@@ -20,7 +20,9 @@ CONF = Path(dyconv.train.CONF_DIR)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 #: Miniature studies on data that ships offline (docs/results.md), not published rows: checked below.
 MINIATURES = ("fmnist_temperature", "fmnist_width_sweep")
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in MINIATURES)
+#: Studies swept over study arms (``+arm=``, conf/arm/): checked below.
+STUDIES = ("fmnist_routing", "mnist1d_ablation", "mnist1d_routing")
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in MINIATURES + STUDIES)
 
 # ---------------------------------------------------------------------------------------------- recipes
 # The numbers each experiment must keep (experiments.md / the paper); a silent change fails here.
@@ -453,3 +455,48 @@ def test_miniature_sweeps_compose_with_their_grid(name):
     cell = _compose([f"experiment={name}", "model=resnet10", "model.width_mult=0.25"])
     assert (cell.model.name, cell.model.width_mult, cell.model.stem) == ("resnet10", 0.25, "small")
     assert cell.trainer.max_epochs == 3 and cell.callbacks.temperature.end == 1.0
+
+
+#: Per study: its data, its arms in sweep order (the first is the reference the report compares
+#: with) -> (model, routing or None for static), and its seeds.
+STUDY_GRIDS = {
+    "fmnist_routing": ("fashion_mnist", {"resnet10_static": ("resnet10", None),
+                                          "resnet10_softmax": ("dy_resnet10", "softmax"),
+                                          "resnet10_omni": ("dy_resnet10", "omni")}, "0,1,2"),
+    "mnist1d_routing": ("mnist1d", {"cnn1d_static": ("cnn1d", None), "cnn1d_softmax": ("dy_cnn1d", "softmax"),
+                                    "cnn1d_sigmoid": ("dy_cnn1d", "sigmoid"), "cnn1d_omni": ("dy_cnn1d", "omni")},
+                        "0,1,2,3,4"),
+    "mnist1d_ablation": ("mnist1d", {f"cnn1d_ablation_{d}_{t}": ("dy_cnn1d", "softmax")
+                                     for t in ("annealed", "t1") for d in ("decay", "nodecay")}, "0,1,2,3,4"),
+}
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_studies_sweep_their_arms_and_each_cell_composes(name):
+    data, arms, seeds = STUDY_GRIDS[name]
+    cfg = _compose([f"experiment={name}"])
+    params = {k: str(v) for k, v in cfg.hydra.sweeper.params.items()}
+    assert params == {"+arm": params["+arm"], "seed": seeds} | ({"model.width_mult": "0.0625,0.125"}
+                                                               if name == "fmnist_routing" else {})
+    assert set(params["+arm"].split(",")) == set(arms)
+    assert cfg.hydra.runtime.choices.data == data
+    for arm, (model, routing) in arms.items():
+        cell = _compose([f"experiment={name}", f"+arm={arm}", "seed=3"])
+        assert cell.model.name == model and cell.get("seed") == 3
+        assert cell.model.get("routing") == routing  # the arm's override /model wins over the experiment's
+    if data == "mnist1d":  # the benchmark's recipe (mnist1d's notebooks/train.py): Adam 1e-2, batch 100, ~8k steps
+        assert (cell.optimizer._target_, cell.optimizer.lr, cell.data.batch_size) == ("torch.optim.Adam", 0.01, 100)
+        assert cell.trainer.max_epochs * (4000 - cell.data.val_size) // cell.data.batch_size == 7920
+        assert cell.callbacks.model_checkpoint is None  # the final weights are tested, as the benchmark's
+        assert cell.callbacks.temperature.epochs == 0.2 * cell.trainer.max_epochs
+        assert cell.scheduler.scheduler is None
+    if name == "mnist1d_routing":
+        assert cell.optimizer.weight_decay == 0.0
+    if name == "mnist1d_ablation":
+        assert params["+arm"].split(",")[0] == "cnn1d_ablation_decay_annealed"  # the framework's behaviour first
+        assert cell.optimizer.weight_decay == 5e-4
+        for arm in arms:
+            c = _compose([f"experiment={name}", f"+arm={arm}"])
+            assert c.task.attention_weight_decay == ("_decay_" in arm)
+            assert (c.callbacks.temperature.start, c.callbacks.temperature.end) == (
+                (30.0, 1.0) if arm.endswith("annealed") else (1.0, 1.0))

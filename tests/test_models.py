@@ -13,7 +13,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import dyconv
-from dyconv.layers import DynamicConv2d, DynamicOptions, convert_to_dynamic, dynamic_layers, get_temperature
+from dyconv.layers import (
+    DynamicConv1d,
+    DynamicConv2d,
+    DynamicOptions,
+    convert_to_dynamic,
+    dynamic_layers,
+    get_temperature,
+)
 from dyconv.models import create_model, list_models, load_torchvision_backbone_state_dict, register_model
 from dyconv.models.factory import DYNAMIC_KWARGS
 
@@ -34,6 +41,7 @@ def truncated_millions(n: int) -> str:
 # ----------------------------------------------------------------------------------- registry
 def test_registry_lists_every_family_static_and_dynamic():
     expected = {
+        "cnn1d",
         "simple_cnn",
         "resnet10",
         "resnet18",
@@ -256,6 +264,7 @@ def test_deeplab_loads_torchvision_backbone():
 
 # ------------------------------------------------------------ every model, forward + backward
 SMALL = {
+    "cnn1d": ({}, (1, 40)),  # MNIST-1D sequences: 1-D convs
     "simple_cnn": ({}, (1, 28, 28)),
     "resnet10": ({"width_mult": 0.25, "stem": "small"}, (3, 32, 32)),
     "resnet18": ({"width_mult": 0.25}, (3, 64, 64)),
@@ -284,7 +293,8 @@ def test_every_model_forward_backward(name):
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if name.startswith(("dy_", "od_")):
-        assert any(isinstance(m, DynamicConv2d) for m in model.modules())
+        dynamic_class = DynamicConv1d if len(shape) == 2 else DynamicConv2d
+        assert any(isinstance(m, dynamic_class) for m in model.modules())
 
 
 # --------------------------------------------------------------------------- Hydra configs

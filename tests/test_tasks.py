@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from dyconv.models import create_model
 from dyconv.tasks import ClassificationTask, SegmentationTask
 from dyconv.tasks.schedulers import cosine, multistep, poly, step
 from tinynets import tiny_net as _tiny_net
@@ -159,3 +160,31 @@ def test_task_kind_and_monitor_are_declared_once_by_the_class(name):
     task = cls(nn.Identity(), num_classes=3)
     assert (task.kind, task.monitor) == (name, {"classification": "val/acc", "segmentation": "val/miou"}[name])
     assert cls(nn.Identity(), num_classes=3, monitor="val/loss", monitor_mode="min").monitor_mode == "min"
+
+
+@pytest.mark.parametrize("routing", ["softmax", "sigmoid", "omni"])
+def test_attention_weight_decay_off_moves_only_the_attention_to_no_decay(routing):
+    def groups(**task_kwargs):
+        torch.manual_seed(0)
+        task = ClassificationTask(
+            create_model("dy_cnn1d", routing=routing), num_classes=10,
+            optimizer=functools.partial(torch.optim.Adam, lr=0.01, weight_decay=5e-4), **task_kwargs,
+        )
+        names = {id(p): n for n, p in task.model.named_parameters()}
+        opt = task.configure_optimizers()
+        return {g["name"]: (g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in opt.param_groups}
+
+    every = sorted(n for n, _ in create_model("dy_cnn1d", routing=routing).named_parameters())
+    # attention parameters by name, independently of the task's rule: everything under attn_* of conv2/conv3
+    attention = [n for n in every if n.split(".")[1].startswith("attn_")]
+    assert attention and all(n.startswith(("conv2.", "conv3.")) for n in attention)
+    assert groups() == {"all": (5e-4, every)}  # the default: as before, one group, all decayed
+    assert groups(attention_weight_decay=False) == {
+        "all": (5e-4, sorted(set(every) - set(attention))),
+        "all_no_decay": (0.0, attention),
+    }
+    # with the norm/bias split too: attention joins the biases in the no-decay group
+    both = groups(attention_weight_decay=False, no_weight_decay_norm_bias=True)
+    biases = [n for n in every if n.endswith("bias")]
+    assert both["all_no_decay"] == (0.0, sorted(set(attention) | set(biases)))
+    assert both["all"] == (5e-4, sorted(set(every) - set(attention) - set(biases)))

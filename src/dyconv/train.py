@@ -392,8 +392,11 @@ def _model_stats(model: Any, datamodule: Any) -> dict[str, float]:
 
     stats: dict[str, float] = {"model/params": float(count_params(model))}
     size, channels = getattr(datamodule, "image_size", None), getattr(datamodule, "in_channels", None)
-    if size and channels:
-        stats["model/gflops"] = count_flops(model, (1, channels, size, size)) / 1e9
+    shape = getattr(datamodule, "input_shape", None)  # one sample's shape where not (C, S, S): MNIST-1D's (1, 40)
+    if shape is None and size and channels:
+        shape = (channels, size, size)
+    if shape:
+        stats["model/gflops"] = count_flops(model, (1, *shape)) / 1e9
     return stats
 
 

@@ -13,6 +13,7 @@ from dyconv.datamodules.imagenet import ImageNetDataModule
 from dyconv.datamodules.imagenette import ImagenetteDataModule
 from dyconv.datamodules.images import CorruptImageError, load_image
 from dyconv.datamodules.mnist import MNISTDataModule
+from dyconv.datamodules.mnist1d import MNIST1DDataModule
 from dyconv.datamodules.mnist_offline import MNISTOfflineDataModule
 from dyconv.datamodules.segmentation_transforms import pad_collate
 from dyconv.datamodules.tinyimagenet import TinyImageNetDataModule
@@ -29,6 +30,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageNetDataModule",
     "ImagenetteDataModule",
+    "MNIST1DDataModule",
     "MNISTDataModule",
     "MNISTOfflineDataModule",
     "TinyImageNetDataModule",

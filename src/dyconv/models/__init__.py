@@ -4,7 +4,8 @@
 registered model; ``list_models()`` lists them. Importing this package registers them all.
 """
 
-from dyconv.models import deeplabv3plus, mobilenetv2, mobilenetv3, mobilenetv3_ref, resnet, simple_cnn
+from dyconv.models import cnn1d, deeplabv3plus, mobilenetv2, mobilenetv3, mobilenetv3_ref, resnet, simple_cnn
+from dyconv.models.cnn1d import CNN1d
 from dyconv.models.deeplabv3plus import DeepLabV3Plus, load_torchvision_backbone_state_dict
 from dyconv.models.factory import ConvNormAct, init_weights, make_divisible
 from dyconv.models.mobilenetv2 import MobileNetV2
@@ -17,6 +18,7 @@ from dyconv.models.simple_cnn import SimpleCNN
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "CNN1d",
     "ConvNormAct",
     "DeepLabV3Plus",
     "MobileNetV2",
@@ -24,6 +26,7 @@ __all__ = [
     "RefMobileNetV3",
     "ResNet",
     "SimpleCNN",
+    "cnn1d",
     "create_model",
     "deeplabv3plus",
     "get_model_builder",

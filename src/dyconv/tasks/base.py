@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
-__all__ = ["BaseTask", "split_weight_decay"]
+from dyconv.layers import DynamicConvNd
+
+__all__ = ["BaseTask", "attention_parameters", "split_weight_decay"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,17 @@ def split_weight_decay(named_params: list[tuple[str, nn.Parameter]], modules: Ma
     return decay, no_decay
 
 
+def attention_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every dynamic conv's attention (all of a :class:`DynamicConvNd`'s own
+    parameters except its K kernels ``weight`` and their ``bias``), in ``model.parameters()`` order."""
+    ids = set()
+    for m in model.modules():
+        if isinstance(m, DynamicConvNd):
+            kernels = {id(m.weight), id(m.bias)}
+            ids.update(id(p) for p in m.parameters() if id(p) not in kernels)
+    return [p for p in model.parameters() if id(p) in ids]
+
+
 class BaseTask(L.LightningModule):
     """LightningModule around any ``nn.Module``.
 
@@ -52,6 +65,9 @@ class BaseTask(L.LightningModule):
         lr_mult: learning-rate multiplier per parameter group of ``model.param_groups()``
             (models that define it, e.g. DeepLabV3+: ``{"backbone": 1.0, "head": 10.0}``).
         no_weight_decay_norm_bias: exclude norm weights and biases from weight decay.
+        attention_weight_decay: apply the optimizer's weight decay to the dynamic convs' attention
+            parameters (:func:`attention_parameters`); False puts them in the no-decay group (an
+            ablation of what may keep the attention uniform).
         compile: run the network through ``torch.compile`` (checkpoint keys are unchanged).
         monitor, monitor_mode: the metric that selects the best checkpoint (default: the
             task class's :attr:`monitor` / :attr:`monitor_mode`).
@@ -70,6 +86,7 @@ class BaseTask(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         lr_mult: Mapping[str, float] | None = None,
         no_weight_decay_norm_bias: bool = False,
+        attention_weight_decay: bool = True,
         compile: bool = False,
         monitor: str | None = None,
         monitor_mode: str | None = None,
@@ -84,6 +101,7 @@ class BaseTask(L.LightningModule):
         self.scheduler_config = dict(scheduler) if scheduler else None
         self.lr_mult = dict(lr_mult or {})
         self.no_weight_decay_norm_bias = no_weight_decay_norm_bias
+        self.attention_weight_decay = bool(attention_weight_decay)
         self.compile = compile
         self.monitor = type(self).monitor if monitor is None else monitor
         self.monitor_mode = type(self).monitor_mode if monitor_mode is None else monitor_mode
@@ -100,7 +118,9 @@ class BaseTask(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimizer param groups: the model's own groups (lr multipliers) x decay split."""
+        """Optimizer param groups: the model's own groups (lr multipliers) x decay split (norm
+        weights and biases with ``no_weight_decay_norm_bias``, attention parameters without
+        ``attention_weight_decay``: in ``<group>_no_decay`` with weight decay 0)."""
         named = dict(self.model.named_parameters())
         by_id = {id(p): n for n, p in named.items()}
         if hasattr(self.model, "param_groups"):
@@ -112,19 +132,23 @@ class BaseTask(L.LightningModule):
             raise ValueError(f"task.lr_mult names groups {sorted(unknown)}; the model's groups are {sorted(groups)}")
         base_lr = self._base_lr()
         modules = dict(self.model.named_modules())
+        attention = set() if self.attention_weight_decay else {id(p) for p in attention_parameters(self.model)}
         out = []
         for group, params in groups.items():
             params = [p for p in params if p.requires_grad]
             mult = float(self.lr_mult.get(group, 1.0))
             extra = {"lr": base_lr * mult} if base_lr is not None else {}
             if self.no_weight_decay_norm_bias:
-                decay, no_decay = split_weight_decay([(by_id[id(p)], p) for p in params], modules)
-                if decay:
-                    out.append({"params": decay, "name": group, **extra})
-                if no_decay:
-                    out.append({"params": no_decay, "name": f"{group}_no_decay", "weight_decay": 0.0, **extra})
-            elif params:
-                out.append({"params": params, "name": group, **extra})
+                _, no_decay = split_weight_decay([(by_id[id(p)], p) for p in params], modules)
+                skip = attention | {id(p) for p in no_decay}
+            else:
+                skip = attention
+            decay = [p for p in params if id(p) not in skip]
+            no_decay = [p for p in params if id(p) in skip]
+            if decay:
+                out.append({"params": decay, "name": group, **extra})
+            if no_decay:
+                out.append({"params": no_decay, "name": f"{group}_no_decay", "weight_decay": 0.0, **extra})
         return out
 
     def _base_lr(self) -> float | None:

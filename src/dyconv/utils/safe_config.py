@@ -30,7 +30,8 @@ __all__ = ["ALLOWED_TARGETS", "UnsafeConfigError", "check_run_config", "check_se
 
 _DATAMODULES = frozenset(
     f"dyconv.datamodules.{name}DataModule"
-    for name in ("FashionMNIST", "ImageNet", "Imagenette", "MNIST", "MNISTOffline", "TinyImageNet", "VOC", "VOCSBD")
+    for name in ("FashionMNIST", "ImageNet", "Imagenette", "MNIST", "MNIST1D", "MNISTOffline", "TinyImageNet", "VOC",
+                 "VOCSBD")
 )
 _SCHEDULERS = frozenset(
     {f"dyconv.tasks.schedulers.{name}" for name in ("cosine", "poly", "linear", "constant", "multistep", "step")}
