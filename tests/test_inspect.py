@@ -63,7 +63,7 @@ def test_hand_computed_attention(forced_ckpt, tmp_path):
     assert float(forced.mean_pi[0]) == pytest.approx(1.0, abs=1e-15)
 
     # Per-class: every class's mean is 1/K for the uniform layer; counts are the split's labels.
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
 
     dm = load_trained_run(forced_ckpt).datamodule()
     dm.setup("validate")
@@ -101,7 +101,7 @@ def test_hand_computed_attention(forced_ckpt, tmp_path):
 
 
 def test_temperature_sweep_restores_every_layer(forced_ckpt):
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
 
     model = load_trained_run(forced_ckpt).model
     before = {n: float(layer.temperature) for n, layer in dynamic_layers(model)}
@@ -236,7 +236,7 @@ def _hydra_stub(folder: Path, task: str) -> Path:
 def _inspect_command(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from dyconv.cli import CONF_DIR
+    from dyconv.config import CONF_DIR
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return compose("inspect", overrides=list(overrides))

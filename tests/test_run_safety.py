@@ -17,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from dyconv.errors import ConfigError, DiskFullError, DivergenceError, RunDirectoryError
+from dyconv.runs.state import RunLock, is_stub, read_completed, remove_stub, write_completed
 from dyconv.train import CONF_DIR, check_trainable, validate_config
-from dyconv.utils.run_state import RunLock, is_stub, read_completed, remove_stub, write_completed
 
 QUIET = ["callbacks.progress_bar=null"]
 
@@ -30,7 +30,7 @@ def _cfg(*overrides: str):
 
 # ------------------------------------------------------------------ lock
 def test_second_lock_is_refused_with_the_holders_pid_and_freed_when_the_holder_dies(tmp_path):
-    code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from dyconv.runs.state import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -46,7 +46,7 @@ def test_second_lock_is_refused_with_the_holders_pid_and_freed_when_the_holder_d
 
 def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path):
     """A launch killed with its DataLoader workers still alive: the relaunch gets the lock at once."""
-    code = ("import os, sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import os, sys, time; from dyconv.runs.state import RunLock; RunLock(sys.argv[1]).acquire(); "
             "child = os.fork()\n"
             "if child == 0: open(sys.argv[2], 'w').close(); time.sleep(60); os._exit(0)\n"
             "print(child, flush=True); time.sleep(60)")
@@ -67,7 +67,7 @@ def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path):
 
 def test_second_launch_into_a_running_run_directory_is_refused(cli, tmp_path):
     run_dir = tmp_path / "run"
-    code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from dyconv.runs.state import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
@@ -158,7 +158,7 @@ def test_warmup_fraction_scales_with_the_run_and_long_warmups_are_clamped(caplog
 
 # ------------------------------------------------------------------ divergence
 def test_checkpoint_writer_refuses_non_finite_tensors(tmp_path):
-    from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+    from dyconv.runs.checkpoint_io import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     good = {"state_dict": {"w": torch.ones(3)},
@@ -208,7 +208,7 @@ def test_diverging_run_stops_with_a_message_and_saves_nothing_non_finite(cli, tm
 
 # ------------------------------------------------------------------ disk full
 def test_disk_full_is_named_and_the_previous_file_survives(tmp_path, monkeypatch):
-    from dyconv.utils import checkpoint_io
+    from dyconv.runs import checkpoint as checkpoint_io
 
     target = tmp_path / "last.ckpt"
     checkpoint_io.atomic_torch_save({"w": torch.zeros(3)}, target)
@@ -287,7 +287,7 @@ def test_user_errors_are_one_line_naming_the_cause_and_key():
 
 
 def test_a_folder_given_as_ckpt_path_is_named_as_one(tmp_path):
-    from dyconv.utils.run_dir import resolve_ckpt_path
+    from dyconv.runs.resume import resolve_ckpt_path
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
