@@ -135,6 +135,23 @@ def test_cli_on_a_real_run_writes_tables_and_plots(cli, tmp_path_factory):
     assert "features.2.0" in proc.stdout and "entropy/logK" in proc.stdout and str(out_dir) in proc.stdout
 
 
+def test_each_launch_into_a_fixed_output_dir_gets_its_own_folder(cli, tmp_path_factory, tmp_path):
+    """Launched twice with one output_dir, the second launch's Hydra files, log and outputs all go
+    to <output_dir>+1: the first folder keeps its own .hydra/ and log lines."""
+    run_dir = real_run(tmp_path_factory.getbasetemp())
+    out = tmp_path / "attn"
+    args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}", "max_batches=1",
+            "temperatures=[1]", "temperature_batches=1", "split=val"]
+    cli("inspect", *args)
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cli("inspect", *args[:-1], "split=test")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    second = tmp_path / "attn+1"
+    assert {".hydra", "inspect.log", "layers.csv", "resolved_config.yaml"} <= {p.name for p in second.iterdir()}
+    assert "split=test" in (second / ".hydra" / "overrides.yaml").read_text()
+    assert "split: test" in (second / "resolved_config.yaml").read_text()
+
+
 def test_static_model_is_refused_with_one_message(cli, tmp_path):
     ckpt = make_checkpoint(tmp_path / "static" / "checkpoints" / "last.ckpt", ["model=simple_cnn"])
     proc = cli("inspect", f"ckpt_path={ckpt}", check=False)

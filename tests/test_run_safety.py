@@ -293,3 +293,47 @@ def test_a_folder_given_as_ckpt_path_is_named_as_one(tmp_path):
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"is a folder, not a checkpoint file: pass a \.ckpt inside it, e\.g\. "):
         resolve_ckpt_path(str(tmp_path / "run"), tmp_path / "out")
+
+
+# ------------------------------------------------------------------ checkpoint folders
+def test_a_checkpoint_folder_that_is_a_link_is_refused_before_anything_is_written(tmp_path):
+    """A handed run folder whose ``checkpoints/`` is a link would have checkpoints written (and
+    superseded ones deleted) wherever it points: refused in one line, the target untouched."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import dyconv.train
+    from dyconv.errors import RunDirectoryError
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("not ours")
+    run.mkdir()
+    (run / "checkpoints").symlink_to(elsewhere)
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["~logger", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}",
+                                          "data.splits=[64,32,32]", "trainer.max_epochs=1"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(RunDirectoryError, match=r"checkpoint folder .*checkpoints is a symbolic link") as e:
+            dyconv.train.train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert "\n" not in str(e.value)
+    assert [p.name for p in elsewhere.iterdir()] == ["notes.txt"]
+    assert not (run / ".hydra").exists() and not (run / "metrics.json").exists()
+
+
+def test_a_checkpoint_callback_without_a_folder_gets_the_runs(tmp_path):
+    """Checkpoint folders are derived in one place: a ModelCheckpoint with no dirpath writes into
+    ``<run>/checkpoints`` (Lightning would pick a logger's folder), the folder deletions are confined to."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dyconv.runs.checkpoint_io import checkpoint_dirs
+
+    unset, set_ = ModelCheckpoint(), ModelCheckpoint(dirpath=str(tmp_path / "mine"))
+    assert checkpoint_dirs([unset, set_, object()], tmp_path) == [tmp_path / "checkpoints", tmp_path / "mine"]
+    assert unset.dirpath == str(tmp_path / "checkpoints")

@@ -19,7 +19,13 @@ from dyconv.errors import DivergenceError, RunDirectoryError
 from dyconv.runs.checkpoint import atomic_torch_save
 from dyconv.runs.layout import checkpoint_dir
 
-__all__ = ["AtomicCheckpointIO", "checkpoint_dirs", "confine_checkpoint_paths", "is_checkpoint_in"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "checkpoint_dirs",
+    "confine_checkpoint_paths",
+    "is_checkpoint_in",
+    "refuse_linked_folders",
+]
 
 #: The ModelCheckpoint state fields that name files (restored by Lightning on resume).
 _PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
@@ -27,28 +33,33 @@ _PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dirs(callbacks: Sequence[Any], run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The folders a run's checkpoints go to (and the only ones they may be deleted from): every
-    ``ModelCheckpoint``'s ``dirpath``, where one has none set to ``<run>/checkpoints`` first (so
-    Lightning writes there too, and every reader of ``dirpath`` sees the same folder).
+def refuse_linked_folders(folders: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse checkpoint folders that are symbolic links (given as configured: Lightning resolves
+    links in a ``ModelCheckpoint``'s ``dirpath``). A link planted in a handed run folder would have
+    checkpoints written, and superseded ones deleted, wherever it points.
 
     Raises:
-        RunDirectoryError: one of them is a symbolic link: dyconv writes and deletes checkpoints
-            only in a real folder (a link planted in a handed run folder could name any folder).
+        RunDirectoryError: naming the link and the fix, in one line.
     """
-    dirs = []
-    for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            if not callback.dirpath:
-                callback.dirpath = str(checkpoint_dir(run_dir))
-            dirs.append(Path(callback.dirpath))
-    for folder in dict.fromkeys(dirs):
+    for folder in dict.fromkeys(Path(f) for f in folders):
         if folder.is_symlink():
             raise RunDirectoryError(
                 f"the checkpoint folder {folder} is a symbolic link (to {os.readlink(folder)}); dyconv writes and "
                 "deletes checkpoints only in a real folder: replace the link with a folder (to keep runs on another "
                 "disk, point paths.log_dir or hydra.run.dir there)"
             )
+
+
+def checkpoint_dirs(callbacks: Sequence[Any], run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The folders a run's checkpoints go to (and the only ones they may be deleted from): every
+    ``ModelCheckpoint``'s ``dirpath``, where one has none set to ``<run>/checkpoints`` first (so
+    Lightning writes there too, and every reader of ``dirpath`` sees the same folder)."""
+    dirs = []
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if not callback.dirpath:
+                callback.dirpath = str(checkpoint_dir(run_dir))
+            dirs.append(Path(callback.dirpath))
     return list(dict.fromkeys(dirs))
 
 

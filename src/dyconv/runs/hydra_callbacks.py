@@ -46,7 +46,8 @@ class PlantedLinkGuard(Callback):
     handed run or sweep folder cannot make a relaunch overwrite or append to the files they name.
     For eval, inspect and export, whose folders lie inside the checkpoint's run folder, links at
     those folders (``<run>/export``, ``<run>/eval``) are removed too. A training run's folder
-    itself and its ``checkpoints/`` may be links (e.g. to a larger disk)."""
+    itself may be a link (e.g. to a larger disk); its ``checkpoints/`` may not (``dyconv.train``
+    refuses it, :func:`~dyconv.runs.checkpoint_io.refuse_linked_folders`)."""
 
     @staticmethod
     def _names(config: Any) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dyconv.checks import check_multirun_ddp, check_trainable, validate_config, world_size
 from dyconv.config import plain, to_plain
 from dyconv.errors import RunStopped
-from dyconv.runs.checkpoint_io import AtomicCheckpointIO, checkpoint_dirs
+from dyconv.runs.checkpoint_io import AtomicCheckpointIO, checkpoint_dirs, refuse_linked_folders
 from dyconv.runs.launch import prepare_run_dir, restore_launch_files
 from dyconv.runs.layout import (
     HYDRA_DIR,
@@ -111,6 +111,9 @@ class _Run:
             tune_malloc()
         if cfg.get("float32_matmul_precision"):
             torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+        configured = [OmegaConf.select(c, "dirpath", default=None) for c in (cfg.get("callbacks") or {}).values()
+                      if OmegaConf.is_dict(c)]
+        refuse_linked_folders([checkpoint_dir(self.output_dir), *(d for d in configured if d)])
         self.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), self.output_dir)
         self.run_config = plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed", "run_name")
         self.resume_step = 0
