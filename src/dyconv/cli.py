@@ -43,15 +43,12 @@ __all__ = [
 log = logging.getLogger("dyconv")
 
 
-def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig, *, stub: str | None = None) -> Any:
+def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Hydra job wrapper: user errors are printed without a traceback (single run) or logged
-    and re-raised so a multirun reports them at the end while the other jobs go on. ``stub``
-    (a tool's name): on an error, the folder Hydra made for this launch is removed when it holds
-    nothing but Hydra's files (:func:`removing_stub`)."""
+    and re-raised so a multirun reports them at the end while the other jobs go on."""
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        with removing_stub(cfg, stub) if stub else contextlib.nullcontext():
-            return fn(cfg)
+        return fn(cfg)
     except RunStopped as e:  # a signal stops the whole launch (a sweep too), with a non-zero code
         log.error("%s", e)
         print(f"stopped: {e}", file=sys.stderr, flush=True)

@@ -58,10 +58,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.analysis.plots import attention_figures, temperature_figure
+from dyconv.analysis import plots
 from dyconv.analysis.recorder import AttentionRecorder
 from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary, LayerSpec
-from dyconv.cli import CONF_DIR, route_lightning_logs, run_job, tool_main
+from dyconv.cli import CONF_DIR, removing_stub, route_lightning_logs, run_job, tool_main
 from dyconv.config import resolved_config, to_plain
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
@@ -264,10 +264,10 @@ def _output_files(result: Inspection) -> dict[str, bytes]:
             for name, r in by_layer.items()
         ]
         files["temperature.csv"] = _csv_bytes(rows)
-    figures = attention_figures(result.summary)
+    figures = plots.attention_figures(result.summary)
     if result.sweep:
         temps = list(result.sweep)
-        figures["temperature"] = temperature_figure(
+        figures["temperature"] = plots.temperature_figure(
             temps, [sum(v.values()) / len(v) for v in result.sweep.values()]
         )
     for tag, fig in figures.items():
@@ -380,35 +380,36 @@ def format_report(result: Inspection, max_classes: int = 20) -> str:
 
 
 def run_inspection(cfg: DictConfig) -> Inspection:
-    """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report."""
-    route_lightning_logs()
-    if cfg.get("tune_malloc", True):
-        tune_malloc()
-    torch.manual_seed(int(cfg.seed))
-    overrides = to_plain(cfg.get("data")) or {}
-    max_batches = cfg.get("max_batches")
-    result = inspect_checkpoint(
-        cfg.ckpt_path,
-        cfg.split,
-        max_batches=None if max_batches is None else int(max_batches),
-        temperatures=[float(t) for t in (cfg.get("temperatures") or [])],
-        temperature_batches=int(cfg.temperature_batches),
-        data_overrides=overrides,
-        device=str(cfg.device),
-    )
-    # A single run writes beside its Hydra files (hydra.run.dir: output_dir, or its first unused
-    # <output_dir>+N); a multirun's jobs run in the sweep's folders and write to output_dir.
-    single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
-    out = Path(HydraConfig.get().runtime.output_dir) if single else Path(cfg.output_dir).expanduser().absolute()
-    write_outputs(result, out, cfg)
-    print(format_report(result), flush=True)
-    return result
+    """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report. A refusal
+    removes the folder Hydra made if it holds nothing else (see the module docstring)."""
+    with removing_stub(cfg, "inspect"):
+        route_lightning_logs()
+        if cfg.get("tune_malloc", True):
+            tune_malloc()
+        torch.manual_seed(int(cfg.seed))
+        overrides = to_plain(cfg.get("data")) or {}
+        max_batches = cfg.get("max_batches")
+        result = inspect_checkpoint(
+            cfg.ckpt_path,
+            cfg.split,
+            max_batches=None if max_batches is None else int(max_batches),
+            temperatures=[float(t) for t in (cfg.get("temperatures") or [])],
+            temperature_batches=int(cfg.temperature_batches),
+            data_overrides=overrides,
+            device=str(cfg.device),
+        )
+        # A single run writes beside its Hydra files (hydra.run.dir: output_dir, or its first unused
+        # <output_dir>+N); a multirun's jobs run in the sweep's folders and write to output_dir.
+        single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+        out = Path(HydraConfig.get().runtime.output_dir) if single else Path(cfg.output_dir).expanduser().absolute()
+        write_outputs(result, out, cfg)
+        print(format_report(result), flush=True)
+        return result
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="inspect")
 def _main(cfg: DictConfig) -> Any:
-    # A refusal removes the folder Hydra made if it holds nothing else (see the module docstring).
-    return run_job(run_inspection, cfg, stub="inspect")
+    return run_job(run_inspection, cfg)
 
 
 def main() -> None:

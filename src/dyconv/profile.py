@@ -44,7 +44,7 @@ from dyconv.cli import quiet_console
 from dyconv.config import CONF_DIR, to_plain
 from dyconv.models import create_model, get_model_builder, is_model, list_models
 from dyconv.runtime import tune_malloc
-from dyconv.utils.files import atomic_write_text, output_folder_problem
+from dyconv.utils import files
 from dyconv.utils.model_stats import count_flops, count_params
 
 __all__ = ["NATURAL_INPUTS", "ModelInput", "main", "parse_args", "profile_models"]
@@ -97,7 +97,7 @@ def _check_out(path: str) -> None:
     """Fail before any work if ``path`` cannot be written: its folder must exist or be creatable,
     and ``path`` must not be a folder."""
     folder = os.path.dirname(os.path.abspath(path))
-    problem = output_folder_problem(folder)
+    problem = files.output_folder_problem(folder)
     if problem:
         raise SystemExit(f"dyconv.profile: out={path}: cannot {problem[0]} its folder {folder}: {problem[1]}")
     if os.path.isdir(path):
@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"```\n{command.strip()}\n```\n\n{env}.\n\n{table}\n"
         )
         try:
-            atomic_write_text(opts["out"], text)
+            files.atomic_write_text(opts["out"], text)
         except OSError as e:
             raise SystemExit(f"dyconv.profile: could not write out={opts['out']}: {e.strerror or e}") from None
         print(f"wrote {opts['out']}", file=sys.stderr)
