@@ -15,8 +15,8 @@ from dyconv.callbacks import AttentionStatistics, RNGStateCallback, TemperatureS
 from dyconv.callbacks.rng import get_rng_states, set_rng_states
 from dyconv.datamodules import MNISTOfflineDataModule
 from dyconv.layers import get_temperature
+from dyconv.runs.checkpoint import atomic_torch_save
 from dyconv.tasks import ClassificationTask
-from dyconv.utils.checkpoint_io import atomic_torch_save
 from tinynets import tiny_net as _tiny_net
 
 

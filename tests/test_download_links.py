@@ -10,13 +10,15 @@ import hashlib
 import io
 import os
 import pathlib
+import re
 import tarfile
+import threading
 import zlib
 from pathlib import Path
 
 import pytest
 
-from dyconv.datamodules import FashionMNISTDataModule, UnsafeArchiveError
+from dyconv.datamodules import FashionMNISTDataModule, UnsafeArchiveError, extract
 from dyconv.datamodules import download as dl
 from dyconv.datamodules import fashion_mnist as fm
 
@@ -61,7 +63,13 @@ def _unlinked_sizes(monkeypatch) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------- planted links
-def test_a_link_at_the_gunzip_temp_name_is_replaced_not_written_through(tmp_path, victim):
+def _temp_size(sizes: dict[str, int], name: str) -> int:
+    """The size the one temp file of ``name`` (``.<name>.<pid>.<random>.tmp``) had when removed."""
+    (size,) = [v for k, v in sizes.items() if re.fullmatch(rf"\.{re.escape(name)}\.\d+\.[0-9a-f]+\.tmp", k)]
+    return size
+
+
+def test_links_at_the_gunzip_names_are_never_written_through(tmp_path, victim):
     payload = os.urandom(50_000)
     raw_dir = tmp_path / "data" / "FashionMNIST" / "raw"
     raw_dir.mkdir(parents=True)
@@ -69,10 +77,41 @@ def test_a_link_at_the_gunzip_temp_name_is_replaced_not_written_through(tmp_path
     gz.write_bytes(gzip.compress(payload))
     dest = raw_dir / "t10k-labels-idx1-ubyte"
     dest.with_name(dest.name + ".tmp").symlink_to(victim)  # planted in a handed data folder
+    dest.symlink_to(tmp_path / "made-through-the-link")  # dangling: the target name itself
     dl.ensure_gunzipped(gz, dest)
     assert victim.read_bytes() == PRECIOUS
     assert not dest.is_symlink() and dest.read_bytes() == payload
-    assert not os.path.lexists(dest.with_name(dest.name + ".tmp"))
+    assert not (tmp_path / "made-through-the-link").exists()
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted([gz.name, dest.name, dest.name + ".tmp"])
+
+
+def test_two_writers_gunzipping_the_same_file_at_once_both_succeed(tmp_path, monkeypatch):
+    """Two processes (two multiruns) preparing the same data root: each writes its own temp file,
+    so neither removes the other's, and the file is whole."""
+    monkeypatch.setattr(extract, "_CHUNK", 4096)  # many small writes: the two writers interleave
+    payload = os.urandom(2_000_000)
+    gz = tmp_path / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(payload, compresslevel=1))
+    dest = tmp_path / "t10k-images-idx3-ubyte"
+    for _ in range(3):
+        dest.unlink(missing_ok=True)
+        start, errors = threading.Barrier(2), []
+
+        def prepare(start: threading.Barrier = start, errors: list = errors) -> None:
+            start.wait()
+            try:
+                dl.ensure_gunzipped(gz, dest)
+            except Exception as e:  # what the old shared "<dest>.tmp" raised: FileNotFoundError
+                errors.append(e)
+
+        workers = [threading.Thread(target=prepare) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+        assert dest.read_bytes() == payload
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gz.name, dest.name])
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
@@ -118,7 +157,7 @@ def test_a_gzip_bomb_is_refused_at_the_size_cap_and_nothing_is_left(tmp_path, bo
         dl.ensure_gunzipped(bomb, dest, max_size=cap)
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in dest.parent.iterdir()) == []  # neither the file nor its temp file
-    assert 0 < sizes[dest.name + ".tmp"] <= cap  # what was written before the refusal, deleted
+    assert 0 < _temp_size(sizes, dest.name) <= cap  # what was written before the refusal, deleted
 
 
 def test_fashion_mnist_caps_a_handed_gz_at_the_files_known_size(tmp_path, bomb, monkeypatch):
@@ -133,7 +172,7 @@ def test_fashion_mnist_caps_a_handed_gz_at_the_files_known_size(tmp_path, bomb, 
     with pytest.raises(UnsafeArchiveError, match=f"it unpacks to more than {cap:,} bytes"):
         dm.prepare_data()
     assert sorted(p.name for p in raw.iterdir()) == ["train-labels-idx1-ubyte.gz"]
-    assert sizes["train-labels-idx1-ubyte.tmp"] <= cap
+    assert _temp_size(sizes, "train-labels-idx1-ubyte") <= cap
 
 
 def test_fashion_mnist_caps_a_system_gz_at_the_files_known_size(tmp_path, bomb, monkeypatch):
@@ -148,4 +187,4 @@ def test_fashion_mnist_caps_a_system_gz_at_the_files_known_size(tmp_path, bomb, 
     assert fm.FASHION_MNIST_RAW_SIZE["train-labels-idx1-ubyte"] == cap
     raw = tmp_path / "data" / "FashionMNIST" / "raw"
     assert list(raw.iterdir()) == []
-    assert sizes["train-labels-idx1-ubyte.tmp"] <= cap
+    assert _temp_size(sizes, "train-labels-idx1-ubyte") <= cap

@@ -247,8 +247,8 @@ def test_quiet_console_drops_lightning_tips_and_known_noise_only():
 def test_missing_optional_packages_name_the_extra(monkeypatch):
     import importlib.util
 
+    from dyconv.runs import loggers
     from dyconv.train import _require_sweeper
-    from dyconv.utils import loggers
 
     real = importlib.util.find_spec
     missing = {"wandb", "mlflow", "hydra_plugins.hydra_optuna_sweeper"}
@@ -282,7 +282,8 @@ def test_tool_help_lists_every_key_of_its_config(tool):
 def test_sweep_job_folder_names_fit_the_file_system():
     """A job's folder is named from its overrides; a long list (15 overrides made 356 bytes,
     'File name too long' before any training) is cut and ends with a hash of the whole name."""
-    from dyconv.utils.resolvers import MAX_JOB_DIRNAME, job_dirname, register_resolvers
+    from dyconv.config import register_resolvers
+    from dyconv.runs.layout import MAX_JOB_DIRNAME, job_dirname
 
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

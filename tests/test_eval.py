@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dyconv.cli import CONF_DIR
+from dyconv.config import CONF_DIR
 from dyconv.eval import evaluate, write_result
 
 

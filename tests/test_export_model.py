@@ -13,7 +13,7 @@ import torch
 from dyconv.errors import ConfigError
 from dyconv.export import ExportError, export_checkpoint, run_export
 from dyconv.layers import dynamic_layers
-from dyconv.utils.rebuild import load_trained_run
+from dyconv.runs.rebuild import load_trained_run
 from trained import make_checkpoint, real_run
 
 pytestmark = pytest.mark.slow
@@ -189,7 +189,7 @@ def _export_command(*overrides: str):
     """The config ``python -m dyconv.export overrides...`` runs ``run_export`` with."""
     from hydra import compose, initialize_config_dir
 
-    from dyconv.cli import CONF_DIR
+    from dyconv.config import CONF_DIR
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return compose("export", overrides=list(overrides))

@@ -63,7 +63,7 @@ def test_hand_computed_attention(forced_ckpt, tmp_path):
     assert float(forced.mean_pi[0]) == pytest.approx(1.0, abs=1e-15)
 
     # Per-class: every class's mean is 1/K for the uniform layer; counts are the split's labels.
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
 
     dm = load_trained_run(forced_ckpt).datamodule()
     dm.setup("validate")
@@ -101,7 +101,7 @@ def test_hand_computed_attention(forced_ckpt, tmp_path):
 
 
 def test_temperature_sweep_restores_every_layer(forced_ckpt):
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
 
     model = load_trained_run(forced_ckpt).model
     before = {n: float(layer.temperature) for n, layer in dynamic_layers(model)}
@@ -133,6 +133,23 @@ def test_cli_on_a_real_run_writes_tables_and_plots(cli, tmp_path_factory):
     temps = {float(r["temperature"]) for r in csv.DictReader((out_dir / "temperature.csv").open())}
     assert {1.0, 5.0} < temps  # plus the trained temperature
     assert "features.2.0" in proc.stdout and "entropy/logK" in proc.stdout and str(out_dir) in proc.stdout
+
+
+def test_each_launch_into_a_fixed_output_dir_gets_its_own_folder(cli, tmp_path_factory, tmp_path):
+    """Launched twice with one output_dir, the second launch's Hydra files, log and outputs all go
+    to <output_dir>+1: the first folder keeps its own .hydra/ and log lines."""
+    run_dir = real_run(tmp_path_factory.getbasetemp())
+    out = tmp_path / "attn"
+    args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}", "max_batches=1",
+            "temperatures=[1]", "temperature_batches=1", "split=val"]
+    cli("inspect", *args)
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cli("inspect", *args[:-1], "split=test")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    second = tmp_path / "attn+1"
+    assert {".hydra", "inspect.log", "layers.csv", "resolved_config.yaml"} <= {p.name for p in second.iterdir()}
+    assert "split=test" in (second / ".hydra" / "overrides.yaml").read_text()
+    assert "split: test" in (second / "resolved_config.yaml").read_text()
 
 
 def test_static_model_is_refused_with_one_message(cli, tmp_path):
@@ -236,7 +253,7 @@ def _hydra_stub(folder: Path, task: str) -> Path:
 def _inspect_command(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from dyconv.cli import CONF_DIR
+    from dyconv.config import CONF_DIR
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return compose("inspect", overrides=list(overrides))

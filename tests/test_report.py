@@ -12,7 +12,7 @@ from scipy import stats
 
 import dyconv.report
 from dyconv.report import build_report, main
-from dyconv.sweeps import write_summary
+from dyconv.runs.sweeps import write_summary
 
 # test/acc per (model, width) over seeds 0, 1, 2
 ACC = {

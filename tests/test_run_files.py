@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dyconv.errors import ConfigError, RunDirectoryError
-from dyconv.utils.checkpoint_io import atomic_torch_save, remove_stale_temp_files
-from dyconv.utils.loggers import ResumableCSVLogger
-from dyconv.utils.run_dir import config_differences, resolve_ckpt_path
+from dyconv.runs.checkpoint import atomic_torch_save, remove_stale_temp_files
+from dyconv.runs.loggers import ResumableCSVLogger
+from dyconv.runs.resume import config_differences, resolve_ckpt_path
 
 
 def test_atomic_save_survives_sigkill_mid_write(tmp_path):
@@ -26,7 +26,7 @@ def test_atomic_save_survives_sigkill_mid_write(tmp_path):
     script = textwrap.dedent(
         f"""
         import torch
-        from dyconv.utils.checkpoint_io import atomic_torch_save
+        from dyconv.runs.checkpoint import atomic_torch_save
         i = 0
         while True:
             atomic_torch_save({{"i": i, "w": torch.full((8 * 2**20,), float(i))}}, {str(path)!r})

@@ -17,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from dyconv.errors import ConfigError, DiskFullError, DivergenceError, RunDirectoryError
+from dyconv.runs.state import RunLock, is_stub, read_completed, remove_stub, write_completed
 from dyconv.train import CONF_DIR, check_trainable, validate_config
-from dyconv.utils.run_state import RunLock, is_stub, read_completed, remove_stub, write_completed
 
 QUIET = ["callbacks.progress_bar=null"]
 
@@ -30,7 +30,7 @@ def _cfg(*overrides: str):
 
 # ------------------------------------------------------------------ lock
 def test_second_lock_is_refused_with_the_holders_pid_and_freed_when_the_holder_dies(tmp_path):
-    code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from dyconv.runs.state import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -46,7 +46,7 @@ def test_second_lock_is_refused_with_the_holders_pid_and_freed_when_the_holder_d
 
 def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path):
     """A launch killed with its DataLoader workers still alive: the relaunch gets the lock at once."""
-    code = ("import os, sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import os, sys, time; from dyconv.runs.state import RunLock; RunLock(sys.argv[1]).acquire(); "
             "child = os.fork()\n"
             "if child == 0: open(sys.argv[2], 'w').close(); time.sleep(60); os._exit(0)\n"
             "print(child, flush=True); time.sleep(60)")
@@ -67,7 +67,7 @@ def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path):
 
 def test_second_launch_into_a_running_run_directory_is_refused(cli, tmp_path):
     run_dir = tmp_path / "run"
-    code = ("import sys, time; from dyconv.utils.run_state import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from dyconv.runs.state import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
@@ -158,7 +158,7 @@ def test_warmup_fraction_scales_with_the_run_and_long_warmups_are_clamped(caplog
 
 # ------------------------------------------------------------------ divergence
 def test_checkpoint_writer_refuses_non_finite_tensors(tmp_path):
-    from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+    from dyconv.runs.checkpoint_io import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     good = {"state_dict": {"w": torch.ones(3)},
@@ -208,7 +208,7 @@ def test_diverging_run_stops_with_a_message_and_saves_nothing_non_finite(cli, tm
 
 # ------------------------------------------------------------------ disk full
 def test_disk_full_is_named_and_the_previous_file_survives(tmp_path, monkeypatch):
-    from dyconv.utils import checkpoint_io
+    from dyconv.runs import checkpoint as checkpoint_io
 
     target = tmp_path / "last.ckpt"
     checkpoint_io.atomic_torch_save({"w": torch.zeros(3)}, target)
@@ -287,9 +287,53 @@ def test_user_errors_are_one_line_naming_the_cause_and_key():
 
 
 def test_a_folder_given_as_ckpt_path_is_named_as_one(tmp_path):
-    from dyconv.utils.run_dir import resolve_ckpt_path
+    from dyconv.runs.resume import resolve_ckpt_path
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"is a folder, not a checkpoint file: pass a \.ckpt inside it, e\.g\. "):
         resolve_ckpt_path(str(tmp_path / "run"), tmp_path / "out")
+
+
+# ------------------------------------------------------------------ checkpoint folders
+def test_a_checkpoint_folder_that_is_a_link_is_refused_before_anything_is_written(tmp_path):
+    """A handed run folder whose ``checkpoints/`` is a link would have checkpoints written (and
+    superseded ones deleted) wherever it points: refused in one line, the target untouched."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import dyconv.train
+    from dyconv.errors import RunDirectoryError
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("not ours")
+    run.mkdir()
+    (run / "checkpoints").symlink_to(elsewhere)
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["~logger", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}",
+                                          "data.splits=[64,32,32]", "trainer.max_epochs=1"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(RunDirectoryError, match=r"checkpoint folder .*checkpoints is a symbolic link") as e:
+            dyconv.train.train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert "\n" not in str(e.value)
+    assert [p.name for p in elsewhere.iterdir()] == ["notes.txt"]
+    assert not (run / ".hydra").exists() and not (run / "metrics.json").exists()
+
+
+def test_a_checkpoint_callback_without_a_folder_gets_the_runs(tmp_path):
+    """Checkpoint folders are derived in one place: a ModelCheckpoint with no dirpath writes into
+    ``<run>/checkpoints`` (Lightning would pick a logger's folder), the folder deletions are confined to."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dyconv.runs.checkpoint_io import checkpoint_dirs
+
+    unset, set_ = ModelCheckpoint(), ModelCheckpoint(dirpath=str(tmp_path / "mine"))
+    assert checkpoint_dirs([unset, set_, object()], tmp_path) == [tmp_path / "checkpoints", tmp_path / "mine"]
+    assert unset.dirpath == str(tmp_path / "checkpoints")

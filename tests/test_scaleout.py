@@ -88,7 +88,7 @@ def test_compile_with_bf16_keeps_checkpoint_keys(tmp_path):
     import lightning as L
     from hydra.utils import instantiate
 
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
     from trained import compose_run_config
 
     torch._dynamo.reset()

@@ -25,9 +25,9 @@ import torch
 from dyconv.datamodules import ImagenetteDataModule, UnsafeArchiveError
 from dyconv.datamodules import download as dl
 from dyconv.errors import DyconvError
-from dyconv.utils.rebuild import load_trained_run
-from dyconv.utils.run_dir import checkpoint_config, load_checkpoint
-from dyconv.utils.safe_config import UnsafeConfigError, check_run_config
+from dyconv.runs.checkpoint import checkpoint_config, load_checkpoint
+from dyconv.runs.rebuild import load_trained_run
+from dyconv.runs.safe_config import UnsafeConfigError, check_run_config
 from fakedata import md5
 from trained import compose_run_config, make_checkpoint
 
@@ -142,7 +142,7 @@ def test_every_shipped_experiment_config_passes_the_check():
 
 def test_lightning_resume_loader_never_unpickles_code(tmp_path, monkeypatch):
     """What ``trainer.fit(ckpt_path=...)`` uses: weights_only even when the environment says otherwise."""
-    from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+    from dyconv.runs.checkpoint_io import AtomicCheckpointIO
 
     victim = tmp_path / "pwned"
 
@@ -394,7 +394,7 @@ def test_extracted_files_have_plain_modes(tmp_path):
 def test_a_checkpoint_never_turns_on_downloads(tmp_path):
     """A stored data config with download=true is rebuilt with downloads off; only the command
     line (an override) can turn them on."""
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
     from trained import make_checkpoint
 
     target = tmp_path / "victim"
@@ -411,7 +411,7 @@ def test_a_checkpoint_never_turns_on_downloads(tmp_path):
 # ---------------------------------------------------------------------------------------- file names in callback states
 def test_checkpoint_io_deletes_only_ckpt_files_in_its_folders(tmp_path):
     """Lightning's default removal takes any path and protocol, recursively."""
-    from dyconv.utils.checkpoint_io import AtomicCheckpointIO
+    from dyconv.runs.checkpoint_io import AtomicCheckpointIO
 
     ckpts, elsewhere = tmp_path / "run" / "checkpoints", tmp_path / "home"
     ckpts.mkdir(parents=True)
@@ -477,7 +477,7 @@ def test_a_link_planted_in_a_run_folder_is_replaced_not_written_through(tmp_path
     the launch replaces the link, the file keeps its content."""
     from omegaconf import OmegaConf
 
-    from dyconv.utils.run_dir import prepare_run_dir
+    from dyconv.runs.launch import prepare_run_dir
 
     victim = tmp_path / "dotfile"
     victim.write_text("precious")
@@ -536,7 +536,7 @@ def test_a_checkpoint_never_makes_the_tools_unpack_data_into_its_root(tmp_path):
 def test_restoring_launch_files_never_copies_a_links_target(tmp_path):
     """A handed run's recorded launch whose config.yaml is a link to a user's file: the relaunch
     that does not run restores nothing from it (the file's content never enters the run)."""
-    from dyconv.utils.run_dir import restore_launch_files
+    from dyconv.runs.launch import restore_launch_files
 
     secret = tmp_path / "id_rsa"
     secret.write_text("PRIVATE KEY")

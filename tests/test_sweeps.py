@@ -1,4 +1,4 @@
-"""Job records of a multirun (``job_status.json``, written by :class:`dyconv.sweeps.SweepSummary`):
+"""Job records of a multirun (``job_status.json``, written by :class:`dyconv.runs.hydra_callbacks.SweepSummary`):
 a relaunch the run directory refuses changes no job's status or results."""
 
 from __future__ import annotations
@@ -14,21 +14,32 @@ from omegaconf import OmegaConf
 
 from dyconv.errors import ConfigError, RunDirectoryError
 from dyconv.report import build_report
-from dyconv.sweeps import STATUS_FILE, SweepSummary, collect_jobs, write_summary
+from dyconv.runs.hydra_callbacks import SweepSummary
+from dyconv.runs.layout import STATUS_FILE
+from dyconv.runs.sweeps import collect_jobs, write_summary
 
 QUIET = ["callbacks.progress_bar=null"]
 OVERRIDES = ["model=simple_cnn", "seed=1"]
 
 
-def _job_end(job_dir: Path, error: BaseException | None) -> dict:
-    """What the callback records when a job in ``job_dir`` ends with ``error`` (None: completed)."""
+def _job_end(job_dir: Path, error: BaseException | None, *, started: bool | None = None) -> dict:
+    """What the callback records when a job in ``job_dir`` ends with ``error`` (None: completed).
+    ``started``: a training job (``dyconv.train``) that recorded a launch in ``.hydra/launches/``
+    (True) or stopped before it touched the run (False); None: the callback never saw it start."""
+    callback = SweepSummary()
+    if started is not None:
+        job_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job_dir)}, "job": {"name": "train"}}})
+        callback.on_job_start(job_cfg)
+        if started:
+            launches = job_dir / ".hydra" / "launches"
+            (launches / f"launch{len(list(launches.glob('*'))) if launches.is_dir() else 0}").mkdir(parents=True)
     job_return = SimpleNamespace(
         status=JobStatus.COMPLETED if error is None else JobStatus.FAILED,
         _return_value=error if error is not None else {"test/acc": 0.5},
         overrides=OVERRIDES,
         hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job_dir)}, "job": {"num": 3}}}),
     )
-    SweepSummary().on_job_end(None, job_return)  # outside a multirun: the job record only
+    callback.on_job_end(None, job_return)  # outside a multirun: the job record only
     return json.loads((job_dir / STATUS_FILE).read_text())
 
 
@@ -73,21 +84,25 @@ def test_other_failures_and_refusals_without_a_result_are_recorded_as_failed(job
 
 
 def test_a_relaunch_stopped_by_its_checks_keeps_the_completed_record(job_dir):
-    """dyconv.train marks an error raised before the launch touched the run (its checks, the
-    lock): relaunching a finished sweep with, say, a dataset that moved keeps the job completed."""
-    first = _job_end(job_dir, None)
+    """A training launch that stopped before it touched the run (its checks, the lock: it recorded
+    no launch in ``.hydra/launches/``): relaunching a finished sweep with, say, a dataset that
+    moved keeps the job completed; a launch that did start and then failed is recorded as failed."""
+    first = _job_end(job_dir, None, started=True)
     stopped = ConfigError("data.root=/gone: no such folder")
-    stopped.dyconv_not_started = True
-    record = _job_end(job_dir, stopped)
+    record = _job_end(job_dir, stopped, started=False)
     assert {k: record[k] for k in first} == first
     assert record["refused_relaunch"]["error"] == "ConfigError: data.root=/gone: no such folder"
+    record = _job_end(job_dir, ConfigError("diverged"), started=True)
+    assert (record["status"], record["error"]) == ("failed", "ConfigError: diverged")
+    assert "refused_relaunch" not in record
 
 
 @pytest.mark.slow
 def test_relaunching_a_finished_multirun_keeps_its_completed_jobs(cli, tmp_path):
     """The same sweep twice: the second launch is refused (the job folder holds checkpoints), the
     job stays completed with its metrics, and the summary and report still show it."""
-    args = ["train", "-m", *QUIET, "data.splits=[64,32,32]", "trainer.max_epochs=1", "model=simple_cnn"]
+    args = ["train", "-m", *QUIET, "data.splits=[64,32,32]", "trainer.max_epochs=1", "model=simple_cnn",
+            "sweep_name=sweep"]  # a relaunch names its sweep (the default is one folder per launch)
     cli(*args)
     sweep = tmp_path / "logs" / "train" / "multiruns" / "sweep"
     (job,) = [p for p in sweep.iterdir() if p.is_dir()]
@@ -112,7 +127,8 @@ def test_a_relaunch_keeps_the_previous_multirun_yaml(tmp_path):
     another sweep with the same sweep_name): the previous ones are kept, none overwritten."""
     from omegaconf import OmegaConf
 
-    from dyconv.sweeps import HISTORY_DIR, SweepSummary
+    from dyconv.runs.hydra_callbacks import SweepSummary
+    from dyconv.runs.sweeps import HISTORY_DIR
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     SweepSummary().on_multirun_start(config)  # a first sweep: nothing to keep
@@ -124,27 +140,30 @@ def test_a_relaunch_keeps_the_previous_multirun_yaml(tmp_path):
     assert kept == ["first sweep\n", "second sweep\n"]
 
 
-def test_train_marks_an_error_raised_before_the_launch_touched_the_run(tmp_path):
+def test_train_stopped_by_its_checks_records_no_launch(tmp_path):
     """What the sweep summary relies on: dyconv.train's own checks failing (here a bad
-    max_epochs) raise an error marked ``dyconv_not_started``."""
+    max_epochs) leave the run's recorded launches (``.hydra/launches/``) as they were."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     import dyconv.train
 
+    run = tmp_path / "run"
+    (run / ".hydra" / "launches" / "first").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
     with initialize_config_dir(dyconv.train.CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["trainer.max_epochs=0", "~logger", f"paths.log_dir={tmp_path}"],
                       return_hydra_config=True)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.output_dir = str(run)
     HydraConfig.instance().set_config(cfg)
     try:
-        with pytest.raises(ConfigError, match="max_epochs") as caught:
+        with pytest.raises(ConfigError, match="max_epochs"):
             dyconv.train.train(cfg)
     finally:
         HydraConfig.instance().cfg = None
-    assert caught.value.dyconv_not_started is True
+    assert [p.name for p in (run / ".hydra" / "launches").iterdir()] == ["first"]
 
 
 def test_a_failed_instantiation_records_the_cause_not_hydras_wrapper(job_dir):
@@ -177,3 +196,27 @@ def test_collect_jobs_skips_other_commands_folders_but_keeps_running_jobs(tmp_pa
     (folder("single", "RUN") / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))  # trained: kept
     assert [(j["job"], j["status"]) for j in collect_jobs(tmp_path)] == [("seed=1", "incomplete"),
                                                                          ("single", "incomplete")]
+
+
+@pytest.mark.parametrize("tool", ["train", "eval", "inspect", "export"])
+def test_each_unnamed_sweep_gets_its_own_folder_and_a_named_one_keeps_it(tool, tmp_path):
+    """Two ad-hoc sweeps of one task never share a folder (nor a summary); sweep_name=<name>
+    names the same folder every time (a relaunch)."""
+    import time
+
+    from hydra import compose, initialize_config_dir
+
+    from dyconv.config import CONF_DIR
+
+    def sweep_dir(*overrides: str) -> str:
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            cfg = compose(tool, overrides=[f"paths.log_dir={tmp_path}", "ckpt_path=x.ckpt", *overrides],
+                          return_hydra_config=True) if tool != "train" else compose(
+                tool, overrides=[f"paths.log_dir={tmp_path}", *overrides], return_hydra_config=True)
+        return str(OmegaConf.select(cfg, "hydra.sweep.dir"))
+
+    first = sweep_dir()
+    time.sleep(0.01)
+    second = sweep_dir()
+    assert first != second and Path(first).parent == Path(second).parent == tmp_path / tool / "multiruns"
+    assert sweep_dir("sweep_name=mine") == sweep_dir("sweep_name=mine") == str(tmp_path / tool / "multiruns" / "mine")

@@ -127,6 +127,7 @@ def test_multirun_gives_each_job_its_own_complete_directory(cli, tmp_path):
         "optimizer.lr=0.05,-1",
         "data.splits=[256,64,64]",
         "trainer.max_epochs=1",
+        "sweep_name=sweep",
         *QUIET,
         check=False,
     )
@@ -183,6 +184,7 @@ def test_fast_dev_run_every_classification_model(cli, tmp_path):
         "data.in_channels=3",
         "data.batch_size=4",
         "data.splits=[8,8,8]",
+        "sweep_name=sweep",
         *QUIET,
     )
     jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model=*"))
@@ -211,7 +213,7 @@ def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
         *QUIET,
         f"hydra.run.dir={run_dir}",
     )
-    from dyconv.utils.rebuild import load_trained_run
+    from dyconv.runs.rebuild import load_trained_run
 
     run = load_trained_run(run_dir / "checkpoints" / "last.ckpt")
     dm = run.datamodule()

@@ -22,7 +22,7 @@ def compose_run_config(overrides: Sequence[str] = ()) -> dict:
     """The plain run config ``train`` would store for these command-line overrides."""
     from hydra import compose, initialize_config_dir
 
-    from dyconv.cli import CONF_DIR, plain
+    from dyconv.config import CONF_DIR, plain
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))

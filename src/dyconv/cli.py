@@ -1,79 +1,51 @@
-"""What every entry point (train, eval, inspect, export) shares: the config directory, the
-process rank, Lightning's log routing, and the job wrapper that prints user errors in one line.
-Nothing here imports Lightning or builds anything."""
+"""The command-line layer every tool (train, eval, inspect, export) shares: the console entry
+(:func:`tool_main`: a quiet console, the usage line, a hint for a misspelled key) and the job
+wrapper that prints user errors in one line (:func:`run_job`). Nothing here imports Lightning or
+builds anything."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.errors import DiskFullError, DyconvError, RunStopped
-from dyconv.utils.resolvers import register_resolvers
+from dyconv.config import CONF_DIR, resolved_config, to_plain
+from dyconv.errors import DiskFullError, DyconvError, RunStopped, hydra_full_key, is_disk_full
+from dyconv.runs.state import process_rank, remove_stub_on_error
+from dyconv.utils.console import quiet_console, route_lightning_logs
 
 __all__ = [
     "CONF_DIR",
     "is_user_error",
-    "launched_externally",
     "misspelled_key_hint",
-    "plain",
-    "process_rank",
+    "quiet_console",
     "require_ckpt_path",
+    "resolved_config",
     "route_lightning_logs",
     "run_hydra_main",
     "run_job",
+    "tool_main",
+    "user_message",
 ]
 
 log = logging.getLogger("dyconv")
-register_resolvers()
-
-#: The shipped Hydra configs (``conf/`` at the repository root links here).
-CONF_DIR = str(Path(__file__).parent / "conf")
-
-
-def process_rank() -> int:
-    """Rank of this process as set by Lightning's launcher, torchrun or SLURM (0 if none)."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def launched_externally() -> bool:
-    """Processes created by torchrun / SLURM / a Lightning parent, not by this process."""
-    return any(v in os.environ for v in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_NTASKS", "RANK"))
-
-
-def route_lightning_logs() -> None:
-    """Lightning adds its own console handler; drop it so its messages go through Hydra's
-    handlers once (console + the run's log file) instead of twice."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                logger.removeHandler(handler)
-        logger.propagate = True
-
-
-def plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
-    """The named sections of a composed config as plain containers (resolved)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
-            for k in keys if k in cfg}
 
 
 def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Hydra job wrapper: user errors are printed without a traceback (single run) or logged
     and re-raised so a multirun reports them at the end while the other jobs go on."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return fn(cfg)
@@ -82,8 +54,6 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None
     except Exception as e:
-        from dyconv.utils.checkpoint_io import is_disk_full
-
         if is_disk_full(e) and not isinstance(e, DyconvError):  # metrics, logs, configs: the cause, plainly
             where = getattr(e, "filename", None) or OmegaConf.select(
                 cfg, "paths.output_dir", default="the run directory", throw_on_resolution_failure=False)
@@ -101,8 +71,6 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 def is_user_error(e: BaseException) -> bool:
     if isinstance(e, DyconvError):
         return True
-    from hydra.errors import InstantiationException
-
     wrapped = isinstance(e, InstantiationException)
     if wrapped and isinstance(e.__cause__, (ValueError, TypeError, DyconvError)):
         return True  # a config value or key the target rejected
@@ -116,8 +84,6 @@ def is_user_error(e: BaseException) -> bool:
 def user_message(e: BaseException) -> str:
     """One line for a user error: the cause a Hydra instantiation wrapped (with the config key
     it came from), not the wrapper's "Error in call to target ..." first."""
-    from hydra.errors import InstantiationException
-
     cause = e.__cause__
     if not isinstance(e, InstantiationException) or cause is None:
         return str(e)
@@ -126,35 +92,10 @@ def user_message(e: BaseException) -> str:
     return f"{text} (in {key})" if key else text
 
 
-def hydra_full_key(e: BaseException) -> str:
-    """The config key a Hydra instantiation error names (its ``full_key: ...`` line), or ``""``."""
-    return next((line.split(":", 1)[1].strip() for line in str(e).splitlines() if line.startswith("full_key:")), "")
-
-
-def resolved_config(cfg: DictConfig | Any | None) -> dict[str, Any]:
-    """``cfg`` as plain values, interpolations resolved; a top-level key that cannot be resolved
-    here (``paths`` outside a Hydra run) is left out. What a tool records beside its outputs."""
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception:  # resolvers that need a Hydra run (paths): keep what resolves
-        out: dict[str, Any] = {}
-        for key in cfg:
-            with contextlib.suppress(Exception):
-                value = cfg[key]
-                out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        return out
-
-
 def removing_stub(cfg: DictConfig, task: str) -> contextlib.AbstractContextManager[Any]:
     """For a tool's Hydra job: on an error, remove the folder Hydra made for this launch
     (``paths.output_dir``) if it holds nothing but Hydra's files (``.hydra/`` and ``<task>.log``);
     a folder with earlier results is kept as it is. A no-op outside a Hydra run."""
-    from dyconv.utils.run_state import remove_stub_on_error
-
     folder = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
     if not folder:
         return contextlib.nullcontext()
@@ -168,11 +109,6 @@ def misspelled_key_hint(config_name: str, args: Sequence[str]) -> str | None:
     every key exists or nothing is close (Hydra's own "+key=" advice then stands). Config groups
     chosen on the same command line (``model=dy_resnet10``, a sweep's first option) are composed,
     so their keys count; keys under a group that cannot be composed are left to Hydra's message."""
-    import difflib
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     pairs = [a.split("=", 1) for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
     keys = [k for k, _ in pairs if k.split(".")[0] != "hydra"]
     if not keys:
@@ -188,7 +124,7 @@ def misspelled_key_hint(config_name: str, args: Sequence[str]) -> str | None:
                     chosen.append(choice)
                 except Exception:
                     broken.add(choice.split("=", 1)[0])
-            tree = OmegaConf.to_container(compose(config_name, overrides=chosen), resolve=False)
+            tree = to_plain(compose(config_name, overrides=chosen), resolve=False)
     except Exception:
         return None
     finally:
@@ -232,3 +168,13 @@ def require_ckpt_path(usage: str) -> None:
     if any(a.startswith(("ckpt_path=", "--", "-c", "-h")) for a in args):
         return
     sys.exit(f"usage: {usage}\n(ckpt_path is required: a checkpoint written by python -m dyconv.train)")
+
+
+def tool_main(hydra_main: Callable[[], Any], config_name: str, usage: str | None = None) -> Any:
+    """A tool's console entry: a quiet console (:func:`quiet_console`), the tool's ``usage`` line
+    when the command line names no ``ckpt_path`` (checkpoint tools), then its ``@hydra.main``
+    function (:func:`run_hydra_main`)."""
+    quiet_console()
+    if usage:
+        require_ckpt_path(usage)
+    return run_hydra_main(hydra_main, config_name)

@@ -24,24 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from dyconv.cli import (
-    CONF_DIR,
-    removing_stub,
-    require_ckpt_path,
-    resolved_config,
-    route_lightning_logs,
-    run_hydra_main,
-    run_job,
-)
+from dyconv.cli import CONF_DIR, removing_stub, route_lightning_logs, run_job, tool_main
+from dyconv.config import resolved_config, to_plain
 from dyconv.errors import ConfigError
+from dyconv.runs.layout import METRICS_FILE
+from dyconv.runs.rebuild import load_trained_run
+from dyconv.runtime import tune_malloc
 from dyconv.utils.files import create_new_file, first_free_folder
-from dyconv.utils.rebuild import load_trained_run
 
 log = logging.getLogger("dyconv.eval")
 
-RESULT_FILE = "metrics.json"
+RESULT_FILE = METRICS_FILE
+USAGE = "python -m dyconv.eval ckpt_path=PATH [split=test|val] [data.root=DIR] [trainer=gpu]"
 
 
 def write_result(out_dir: Path, text: str) -> Path:
@@ -55,39 +53,31 @@ def write_result(out_dir: Path, text: str) -> Path:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test (or validate) a checkpoint's model on its data; returns the metrics. A refusal removes
     the folder Hydra made if it holds nothing else (see the module docstring)."""
+    import lightning as L  # lazy: --help and --cfg stay fast
+
     with removing_stub(cfg, "eval"):
-        return _evaluate(cfg)
-
-
-def _evaluate(cfg: DictConfig) -> dict[str, float]:
-    import lightning as L
-    import torch
-    from hydra.utils import instantiate
-
-    from dyconv.runtime import tune_malloc
-
-    route_lightning_logs()
-    if cfg.split not in ("test", "val"):
-        raise ConfigError(f"split must be 'test' or 'val', got {cfg.split!r}")
-    if cfg.get("tune_malloc", True):
-        tune_malloc()
-    run = load_trained_run(cfg.ckpt_path)
-    L.seed_everything(cfg.seed, workers=True)
-    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    datamodule = run.datamodule(overrides)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_model_summary=False)
-    fn = trainer.test if cfg.split == "test" else trainer.validate
-    (results,) = fn(run.task, datamodule=datamodule)
-    metrics = {k: float(v) for k, v in results.items() if torch.as_tensor(v).numel() == 1}
-    if trainer.is_global_zero:
-        record = {"ckpt_path": str(run.ckpt_path), "split": cfg.split, "metrics": metrics,
-                  "epoch": run.checkpoint.get("epoch"), "global_step": run.checkpoint.get("global_step"),
-                  "config": resolved_config(cfg)}
-        result = write_result(Path(cfg.paths.output_dir), json.dumps(record, indent=2))
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"Evaluated {run.ckpt_path} on {cfg.split}: {shown}")
-        print(f"Results: {result}")
-    return metrics
+        route_lightning_logs()
+        if cfg.split not in ("test", "val"):
+            raise ConfigError(f"split must be 'test' or 'val', got {cfg.split!r}")
+        if cfg.get("tune_malloc", True):
+            tune_malloc()
+        run = load_trained_run(cfg.ckpt_path)
+        L.seed_everything(cfg.seed, workers=True)
+        overrides = to_plain(cfg.get("data")) or {}
+        datamodule = run.datamodule(overrides)
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_model_summary=False)
+        fn = trainer.test if cfg.split == "test" else trainer.validate
+        (results,) = fn(run.task, datamodule=datamodule)
+        metrics = {k: float(v) for k, v in results.items() if torch.as_tensor(v).numel() == 1}
+        if trainer.is_global_zero:
+            record = {"ckpt_path": str(run.ckpt_path), "split": cfg.split, "metrics": metrics,
+                      "epoch": run.checkpoint.get("epoch"), "global_step": run.checkpoint.get("global_step"),
+                      "config": resolved_config(cfg)}
+            result = write_result(Path(cfg.paths.output_dir), json.dumps(record, indent=2))
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+            print(f"Evaluated {run.ckpt_path} on {cfg.split}: {shown}")
+            print(f"Results: {result}")
+        return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
@@ -97,11 +87,7 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point (``dyconv-eval``)."""
-    from dyconv.utils.console import quiet_console
-
-    quiet_console()
-    require_ckpt_path("python -m dyconv.eval ckpt_path=PATH [split=test|val] [data.root=DIR] [trainer=gpu]")
-    run_hydra_main(_main, "eval")
+    tool_main(_main, "eval", USAGE)
 
 
 if __name__ == "__main__":

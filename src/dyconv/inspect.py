@@ -37,10 +37,9 @@ produced before the first is written.
 
 Run folder: Hydra writes ``.hydra/`` and ``inspect.log`` into the output folder before the tool
 starts. A launch refused before it writes anything (``split=train2``, a missing checkpoint, ...)
-removes that folder again when it holds nothing else. A relaunch into a fixed ``output_dir`` that
-holds an earlier inspection keeps its tables and figures, but Hydra's files there are the latest
-launch's (``.hydra/*.yaml``, ``job_status.json``; ``inspect.log`` is appended to): each set of outputs
-is described by its own ``resolved_config.yaml`` (written only on success).
+removes that folder again when it holds nothing else. A relaunch with a fixed ``output_dir`` that
+an earlier launch wrote into gets the first unused ``<output_dir>+N`` for its Hydra files, its log
+and its outputs: each launch's folder holds only its own.
 """
 
 from __future__ import annotations
@@ -55,26 +54,28 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dyconv.analysis import plots
 from dyconv.analysis.recorder import AttentionRecorder
 from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary, LayerSpec
-from dyconv.cli import (
-    CONF_DIR,
-    removing_stub,
-    require_ckpt_path,
-    resolved_config,
-    route_lightning_logs,
-    run_hydra_main,
-    run_job,
-)
+from dyconv.cli import CONF_DIR, removing_stub, route_lightning_logs, run_job, tool_main
+from dyconv.config import resolved_config, to_plain
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
 from dyconv.layers.routing import ROUTINGS
+from dyconv.runs.layout import RESOLVED_CONFIG
+from dyconv.runs.rebuild import load_trained_run
+from dyconv.runtime import tune_malloc
+from dyconv.utils.files import atomic_write_bytes, atomic_write_text, create_new_file, first_free_folder, png_bytes
 
 __all__ = ["Inspection", "format_report", "inspect_checkpoint", "main", "temperature_sweep", "write_outputs"]
 
 log = logging.getLogger("dyconv.inspect")
+
+USAGE = "python -m dyconv.inspect ckpt_path=PATH [split=val|test] [output_dir=DIR] [max_batches=N]"
 
 
 @dataclass
@@ -168,8 +169,6 @@ def inspect_checkpoint(
     ``temperatures`` (plus each layer's trained value) are swept over the first
     ``temperature_batches`` batches; nothing of the model is changed in the end.
     """
-    from dyconv.utils.rebuild import load_trained_run
-
     if split not in ("val", "test"):
         raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
     if max_batches is not None and max_batches < 1:
@@ -244,9 +243,6 @@ def _per_class_rows(summary: AttentionSummary) -> list[dict[str, Any]]:
     return rows
 
 
-RESOLVED_CONFIG = "resolved_config.yaml"
-
-
 def _resolved_config_text(result: Inspection, config: DictConfig | Mapping[str, Any] | None, out: Path) -> str:
     record = resolved_config(config)
     record["output_dir"] = str(out)  # where the files are (a taken output_dir: its free <folder>+N)
@@ -258,9 +254,6 @@ def _resolved_config_text(result: Inspection, config: DictConfig | Mapping[str, 
 
 def _output_files(result: Inspection) -> dict[str, bytes]:
     """Every table and figure of ``result``, by file name (``layers.csv`` first)."""
-    from dyconv.analysis.plots import attention_figures, temperature_figure
-    from dyconv.utils.files import png_bytes
-
     files = {"layers.csv": _csv_bytes(result.summary.rows())}
     if result.per_class:
         files["per_class.csv"] = _csv_bytes(_per_class_rows(result.summary))
@@ -271,10 +264,10 @@ def _output_files(result: Inspection) -> dict[str, bytes]:
             for name, r in by_layer.items()
         ]
         files["temperature.csv"] = _csv_bytes(rows)
-    figures = attention_figures(result.summary)
+    figures = plots.attention_figures(result.summary)
     if result.sweep:
         temps = list(result.sweep)
-        figures["temperature"] = temperature_figure(
+        figures["temperature"] = plots.temperature_figure(
             temps, [sum(v.values()) / len(v) for v in result.sweep.values()]
         )
     for tag, fig in figures.items():
@@ -291,8 +284,6 @@ def write_outputs(
     ``<output_dir>+1``, ``+2``, ...: an inspection never replaces or mixes with an earlier one.
     Everything is produced before the first file is written; returns the files
     (``resolved_config.yaml`` last: it is written once the others are)."""
-    from dyconv.utils.files import atomic_write_bytes, atomic_write_text, create_new_file, first_free_folder
-
     contents = _output_files(result)
     first = next(iter(contents))
     out = first_free_folder(output_dir, lambda f: create_new_file(f / first, contents[first]), "inspection outputs")
@@ -392,32 +383,28 @@ def run_inspection(cfg: DictConfig) -> Inspection:
     """The Hydra job: inspect ``cfg.ckpt_path``, write the files, print the report. A refusal
     removes the folder Hydra made if it holds nothing else (see the module docstring)."""
     with removing_stub(cfg, "inspect"):
-        return _run_inspection(cfg)
-
-
-def _run_inspection(cfg: DictConfig) -> Inspection:
-    route_lightning_logs()
-    if cfg.get("tune_malloc", True):
-        from dyconv.runtime import tune_malloc
-
-        tune_malloc()
-    torch.manual_seed(int(cfg.seed))
-    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    max_batches = cfg.get("max_batches")
-    result = inspect_checkpoint(
-        cfg.ckpt_path,
-        cfg.split,
-        max_batches=None if max_batches is None else int(max_batches),
-        temperatures=[float(t) for t in (cfg.get("temperatures") or [])],
-        temperature_batches=int(cfg.temperature_batches),
-        data_overrides=overrides,
-        device=str(cfg.device),
-    )
-    # Hydra caches ${now:...}: output_dir is the folder hydra.run.dir made (not so in a multirun,
-    # whose jobs run in the sweep's folders but still write their outputs to output_dir).
-    write_outputs(result, Path(cfg.output_dir).expanduser().absolute(), cfg)
-    print(format_report(result), flush=True)
-    return result
+        route_lightning_logs()
+        if cfg.get("tune_malloc", True):
+            tune_malloc()
+        torch.manual_seed(int(cfg.seed))
+        overrides = to_plain(cfg.get("data")) or {}
+        max_batches = cfg.get("max_batches")
+        result = inspect_checkpoint(
+            cfg.ckpt_path,
+            cfg.split,
+            max_batches=None if max_batches is None else int(max_batches),
+            temperatures=[float(t) for t in (cfg.get("temperatures") or [])],
+            temperature_batches=int(cfg.temperature_batches),
+            data_overrides=overrides,
+            device=str(cfg.device),
+        )
+        # A single run writes beside its Hydra files (hydra.run.dir: output_dir, or its first unused
+        # <output_dir>+N); a multirun's jobs run in the sweep's folders and write to output_dir.
+        single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+        out = Path(HydraConfig.get().runtime.output_dir) if single else Path(cfg.output_dir).expanduser().absolute()
+        write_outputs(result, out, cfg)
+        print(format_report(result), flush=True)
+        return result
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="inspect")
@@ -427,11 +414,7 @@ def _main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console-script entry point."""
-    from dyconv.utils.console import quiet_console
-
-    quiet_console()
-    require_ckpt_path("python -m dyconv.inspect ckpt_path=PATH [split=val|test] [output_dir=DIR] [max_batches=N]")
-    run_hydra_main(_main, "inspect")
+    tool_main(_main, "inspect", USAGE)
 
 
 if __name__ == "__main__":

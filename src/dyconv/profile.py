@@ -36,8 +36,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from dyconv.cli import quiet_console
+from dyconv.config import CONF_DIR, to_plain
+from dyconv.models import create_model, get_model_builder, is_model, list_models
+from dyconv.runtime import tune_malloc
+from dyconv.utils import files
+from dyconv.utils.model_stats import count_flops, count_params
 
 __all__ = ["NATURAL_INPUTS", "ModelInput", "main", "parse_args", "profile_models"]
 
@@ -88,10 +96,8 @@ def _one_line(e: BaseException) -> str:
 def _check_out(path: str) -> None:
     """Fail before any work if ``path`` cannot be written: its folder must exist or be creatable,
     and ``path`` must not be a folder."""
-    from dyconv.utils.files import output_folder_problem
-
     folder = os.path.dirname(os.path.abspath(path))
-    problem = output_folder_problem(folder)
+    problem = files.output_folder_problem(folder)
     if problem:
         raise SystemExit(f"dyconv.profile: out={path}: cannot {problem[0]} its folder {folder}: {problem[1]}")
     if os.path.isdir(path):
@@ -102,12 +108,6 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """The options: ``conf/profile.yaml`` composed with the command-line overrides (Hydra's compose
     API), then checked. ``models=a,b`` is read as the list ``[a,b]``; ``--no-tune-malloc`` as
     ``tune_malloc=false``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-
-    from dyconv.cli import CONF_DIR
-
     overrides = []
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -124,7 +124,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
             cfg = compose("profile", overrides=overrides)
     except HydraException as e:
         raise SystemExit(f"dyconv.profile: {e}; options are the keys of conf/profile.yaml") from None
-    opts = OmegaConf.to_container(cfg, resolve=True)
+    opts = to_plain(cfg)
     if isinstance(opts["models"], str):
         opts["models"] = [m.strip() for m in opts["models"].split(",") if m.strip()]
     if opts["models"] is not None:
@@ -134,8 +134,6 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         if not opts["models"]:
             raise SystemExit("dyconv.profile: models is empty: name at least one model (models=resnet10,...), "
                              "or leave it out (models=null) to profile every registered model")
-        from dyconv.models import get_model_builder
-
         for name in opts["models"]:
             try:
                 get_model_builder(name)
@@ -161,8 +159,6 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 def _pairs(names: Sequence[str] | None) -> list[tuple[str, list[str]]]:
     """Group model names into ``(family, [static, dynamic])``: a ``dy_`` or ``od_`` (ODConv)
     name brings its static twin, a static name its ``dy_`` twin."""
-    from dyconv.models import get_model_builder, is_model, list_models
-
     if names is None:
         names = list_models()
     for n in names:
@@ -223,8 +219,6 @@ class _Bench:
 
 
 def _build(name: str, spec: ModelInput, batch: int, size: int | None, device: torch.device) -> _Bench:
-    from dyconv.models import create_model
-
     torch.manual_seed(0)
     model = create_model(name, **spec.kwargs).to(device)
     c, h, w = spec.shape
@@ -245,12 +239,10 @@ def _build(name: str, spec: ModelInput, batch: int, size: int | None, device: to
     num_classes = out.shape[1]
     tshape = (batch, *out.shape[2:])
     target = torch.randint(num_classes, tshape, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x1)
+    flops = count_flops(model, x1.shape)
     # A tiny lr: the step costs the same, and the weights stay finite over many rounds.
     opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
-    params = sum(p.numel() for p in model.parameters())
-    return _Bench(name, model, x1, xb, target, opt, params, counter.get_total_flops())
+    return _Bench(name, model, x1, xb, target, opt, count_params(model), flops)
 
 
 def profile_models(
@@ -389,15 +381,11 @@ def _environment(opts: dict[str, Any], tuned: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m dyconv.profile``."""
-    from dyconv.utils.console import quiet_console
-
     quiet_console()
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     if opts["out"]:
         _check_out(opts["out"])
-    from dyconv.runtime import tune_malloc
-
     tuned = tune_malloc() if opts["tune_malloc"] else False
     if opts["threads"] is not None:
         torch.set_num_threads(opts["threads"])
@@ -432,10 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ". Generated by:\n\n"
             f"```\n{command.strip()}\n```\n\n{env}.\n\n{table}\n"
         )
-        from dyconv.utils.files import atomic_write_text
-
         try:
-            atomic_write_text(opts["out"], text)
+            files.atomic_write_text(opts["out"], text)
         except OSError as e:
             raise SystemExit(f"dyconv.profile: could not write out={opts['out']}: {e.strerror or e}") from None
         print(f"wrote {opts['out']}", file=sys.stderr)

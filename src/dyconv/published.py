@@ -1,4 +1,5 @@
-"""Published results, as data: the one place that holds each reproducible row's figures.
+"""Published results: the loader of ``published.yaml`` (beside this module), the one place that
+holds each reproducible row's figures, and the tables generated from it.
 
 Every :class:`Published` row names the ``conf/experiment/`` config that reproduces it, the
 parameter count of the model that produced the number and the number itself with its source
@@ -15,25 +16,17 @@ Convolution", ICLR 2022), whose networks are the ``od_*`` models.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 __all__ = ["ROWS", "SOURCES", "TABLES", "Published", "by_experiment", "docs_table", "readme_table", "render", "rows"]
 
-SOURCES = {
-    "ref-first": "reference implementation, first README",
-    "ref-latest": "reference implementation, latest README",
-    "paper": "the paper (Chen et al., CVPR 2020)",
-    "odconv": "ODConv's README (Li et al., ICLR 2022)",
-}
-
-#: table key -> (title, metric)
-TABLES = {
-    "tinyimagenet": ("Tiny ImageNet (200 classes, 64 px), top-1 % on val", "top-1"),
-    "imagenette": ("Imagenette (10 classes, imagenette2-320, 224 px crops), top-1 % on val", "top-1"),
-    "voc": ("Pascal VOC 2012 val (21 classes), mIoU %", "mIoU"),
-    "imagenet": ("ImageNet (1000 classes, 224 px), top-1 % on val", "top-1"),
-    "imagenet_odconv": ("ImageNet (1000 classes, 224 px), ODConv's networks and recipes, top-1 % on val", "top-1"),
-}
+#: The data file (shipped in the wheel as package data).
+DATA_FILE = Path(__file__).with_name("published.yaml")
 
 
 @dataclass(frozen=True)
@@ -52,7 +45,8 @@ class Published:
         value_first: the first README's figure where it differs from the latest one.
         config: the source's own config file, if any.
         trained_on: training data where it is not the table's default.
-        note: a caveat printed next to the row.
+        note: a caveat printed next to the row (in the file: ``note``, or ``note_ref`` naming one of
+            its shared ``notes``).
     """
 
     experiment: str
@@ -68,457 +62,29 @@ class Published:
     note: str | None = None
 
 
-_OD_BASELINE = (
-    "ODConv's README gives no dropout for its static MobileNetV2 baselines (its training script's default is 0); "
-    "the experiment uses the model's default, 0.2"
-)
+def _load(path: Path = DATA_FILE) -> tuple[dict[str, str], dict[str, tuple[str, str]], tuple[Published, ...]]:
+    """``(SOURCES, TABLES, ROWS)`` from the data file; a row naming an unknown table, source or
+    shared note, or a second row for one experiment, is an error in the file."""
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    sources = {str(k): str(v) for k, v in data["sources"].items()}
+    tables = {str(k): (str(v["title"]), str(v["metric"])) for k, v in data["tables"].items()}
+    notes = data.get("notes") or {}
+    out = []
+    for entry in data["rows"]:
+        entry = dict(entry)
+        if "note_ref" in entry:
+            entry["note"] = notes[entry.pop("note_ref")]
+        row = Published(**entry)
+        if row.table not in tables or row.source not in sources:
+            raise ValueError(f"{path}: {row.experiment} names an unknown table or source")
+        out.append(row)
+    if len({r.experiment for r in out}) != len(out):
+        raise ValueError(f"{path}: one row per experiment")
+    return sources, tables, tuple(out)
 
-_NLL = (
-    "the reference's MobileNetV2 returned raw logits under NLLLoss, so its number is not comparable; "
-    "dyconv trains it with cross-entropy"
-)
 
-ROWS: tuple[Published, ...] = (
-    # Tiny ImageNet: ResNet-10 (small stem), the reference's first table
-    Published(
-        "tinyimagenet_resnet10",
-        "tinyimagenet",
-        "ResNet-10",
-        5_000_712,
-        "5.00M",
-        56.86,
-        "ref-latest",
-        config="Resnet_Vanilla_1.yaml",
-    ),
-    Published(
-        "tinyimagenet_dy_resnet10",
-        "tinyimagenet",
-        "DY-ResNet-10",
-        19_806_100,
-        "19.80M",
-        58.17,
-        "ref-latest",
-        config="Resnet_DY_1.yaml",
-    ),
-    Published(
-        "tinyimagenet_resnet10_x05",
-        "tinyimagenet",
-        "ResNet-10 x0.5",
-        1_277_800,
-        "1.27M",
-        52.78,
-        "ref-latest",
-        config="Resnet_Vanilla_05.yaml",
-    ),
-    Published(
-        "tinyimagenet_dy_resnet10_x05",
-        "tinyimagenet",
-        "DY-ResNet-10 x0.5",
-        4_979_780,
-        "4.97M",
-        53.92,
-        "ref-latest",
-        config="Resnet_DY_05.yaml",
-    ),
-    Published(
-        "tinyimagenet_dy_resnet10_x05_smooth",
-        "tinyimagenet",
-        "DY-ResNet-10 x0.5, label smoothing 0.1",
-        4_979_780,
-        "4.97M",
-        55.38,
-        "ref-latest",
-        config="Resnet_DY_Leaky_05_smooth.yaml",
-    ),
-    Published(
-        "tinyimagenet_resnet10_x025",
-        "tinyimagenet",
-        "ResNet-10 x0.25",
-        333_336,
-        "0.33M",
-        46.17,
-        "ref-latest",
-        config="Resnet_Vanilla_025.yaml",
-    ),
-    Published(
-        "tinyimagenet_dy_resnet10_x025",
-        "tinyimagenet",
-        "DY-ResNet-10 x0.25",
-        1_259_164,
-        "1.25M",
-        48.05,
-        "ref-latest",
-        config="Resnet_DY_025.yaml",
-    ),
-    # Tiny ImageNet: the later rows
-    Published(
-        "tinyimagenet_mobilenetv2_x035",
-        "tinyimagenet",
-        "MobileNetV2 x0.35",
-        652_328,
-        "0.65M",
-        34.05,
-        "ref-latest",
-        config="MobileNetV2_Vanilla_035.yaml",
-        note=_NLL,
-    ),
-    Published(
-        "tinyimagenet_dy_mobilenetv2_x035",
-        "tinyimagenet",
-        "DY-MobileNetV2 x0.35",
-        2_095_172,
-        "2.09M",
-        31.91,
-        "ref-latest",
-        config="MobileNetV2_DY_035.yaml",
-        note=_NLL,
-    ),
-    Published(
-        "tinyimagenet_mobilenetv3_small_x05",
-        "tinyimagenet",
-        "MobileNetV3 x0.5 (reference's)",
-        877_872,
-        "0.87M",
-        53.36,
-        "ref-latest",
-        config="MobileNetV3_Vanilla_05_Tiny.yaml",
-    ),
-    Published(
-        "tinyimagenet_dy_mobilenetv3_small_x05",
-        "tinyimagenet",
-        "DY-MobileNetV3 x0.5 (reference's)",
-        2_525_336,
-        "2.52M",
-        50.95,
-        "ref-latest",
-        config="MobileNetV3_DY_05_Tiny.yaml",
-    ),
-    Published(
-        "tinyimagenet_mobilenetv3_small",
-        "tinyimagenet",
-        "MobileNetV3 x1 (reference's)",
-        1_913_568,
-        "1.91M",
-        55.53,
-        "ref-latest",
-        config="MobileNetV3_Vanilla_1_Tiny.yaml",
-    ),
-    Published(
-        "tinyimagenet_dy_mobilenetv3_small",
-        "tinyimagenet",
-        "DY-MobileNetV3 x1 (reference's)",
-        6_048_458,
-        "6.04M",
-        53.59,
-        "ref-latest",
-        config="MobileNetV3_DY_1_Tiny.yaml",
-    ),
-    # Imagenette
-    Published(
-        "imagenette_mobilenetv3_small_x025",
-        "imagenette",
-        "MobileNetV3 x0.25 (reference's)",
-        274_330,
-        "0.27M",
-        85.07,
-        "ref-latest",
-        config="MobileNetV3_Vanilla_025_Imagenette.yaml",
-    ),
-    Published(
-        "imagenette_dy_mobilenetv3_small_x025",
-        "imagenette",
-        "DY-MobileNetV3 x0.25 (reference's)",
-        998_570,
-        "0.99M",
-        85.24,
-        "ref-latest",
-        config="MobileNetV3_DY_025_Imagenette.yaml",
-    ),
-    Published(
-        "imagenette_mobilenetv3_small_x05",
-        "imagenette",
-        "MobileNetV3 x0.5 (reference's)",
-        634_482,
-        "0.63M",
-        87.31,
-        "ref-latest",
-        config="MobileNetV3_Vanilla_05_Imagenette.yaml",
-    ),
-    Published(
-        "imagenette_dy_mobilenetv3_small_x05",
-        "imagenette",
-        "DY-MobileNetV3 x0.5 (reference's)",
-        2_281_946,
-        "2.28M",
-        87.89,
-        "ref-latest",
-        config="MobileNetV3_DY_05_Imagenette.yaml",
-    ),
-    Published(
-        "imagenette_mobilenetv3_small",
-        "imagenette",
-        "MobileNetV3 x1 (reference's)",
-        1_670_178,
-        "1.67M",
-        88.40,
-        "ref-latest",
-        config="MobileNetV3_Vanilla_1_Imagenette.yaml",
-    ),
-    Published(
-        "imagenette_dy_mobilenetv3_small",
-        "imagenette",
-        "DY-MobileNetV3 x1 (reference's)",
-        5_805_068,
-        "5.80M",
-        89.32,
-        "ref-latest",
-        config="MobileNetV3_DY_1_Imagenette.yaml",
-    ),
-    # Pascal VOC 2012
-    Published(
-        "voc_deeplabv3plus",
-        "voc",
-        "DeepLabV3+ (MobileNetV2)",
-        5_816_053,
-        "5.81M",
-        65.09,
-        "ref-latest",
-        value_first=61.33,
-        config="deeplabv3plus.yaml",
-        trained_on="VOC train",
-    ),
-    Published(
-        "voc_dy_deeplabv3plus",
-        "voc",
-        "DY-DeepLabV3+ (MobileNetV2)",
-        18_414_806,
-        "18.4M",
-        65.45,
-        "ref-latest",
-        value_first=61.21,
-        config="dy_deeplabv3plus.yaml",
-        trained_on="VOC train",
-    ),
-    Published(
-        "voc_sbd_deeplabv3plus_x05",
-        "voc",
-        "DeepLabV3+ x0.5",
-        3_409_413,
-        "3.40M",
-        70.23,
-        "ref-latest",
-        config="deeplabv3plus_0.5.yaml",
-        trained_on="VOC + SBD",
-    ),
-    Published(
-        "voc_sbd_dy_deeplabv3plus_x05",
-        "voc",
-        "DY-DeepLabV3+ x0.5",
-        8_444_120,
-        "8.44M",
-        71.09,
-        "ref-latest",
-        config="dy_deeplabv3plus_0.5.yaml",
-        trained_on="VOC + SBD",
-    ),
-    # ImageNet: the paper (its parameter counts are not part of this record; torchvision's exact counts are)
-    Published("imagenet_resnet10", "imagenet", "ResNet-10", None, None, 63.5, "paper"),
-    Published("imagenet_dy_resnet10", "imagenet", "DY-ResNet-10", None, None, 67.7, "paper"),
-    Published("imagenet_resnet18", "imagenet", "ResNet-18", 11_689_512, None, 70.4, "paper"),
-    Published("imagenet_dy_resnet18", "imagenet", "DY-ResNet-18", None, None, 72.7, "paper"),
-    Published("imagenet_mobilenetv2", "imagenet", "MobileNetV2 x1.0", 3_504_872, None, 72.0, "paper"),
-    Published("imagenet_dy_mobilenetv2", "imagenet", "DY-MobileNetV2 x1.0", None, None, 75.2, "paper"),
-    Published("imagenet_dy_mobilenetv2_x05", "imagenet", "DY-MobileNetV2 x0.5", None, None, 69.9, "paper"),
-    Published("imagenet_mobilenetv3_small", "imagenet", "MobileNetV3-Small", 2_542_856, None, 67.4, "paper"),
-    Published("imagenet_dy_mobilenetv3_small", "imagenet", "DY-MobileNetV3-Small", None, None, 70.3, "paper"),
-    # ImageNet: ODConv's README (its own re-implementation's figures; r = 1/16; `config`: its --arch and K)
-    Published(
-        "odconv_resnet18",
-        "imagenet_odconv",
-        "ResNet-18",
-        11_689_512,
-        "11.69M",
-        70.25,
-        "odconv",
-        config="--arch resnet18",
-    ),
-    Published(
-        "odconv_resnet18_1x",
-        "imagenet_odconv",
-        "ResNet-18 + ODConv (1x)",
-        11_943_944,
-        "11.94M",
-        73.05,
-        "odconv",
-        config="--arch od_resnet18 --kernel_num 1",
-    ),
-    Published(
-        "odconv_resnet18_4x",
-        "imagenet_odconv",
-        "ResNet-18 + ODConv (4x)",
-        44_901_640,
-        "44.90M",
-        74.19,
-        "odconv",
-        config="--arch od_resnet18 --kernel_num 4",
-    ),
-    Published(
-        "odconv_resnet50",
-        "imagenet_odconv",
-        "ResNet-50",
-        25_557_032,
-        "25.56M",
-        76.23,
-        "odconv",
-        config="--arch resnet50",
-    ),
-    Published(
-        "odconv_resnet50_1x",
-        "imagenet_odconv",
-        "ResNet-50 + ODConv (1x)",
-        28_635_112,
-        "28.64M",
-        77.87,
-        "odconv",
-        config="--arch od_resnet50 --kernel_num 1",
-    ),
-    Published(
-        "odconv_resnet50_4x",
-        "imagenet_odconv",
-        "ResNet-50 + ODConv (4x)",
-        90_670_888,
-        "90.67M",
-        78.50,
-        "odconv",
-        config="--arch od_resnet50 --kernel_num 4",
-    ),
-    Published(
-        "odconv_resnet101",
-        "imagenet_odconv",
-        "ResNet-101",
-        44_549_160,
-        "44.55M",
-        77.44,
-        "odconv",
-        config="--arch resnet101",
-    ),
-    Published(
-        "odconv_resnet101_1x",
-        "imagenet_odconv",
-        "ResNet-101 + ODConv (1x)",
-        50_818_769,
-        "50.82M",
-        78.84,
-        "odconv",
-        config="--arch od_resnet101 --kernel_num 1",
-    ),
-    Published(
-        "odconv_resnet101_2x",
-        "imagenet_odconv",
-        "ResNet-101 + ODConv (2x)",
-        90_441_623,
-        "90.44M",
-        79.15,
-        "odconv",
-        config="--arch od_resnet101 --kernel_num 2",
-    ),
-    Published(
-        "odconv_mobilenetv2",
-        "imagenet_odconv",
-        "MobileNetV2 x1.0",
-        3_504_872,
-        "3.50M",
-        71.65,
-        "odconv",
-        config="--arch mobilenetv2_100",
-        note=_OD_BASELINE,
-    ),
-    Published(
-        "odconv_mobilenetv2_1x",
-        "imagenet_odconv",
-        "MobileNetV2 x1.0 + ODConv (1x)",
-        4_940_185,
-        "4.94M",
-        74.74,
-        "odconv",
-        config="--arch od_mobilenetv2_100 --kernel_num 1",
-    ),
-    Published(
-        "odconv_mobilenetv2_4x",
-        "imagenet_odconv",
-        "MobileNetV2 x1.0 + ODConv (4x)",
-        11_512_149,
-        "11.51M",
-        75.29,
-        "odconv",
-        config="--arch od_mobilenetv2_100 --kernel_num 4",
-    ),
-    Published(
-        "odconv_mobilenetv2_x075",
-        "imagenet_odconv",
-        "MobileNetV2 x0.75",
-        2_636_424,
-        "2.64M",
-        69.18,
-        "odconv",
-        config="--arch mobilenetv2_075",
-        note=_OD_BASELINE,
-    ),
-    Published(
-        "odconv_mobilenetv2_x075_1x",
-        "imagenet_odconv",
-        "MobileNetV2 x0.75 + ODConv (1x)",
-        3_507_113,
-        "3.51M",
-        72.71,
-        "odconv",
-        config="--arch od_mobilenetv2_075 --kernel_num 1",
-    ),
-    Published(
-        "odconv_mobilenetv2_x075_4x",
-        "imagenet_odconv",
-        "MobileNetV2 x0.75 + ODConv (4x)",
-        7_496_013,
-        "7.50M",
-        74.01,
-        "odconv",
-        config="--arch od_mobilenetv2_075 --kernel_num 4",
-    ),
-    Published(
-        "odconv_mobilenetv2_x05",
-        "imagenet_odconv",
-        "MobileNetV2 x0.5",
-        1_968_680,
-        "1.97M",
-        64.30,
-        "odconv",
-        config="--arch mobilenetv2_050",
-        note=_OD_BASELINE,
-    ),
-    Published(
-        "odconv_mobilenetv2_x05_1x",
-        "imagenet_odconv",
-        "MobileNetV2 x0.5 + ODConv (1x)",
-        2_425_537,
-        "2.43M",
-        68.06,
-        "odconv",
-        config="--arch od_mobilenetv2_050 --kernel_num 1",
-    ),
-    Published(
-        "odconv_mobilenetv2_x05_4x",
-        "imagenet_odconv",
-        "MobileNetV2 x0.5 + ODConv (4x)",
-        4_435_501,
-        "4.44M",
-        70.23,
-        "odconv",
-        config="--arch od_mobilenetv2_050 --kernel_num 4",
-    ),
-)
-
+SOURCES, TABLES, ROWS = _load()
 _BY_EXPERIMENT = {row.experiment: row for row in ROWS}
-assert len(_BY_EXPERIMENT) == len(ROWS), "one row per experiment"
 
 
 def rows(table: str | None = None) -> list[Published]:
@@ -601,8 +167,6 @@ def _generated(key: str) -> str:
 def render(text: str) -> str:
     """``text`` with every generated region (between ``<!-- published:KEY -->`` and
     ``<!-- /published:KEY -->``, KEY ``readme`` or a :data:`TABLES` key) rewritten from :data:`ROWS`."""
-    import re
-
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
         return f"<!-- published:{key} -->\n{_generated(key)}\n<!-- /published:{key} -->"

@@ -10,7 +10,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from dyconv.checks import check_global_batch
 from dyconv.datamodules.images import verify_files
+from dyconv.datamodules.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    classification_eval_transform,
+    classification_train_transform,
+)
 from dyconv.errors import ConfigError
 
 __all__ = ["BaseDataModule", "EpochSeededRandomSampler", "ShardedEvalSampler", "check_global_batch"]
@@ -58,17 +65,6 @@ class ShardedEvalSampler(Sampler[int]):
         return len(range(self.rank, self.num_samples_total, self.num_replicas))
 
 
-
-def check_global_batch(batch_size: int, world_size: int = 1) -> None:
-    """The one ``data.batch_size`` check (the entry point's early config check and the DataModule
-    use it): at least 1, and a multiple of the world size (devices x nodes)."""
-    if batch_size < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {int(batch_size)}")
-    if batch_size % world_size:
-        raise ConfigError(
-            f"data.batch_size={int(batch_size)} is the global batch and must divide by the world size "
-            f"{world_size} (devices x nodes); choose a multiple of {world_size}"
-        )
 
 class BaseDataModule(L.LightningDataModule):
     """Base for every dataset: subclasses set ``train_set``/``val_set``/``test_set`` in ``setup``.
@@ -143,13 +139,6 @@ class BaseDataModule(L.LightningDataModule):
         """``train_transform`` / ``eval_transform`` of an RGB classification dataset normalised
         with ImageNet's statistics (``options``: ``padding``, ``scale``, ``hflip``,
         ``eval_crop_ratio``, as :func:`~dyconv.datamodules.transforms.classification_train_transform`)."""
-        from dyconv.datamodules.transforms import (
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            classification_eval_transform,
-            classification_train_transform,
-        )
-
         norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
         self.train_transform = classification_train_transform(augment, self.image_size, **options, **norm)
         self.eval_transform = classification_eval_transform(

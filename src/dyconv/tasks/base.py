@@ -278,7 +278,7 @@ class BaseTask(L.LightningModule):
             # names outside this run's checkpoint folders are dropped, not tested or deleted.
             from lightning.pytorch.callbacks import ModelCheckpoint
 
-            from dyconv.utils.checkpoint_io import confine_checkpoint_paths
+            from dyconv.runs.checkpoint_io import confine_checkpoint_paths
 
             dirs = [c.dirpath for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
             dropped = confine_checkpoint_paths(checkpoint, dirs)

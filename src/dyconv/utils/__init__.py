@@ -1,1 +1,2 @@
-"""Framework utilities shared by the entry points (no model or dataset code here)."""
+"""Generic helpers with no knowledge of runs, models or data: atomic file writes (:mod:`.files`),
+parameter and FLOP counts (:mod:`.model_stats`)."""

@@ -1,4 +1,5 @@
-"""A quiet console for dyconv's command-line tools.
+"""A quiet console for dyconv's command-line tools: Lightning's messages once, through Hydra's
+handlers (:func:`route_lightning_logs`), and no noise a user cannot act on (:func:`quiet_console`).
 
 Lightning prints advertisements for its cloud products (litlogger / litmodels tips) on every run,
 and some dependencies emit deprecation warnings about *their own* internals that a user cannot act
@@ -12,7 +13,7 @@ import logging
 import re
 import warnings
 
-__all__ = ["CHATTY_LOGGERS", "KNOWN_NOISE", "TIP_LOGGERS", "quiet_console"]
+__all__ = ["CHATTY_LOGGERS", "KNOWN_NOISE", "TIP_LOGGERS", "quiet_console", "route_lightning_logs"]
 
 # (message regex, category) pairs: third-party deprecations that are not about dyconv's code.
 KNOWN_NOISE: tuple[tuple[str, type[Warning]], ...] = (
@@ -55,3 +56,14 @@ def quiet_console() -> None:
             logger.addFilter(_DropLightningTips())
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def route_lightning_logs() -> None:
+    """Lightning adds its own console handler; drop it so its messages go through Hydra's
+    handlers once (console + the run's log file) instead of twice."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True

@@ -8,27 +8,27 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import io
 import os
 import uuid
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from dyconv.errors import ConfigError
 from dyconv.utils.files import atomic_write_text
 
 __all__ = ["ResumableCSVLogger", "ResumableMLFlowLogger", "ResumableWandbLogger", "stored_run_id"]
 
 
 def _require(module: str, extra: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
-        from dyconv.errors import ConfigError
-
         raise ConfigError(f"logger={extra} needs the {module} package: pip install 'dyconv[{extra}]'")
 
 
@@ -64,12 +64,11 @@ class _AppendingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
             rows = [r for r in reader if not r.get("step") or int(float(r["step"])) <= step]
-        tmp = self.metrics_file_path + ".tmp"
-        with self._fs.open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_file_path, text.getvalue())
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -145,8 +144,6 @@ class ResumableMLFlowLogger(MLFlowLogger):
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         if self._continued:
-            from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
             logged = self.experiment.get_run(self.run_id).data.params
             params = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if k not in logged}
             if not params:

@@ -23,15 +23,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from dyconv.errors import RunDirectoryError
+from dyconv.runs.layout import COMPLETED_FILE, HYDRA_DIR, HYDRA_LAUNCH_FILES, LOCK_FILE
 from dyconv.utils.files import atomic_write_text
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: no lock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
-    "COMPLETED_FILE",
-    "HYDRA_LAUNCH_FILES",
-    "LOCK_FILE",
     "RunLock",
     "is_stub",
+    "process_rank",
     "read_completed",
     "remove_stub",
     "remove_stub_on_error",
@@ -40,12 +47,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"
-COMPLETED_FILE = "completed.json"
 #: What Hydra writes into a run directory before the job function runs.
-#: The files Hydra writes into ``.hydra/`` for every launch.
-HYDRA_LAUNCH_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
-_HYDRA_STUB = {".hydra", *HYDRA_LAUNCH_FILES}
+_HYDRA_STUB = {HYDRA_DIR, *HYDRA_LAUNCH_FILES}
 
 
 #: Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its
@@ -77,8 +80,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        import fcntl
-
+        if fcntl is None:  # pragma: no cover
+            return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -102,8 +105,6 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            import fcntl
-
             if self._fd in _HELD_FDS:  # not in a forked child, whose copy is already closed
                 _HELD_FDS.discard(self._fd)
                 with contextlib.suppress(OSError):
@@ -125,6 +126,14 @@ def _describe_holder(text: str) -> str:
         return f"PID {info['pid']} on {info['host']}, since {info['since']}"
     except (ValueError, KeyError, TypeError):
         return "PID unknown"
+
+
+def process_rank() -> int:
+    """Rank of this process as set by Lightning's launcher, torchrun or SLURM (0 if none)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def write_completed(run_dir: str | os.PathLike[str], **info: Any) -> Path:
@@ -149,7 +158,7 @@ def is_stub(run_dir: str | os.PathLike[str], log_files: tuple[str, ...] = ()) ->
     if not run_dir.is_dir():
         return False
     for entry in run_dir.iterdir():
-        if entry.name == ".hydra" and entry.is_dir():
+        if entry.name == HYDRA_DIR and entry.is_dir():
             if any(p.name not in _HYDRA_STUB for p in entry.iterdir()):
                 return False
         elif entry.name not in log_files:
@@ -170,9 +179,6 @@ def remove_stub_on_error(output_dir: Path, rank: int, stub_files: tuple[str, ...
     """A single run that fails before it starts leaves no directory behind (Hydra creates it,
     with its config files and the log, before the job runs). Sweeps keep it: the sweep summary
     lists failed jobs from their directories."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     try:
         yield
     except BaseException:

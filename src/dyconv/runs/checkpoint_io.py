@@ -1,110 +1,66 @@
-"""Crash-safe checkpoint writing and reading of the run config stored in checkpoints."""
+"""Lightning's side of a run's checkpoints: atomic saves, deletions confined to the run's checkpoint
+folders, ``weights_only`` loads, and the folders themselves, derived in one place."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import secrets
-import shutil
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from dyconv.errors import DiskFullError, DivergenceError
+from dyconv.callbacks.finite import divergence_message, non_finite_tensors
+from dyconv.errors import DivergenceError, RunDirectoryError
+from dyconv.runs.checkpoint import atomic_torch_save
+from dyconv.runs.layout import checkpoint_dir
 
 __all__ = [
     "AtomicCheckpointIO",
-    "atomic_torch_save",
+    "checkpoint_dirs",
     "confine_checkpoint_paths",
     "is_checkpoint_in",
-    "is_disk_full",
-    "remove_stale_temp_files",
+    "refuse_linked_folders",
 ]
 
-_TMP_SUFFIX = ".tmp"
 #: The ModelCheckpoint state fields that name files (restored by Lightning on resume).
 _PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every OS/filesystem can fsync a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def refuse_linked_folders(folders: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse checkpoint folders that are symbolic links (given as configured: Lightning resolves
+    links in a ``ModelCheckpoint``'s ``dirpath``). A link planted in a handed run folder would have
+    checkpoints written, and superseded ones deleted, wherever it points.
 
-
-def is_disk_full(error: BaseException) -> bool:
-    """True if ``error`` (or an exception it was raised from) is "no space left" / "quota exceeded".
-    ``torch.save`` reports a full disk as ``RuntimeError: ... unexpected pos`` with the OSError as
-    its context."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def disk_full_error(path: Path, error: BaseException) -> DiskFullError:
-    free = ""
-    with contextlib.suppress(OSError):
-        free = f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free)"
-    return DiskFullError(
-        errno.ENOSPC,
-        f"no space left on device: {path}{free}. The previous {path.name} (if any) is intact; free some space "
-        "and resume with the same command + ckpt_path=last",
-    )
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a partial file at ``path``.
-
-    Writes a temp file in the SAME directory (so the final rename never crosses filesystems),
-    flushes and fsyncs it, then ``os.replace``s it over ``path`` and fsyncs the directory: a
-    SIGKILL or power loss at any moment leaves either the old file or the new one.
+    Raises:
+        RunDirectoryError: naming the link and the fix, in one line.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Like mkstemp, but created with 0o666 & ~umask (mkstemp's 0o600 would hide shared runs).
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if is_disk_full(e):
-            raise disk_full_error(path, e) from None
-        raise
-    _fsync_dir(path.parent)
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        if folder.is_symlink():
+            raise RunDirectoryError(
+                f"the checkpoint folder {folder} is a symbolic link (to {os.readlink(folder)}); dyconv writes and "
+                "deletes checkpoints only in a real folder: replace the link with a folder (to keep runs on another "
+                "disk, point paths.log_dir or hydra.run.dir there)"
+            )
 
 
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete temp files a killed process left behind in ``directory`` (returns them)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    stale = [p for p in directory.glob(f".*.ckpt.*{_TMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-    return stale
+def checkpoint_dirs(callbacks: Sequence[Any], run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The folders a run's checkpoints go to (and the only ones they may be deleted from): every
+    ``ModelCheckpoint``'s ``dirpath``, where one has none set to ``<run>/checkpoints`` first (so
+    Lightning writes there too, and every reader of ``dirpath`` sees the same folder)."""
+    dirs = []
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if not callback.dirpath:
+                callback.dirpath = str(checkpoint_dir(run_dir))
+            dirs.append(Path(callback.dirpath))
+    return list(dict.fromkeys(dirs))
 
 
 def _local_path(path: Any) -> Path | None:
@@ -190,8 +146,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not support storage_options, got {storage_options!r}")
-        from dyconv.callbacks.finite import divergence_message, non_finite_tensors
-
         bad = non_finite_tensors({"state_dict": checkpoint.get("state_dict", {}),
                                   "optimizer_states": checkpoint.get("optimizer_states", [])})
         if bad:

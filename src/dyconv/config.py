@@ -1,0 +1,79 @@
+"""The shipped Hydra configs and their conversion: where they are, the resolvers they use
+(registered on import), and the one way a composed config becomes plain Python values."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dyconv.runs.layout import HYDRA_DIR, job_dirname, run_dir_of
+from dyconv.utils.files import numbered
+
+__all__ = ["CONF_DIR", "plain", "register_resolvers", "resolved_config", "to_plain", "unused_folder"]
+
+#: The shipped Hydra configs (``conf/`` at the repository root links here).
+CONF_DIR = str(Path(__file__).parent / "conf")
+
+
+def unused_folder(folder: str) -> str:
+    """``folder``, or the first of ``<folder>+1``, ``<folder>+2``, ... that no launch wrote into
+    yet (no ``.hydra/``, nothing but empty): a tool launched twice with one fixed output folder
+    gets a folder of its own for Hydra's files, its log and its outputs."""
+    for candidate in numbered(os.path.abspath(os.path.expanduser(folder))):
+        if not (candidate.exists() or candidate.is_symlink()):
+            return str(candidate)
+        if candidate.is_dir() and not candidate.is_symlink() and not (candidate / HYDRA_DIR).exists():
+            with os.scandir(candidate) as entries:
+                if next(entries, None) is None:
+                    return str(candidate)
+    raise AssertionError("unreachable")  # pragma: no cover - numbered() never ends
+
+
+def register_resolvers() -> None:
+    """``${dyconv.cwd:}`` (the launch directory, usable before Hydra's job starts, e.g. in
+    ``hydra.sweep.dir``), ``${dyconv.run_dir_of:<ckpt>}`` (a checkpoint's run directory),
+    ``${dyconv.job_dirname:<override_dirname>}`` (a sweep job's folder name) and
+    ``${dyconv.unused_folder:<folder>}`` (:func:`unused_folder`, the same answer all launch long)."""
+    if not OmegaConf.has_resolver("dyconv.cwd"):
+        OmegaConf.register_new_resolver("dyconv.cwd", lambda: os.getcwd())
+    if not OmegaConf.has_resolver("dyconv.run_dir_of"):
+        OmegaConf.register_new_resolver("dyconv.run_dir_of", run_dir_of)
+    if not OmegaConf.has_resolver("dyconv.job_dirname"):
+        OmegaConf.register_new_resolver("dyconv.job_dirname", job_dirname)
+    if not OmegaConf.has_resolver("dyconv.unused_folder"):
+        OmegaConf.register_new_resolver("dyconv.unused_folder", unused_folder, use_cache=True)
+
+
+register_resolvers()  # whoever composes CONF_DIR needs them
+
+
+def to_plain(node: Any, *, resolve: bool = True) -> Any:
+    """A config node as plain Python (dicts, lists, values; interpolations resolved unless
+    ``resolve=False``); anything that is not a config is returned as it is."""
+    return OmegaConf.to_container(node, resolve=resolve) if OmegaConf.is_config(node) else node
+
+
+def plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
+    """The named sections of a composed config as plain values (resolved)."""
+    return {k: to_plain(cfg.get(k)) for k in keys if k in cfg}
+
+
+def resolved_config(cfg: DictConfig | Any | None) -> dict[str, Any]:
+    """``cfg`` as plain values, interpolations resolved; a top-level key that cannot be resolved
+    here (``paths`` outside a Hydra run) is left out. What a tool records beside its outputs."""
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return to_plain(cfg)  # type: ignore[no-any-return]
+    except Exception:  # resolvers that need a Hydra run (paths): keep what resolves
+        out: dict[str, Any] = {}
+        for key in cfg:
+            with contextlib.suppress(Exception):
+                out[str(key)] = to_plain(cfg[key])
+        return out
