@@ -489,7 +489,8 @@ def export_checkpoint(
     then moved into place, so a failure leaves any previous file and ``.json`` untouched.
     ``config`` (the CLI's resolved config) is recorded in the ``.json``."""
     import dyconv
-    from dyconv.utils.rebuild import load_trained_run, run_dir_of
+    from dyconv.runs.layout import run_dir_of
+    from dyconv.runs.rebuild import load_trained_run
 
     _check_format(fmt)
     requested, runtime = runtime, _resolve_runtime(runtime, fmt)

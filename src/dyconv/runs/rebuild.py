@@ -14,10 +14,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dyconv.config import to_plain
 from dyconv.errors import ConfigError
 from dyconv.runs.checkpoint import checkpoint_config, load_checkpoint, not_a_checkpoint_file
 from dyconv.runs.safe_config import check_section
+from dyconv.utils.plain import to_plain
 
 __all__ = ["TrainedRun", "load_trained_run"]
 

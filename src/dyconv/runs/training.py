@@ -20,7 +20,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dyconv.checks import check_multirun_ddp, check_trainable, validate_config, world_size
-from dyconv.config import plain, to_plain
 from dyconv.errors import RunStopped
 from dyconv.runs.checkpoint_io import AtomicCheckpointIO, checkpoint_dirs, refuse_linked_folders
 from dyconv.runs.launch import prepare_run_dir, restore_launch_files
@@ -38,6 +37,7 @@ from dyconv.runtime import tune_malloc
 from dyconv.utils.console import route_lightning_logs
 from dyconv.utils.files import atomic_write_text
 from dyconv.utils.model_stats import count_flops, count_params
+from dyconv.utils.plain import plain, to_plain
 
 __all__ = ["train"]
 
