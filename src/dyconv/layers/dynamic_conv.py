@@ -18,7 +18,7 @@ omni-dimensional attention (kernels, output channels, input channels and kernel 
 import contextlib
 import itertools
 import math
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -371,22 +371,26 @@ class DynamicConvNd(nn.Module):
         *,
         noise: float = 0.0,
         generator: Optional[torch.Generator] = None,
+        **option_keywords: Any,
     ) -> "DynamicConvNd":
         """Build a dynamic layer that computes exactly what ``conv`` (an ``nn.ConvNd`` of this
         class's dimension) computes, whatever the input: its weight and bias go into every kernel.
 
-        ``options`` (:class:`~dyconv.layers.DynamicOptions`, default ``DynamicOptions()``) give
-        K (an int here: :func:`~dyconv.layers.convert_to_dynamic` resolves per-layer specs) and
-        every other option. With ``softmax`` the copies are exact for any attention (the weights
-        sum to 1) and identical kernels receive identical gradients, so the attention learns
-        only once ``noise`` (relative to each kernel's standard deviation) breaks the symmetry.
+        The options come as keywords (``num_kernels=3, routing="omni"``: every
+        :class:`~dyconv.layers.DynamicOptions` field) or as one ``options`` object, not both;
+        the default is ``DynamicOptions()``. K is an int here
+        (:func:`~dyconv.layers.convert_to_dynamic` resolves per-layer specs).
+
+        With ``softmax`` the copies are exact for any attention (the weights sum to 1) and
+        identical kernels receive identical gradients, so the attention learns only once ``noise`` (relative to each
+        kernel's standard deviation) breaks the symmetry.
         ``sigmoid`` and ``omni`` attentions scale the result, so their last attention layers
         start at zero (every sigmoid 1/2, the softmax 1/K) and the copies are scaled to
         compensate: exact at conversion too, and the attention learns from the first step.
         """
-        from dyconv.layers.options import DynamicOptions
+        from dyconv.layers.options import options_from
 
-        options = DynamicOptions() if options is None else options
+        options = options_from(options, option_keywords, f"{cls.__name__}.from_conv")
         if not isinstance(options.num_kernels, int):
             raise ValueError(
                 f"from_conv needs one K, got the per-layer spec {options.num_kernels!r}; "

@@ -21,7 +21,14 @@ from torch import nn
 from dyconv.layers.dynamic_conv import DYNAMIC_CONVS, PATHS
 from dyconv.layers.routing import ROUTINGS
 
-__all__ = ["ROUTINGS", "DynamicOptions", "KernelSpec", "build_dynamic_convs", "resolve_num_kernels"]
+__all__ = [
+    "ROUTINGS",
+    "DynamicOptions",
+    "KernelSpec",
+    "build_dynamic_convs",
+    "options_from",
+    "resolve_num_kernels",
+]
 
 #: ``num_kernels``: one K for all layers, one K per layer (in ``named_modules()`` order), or
 #: fnmatch globs on qualified module names -> K (first match wins, unmatched layers: 4).
@@ -177,6 +184,29 @@ class DynamicOptions:
         if _is_int(self.num_kernels):
             return functools.partial(DYNAMIC_CONVS[dims], **self.layer_kwargs(self.num_kernels))
         return functools.partial(PendingConv, dims=dims)
+
+
+def options_from(options: DynamicOptions | None, keywords: Mapping[str, Any], caller: str) -> DynamicOptions:
+    """The options a call gets: ``options`` (a :class:`DynamicOptions`) or the keyword form
+    (``num_kernels=4, routing="omni", ...``, every field a keyword), not both; ``caller`` names
+    the function in the errors."""
+    fields = DynamicOptions.fields()
+    unknown = [key for key in keywords if key not in fields]
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"the dynamic options are {', '.join(fields)}"
+        )
+    if options is None:
+        return DynamicOptions(**keywords)
+    if not isinstance(options, DynamicOptions):
+        raise TypeError(f"{caller}(): options must be a DynamicOptions, got {type(options).__name__}")
+    if keywords:
+        raise ValueError(
+            f"{caller}() got options= and the keyword option(s) {', '.join(keywords)}; pass one form: "
+            "options=DynamicOptions(...) or the keywords alone"
+        )
+    return options
 
 
 class PendingConv(nn.Module):
