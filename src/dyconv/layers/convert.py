@@ -11,7 +11,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from dyconv.layers.dynamic_conv import DynamicConvNd, dynamic_class_for
+from dyconv.layers.dynamic_conv import DynamicConvNd, KernelWorkspace, dynamic_class_for
 from dyconv.layers.options import DynamicOptions, options_from
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "replace_modules",
     "set_recompute_kernels",
     "set_temperature",
+    "share_kernel_workspace",
 ]
 
 #: A filter: a glob, several globs, or a callable ``(name, module) -> bool``.
@@ -55,6 +56,17 @@ def set_recompute_kernels(module: nn.Module, enabled: bool = True) -> int:
         layer.recompute_kernels = bool(enabled)
         n += 1
     return n
+
+
+def share_kernel_workspace(module: nn.Module) -> int:
+    """Give every dynamic layer of ``module`` one :class:`KernelWorkspace` (the memory held is then
+    that of the largest layer's per-sample kernels, not their sum); returns how many layers.
+    :func:`convert_to_dynamic` and the model builders do it."""
+    layers = [layer for _, layer in dynamic_layers(module)]
+    shared = KernelWorkspace()
+    for layer in layers:
+        layer.kernel_workspace = shared
+    return len(layers)
 
 
 def get_temperature(module: nn.Module) -> float | None:
@@ -177,4 +189,6 @@ def convert_to_dynamic(
         layer_options = dataclasses.replace(options, num_kernels=k)
         cls = dynamic_class_for(conv)
         new[id(conv)] = cls.from_conv(conv, layer_options, noise=noise, generator=generator)
-    return replace_modules(model, new)
+    model = replace_modules(model, new)
+    share_kernel_workspace(model)
+    return model

@@ -223,7 +223,7 @@ class PendingConv(nn.Module):
 def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
     """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConvNd` with its K
     (resolved on the qualified names); returns ``model``. Models call it before their init."""
-    from dyconv.layers.convert import replace_modules
+    from dyconv.layers.convert import replace_modules, share_kernel_workspace
 
     pending = [(n, m) for n, m in model.named_modules() if isinstance(m, PendingConv)]
     if not pending and not _is_int(options.num_kernels):
@@ -235,7 +235,9 @@ def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
     new = {
         id(m): DYNAMIC_CONVS[m.dims](*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)
     }
-    return replace_modules(model, new)
+    model = replace_modules(model, new)
+    share_kernel_workspace(model)
+    return model
 
 
 def _plain(value: Any) -> Any:
