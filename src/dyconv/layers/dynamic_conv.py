@@ -511,26 +511,30 @@ class DynamicConvNd(nn.Module):
         logits = self.attn_fc2(z)
         return self.routing(logits, self._logit_temperature())
 
-    @torch.jit.unused
     def _omni_attention(self, x: Tensor) -> OmniAttention:
+        """ODConv's attentions (TorchScript compiles it only for an omni layer: ``attn_bn`` set)."""
         b = x.shape[0]
-        if b == 1 and self.attn_bn.training:
-            raise ValueError(
-                "routing='omni' normalises its attention with BatchNorm (as ODConv does), which needs more "
-                "than one sample per batch in training mode; train with batches of 2 or more "
-                "(data.drop_last=true drops a last batch of one) or call .eval() for inference"
-            )
-        h = F.relu(self.attn_bn(self.attn_fc1(x.mean(dim=self._spatial_dims))))
-
-        def head(m: Optional[nn.Module]) -> Optional[Tensor]:
-            return None if m is None else m(h)
-
-        spatial = head(self.attn_spatial)
-        if spatial is not None:
-            spatial = spatial.reshape((b,) + self.kernel_size)
-        return self.routing(
-            head(self.attn_fc2), head(self.attn_in), head(self.attn_out), spatial, self._logit_temperature()
-        )
+        if self.attn_bn is None:
+            raise TypeError("_omni_attention needs a routing='omni' layer")
+        else:
+            if self.attn_bn.training and b == 1:
+                raise ValueError(
+                    "routing='omni' normalises its attention with BatchNorm (as ODConv does), which needs more "
+                    "than one sample per batch in training mode; train with batches of 2 or more "
+                    "(data.drop_last=true drops a last batch of one) or call .eval() for inference"
+                )
+            h = F.relu(self.attn_bn(self.attn_fc1(x.mean(dim=self._spatial_dims))))
+            kernel: Optional[Tensor] = None
+            if self.attn_fc2 is not None:
+                kernel = self.attn_fc2(h)
+            out_channel: Optional[Tensor] = None
+            if self.attn_out is not None:
+                out_channel = self.attn_out(h)
+            spatial: Optional[Tensor] = None
+            if self.attn_spatial is not None:
+                spatial = self.attn_spatial(h).reshape([b] + self._kernel)
+            in_channel = self.attn_in(h)
+            return self.routing(kernel, in_channel, out_channel, spatial, self._logit_temperature())
 
     @torch.jit.unused
     def attention(self, x: Tensor) -> Union[Tensor, OmniAttention]:
@@ -559,13 +563,11 @@ class DynamicConvNd(nn.Module):
                 + ", ...) expected input" + str(list(x.shape)) + " to have " + str(self.in_channels)
                 + " channels, but got " + str(x.shape[1]) + " channels instead"
             )
-        if self._routing_kind == "omni":
-            return self._forward_omni(x)
-        return self._forward_mixed(x, self._kernel_attention(x), None, None, None)
-
-    @torch.jit.unused
-    def _forward_omni(self, x: Tensor) -> Tensor:
-        return self.forward_with_attention(x, self._omni_attention(x))
+        if self.attn_bn is not None:  # omni (TorchScript resolves this when compiling)
+            a = self._omni_attention(x)
+            return self._forward_mixed(x, a.kernel, a.in_channel, a.out_channel, a.spatial)
+        else:
+            return self._forward_mixed(x, self._kernel_attention(x), None, None, None)
 
     @torch.jit.unused
     def forward_with_attention(self, x: Tensor, attention: Union[Tensor, OmniAttention]) -> Tensor:
@@ -599,6 +601,8 @@ class DynamicConvNd(nn.Module):
             y = self._forward_mixture(x, pi)
         elif path == "bmm":
             y = self._forward_bmm(x, pi, a_sp)
+        elif path == "any_batch":
+            y = self._forward_any_batch(x, pi, a_sp)
         elif path == "export":
             y = self._forward_export(x, pi, a_sp)
         else:
@@ -616,9 +620,11 @@ class DynamicConvNd(nn.Module):
         if self.num_kernels == 1 and not spatial_attention:
             return "static"
         if not torch.jit.is_scripting():
-            # is_in_onnx_export only under the TorchScript-based ONNX exporter, which traces
-            # (it costs microseconds per call; the dynamo exporter sets is_exporting).
-            if torch.compiler.is_exporting() or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()):
+            # A traced graph (torch.jit.trace, torch.onnx.export(dynamo=False)) must run at any
+            # batch: the batch-independent form, whatever the traced batch was.
+            if torch.jit.is_tracing():
+                return "any_batch"
+            if torch.compiler.is_exporting():
                 return "export"
         if self.path != "auto":
             return self.path
@@ -731,14 +737,17 @@ class DynamicConvNd(nn.Module):
             return self._forward_any_batch(*operands)
         if fixed is not None:
             return self._forward_fixed_batch(fixed, *operands)
-        return torch.cond(x.shape[0] == 1, self._forward_single, self._forward_any_batch, operands)
+        return self._forward_any_batch(*operands)
 
     def _forward_any_batch(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor] = None) -> Tensor:
         """Batch-independent: pointwise convs (and convs with a spatial attention) by batched
         matmul with per-sample kernels, the rest as one conv with the K kernels whose outputs
         are mixed (K x the FLOPs)."""
-        pointwise = all(k == 1 for k in self.kernel_size)
-        if a_sp is not None or (pointwise and self.groups == 1 and self.path in ("auto", "bmm")):
+        pointwise = True
+        for k in self._kernel:
+            if k != 1:
+                pointwise = False
+        if a_sp is not None or (pointwise and self.groups == 1 and (self.path == "auto" or self.path == "bmm")):
             return self._forward_bmm(x, pi, a_sp, export=True)
         return self._forward_mixture(x, pi)
 
