@@ -14,6 +14,13 @@ ODConv); one section per dims x routing x batch x mode.
     python scripts/benchmark_layer.py --shapes r18_64@16 mnv2_dw@56 --batch 32
     python scripts/benchmark_layer.py --dims 1 3 --routing softmax sigmoid omni --batch 8 1
     python scripts/benchmark_layer.py --device cuda --markdown docs/benchmark_layer_cuda.md   # GPU
+    python scripts/benchmark_layer.py --model-step --batch 32 --image-size 112   # training steps, malloc
+
+``--model-step`` instead times plain-PyTorch SGD steps (no Lightning, no dyconv entry point) of
+torchvision's resnet18, static and converted with ``convert_to_dynamic(num_kernels=4)``, with
+the layers' per-sample kernel memory reused (the default) and without (``kernel_workspace =
+None``), first under glibc's default malloc and then, in the same process, after
+``dyconv.runtime.tune_malloc()``: the ratios show what the tuning still adds.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyconv.layers import DynamicConv2d, choose_path
-from dyconv.layers.dynamic_conv import DYNAMIC_CONVS
-from dyconv.runtime import large_alloc_cheap, tune_malloc
+from dyconv.layers import DynamicConv2d, choose_path, convert_to_dynamic, dynamic_layers
+from dyconv.layers.dynamic_conv import DYNAMIC_CONVS, large_alloc_cheap
+from dyconv.runtime import tune_malloc
 
 STATIC_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 ROUTINGS = ("softmax", "sigmoid", "omni")
@@ -262,7 +269,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default mmap behaviour")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the crossover rules differ: cuDNN vs oneDNN)")
     parser.add_argument("--markdown", metavar="PATH", help="also write a compact Markdown summary table to PATH")
+    parser.add_argument("--model-step", action="store_true", help="time resnet18 SGD steps with and without "
+                        "tune_malloc instead (--batch: the first value, --rounds, --image-size)")
+    parser.add_argument("--image-size", type=int, default=112, help="--model-step input side (default 112)")
     args = parser.parse_args(argv)
+    if args.model_step:
+        return model_steps(args.batch[0] if args.batch else 32, args.image_size, 3 if args.quick else args.rounds,
+                           args.num_kernels, args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("--device cuda but CUDA is not available")
     global DEVICE
@@ -435,6 +448,62 @@ def _row(
     else:
         line += f" {saved_bytes(cands['static'], x) / 2**20:13.1f} {saved_bytes(cands['auto'], x) / 2**20:13.1f}"
     return line, t, chosen
+
+
+def _step_models(num_kernels: int) -> dict[str, nn.Module]:
+    """torchvision resnet18 (10 classes), its K-kernel conversion, and that conversion without
+    per-sample kernel reuse (how the layer allocated before it had a workspace)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    static = torchvision.models.resnet18(num_classes=10)
+    dynamic = convert_to_dynamic(static, num_kernels=num_kernels, inplace=False)
+    fresh = convert_to_dynamic(static, num_kernels=num_kernels, inplace=False)
+    for _, layer in dynamic_layers(fresh):
+        layer.kernel_workspace = None
+    return {"resnet18": static, f"dy resnet18 K={num_kernels}": dynamic,
+            f"dy resnet18 K={num_kernels}, no kernel reuse": fresh}
+
+
+def model_steps(batch: int, size: int, rounds: int, num_kernels: int, threads: int | None) -> dict:
+    """Median seconds per plain-PyTorch SGD step of each :func:`_step_models` model, under the
+    process's malloc as it starts and then after :func:`tune_malloc`; returns ``{phase: {model: s}}``."""
+    if threads:
+        torch.set_num_threads(threads)
+    if large_alloc_cheap():
+        sys.exit("--model-step compares malloc settings: run it without MALLOC_MMAP_MAX_/LD_PRELOAD allocators")
+    models = _step_models(num_kernels)
+    optims = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for name, m in models.items()}
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+
+    def step(name: str) -> float:
+        start = time.perf_counter()
+        optims[name].zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(models[name](x), y).backward()
+        optims[name].step()
+        return time.perf_counter() - start
+
+    print(f"# torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, resnet18 SGD steps at batch {batch},"
+          f" {size}x{size} input, median of {rounds} interleaved rounds per malloc setting")
+    times: dict[str, dict[str, float]] = {}
+    for phase in ("default malloc", "tune_malloc"):
+        if phase == "tune_malloc" and not tune_malloc():
+            print("tune_malloc() does not apply on this platform (not glibc)")
+            break
+        for name in models:
+            step(name)  # warm-up: first-touch of the weights, oneDNN primitives
+        samples: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name in models:
+                samples[name].append(step(name))
+        times[phase] = {name: statistics.median(v) for name, v in samples.items()}
+    print("\n| model | s/step, default malloc | s/step, after tune_malloc() | default / tuned |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in models:
+        untuned, tuned = times["default malloc"][name], times.get("tune_malloc", {}).get(name, float("nan"))
+        print(f"| {name} | {untuned:.3f} | {tuned:.3f} | {untuned / tuned:.2f}x |")
+    return times
 
 
 if __name__ == "__main__":

@@ -113,3 +113,16 @@ def test_benchmark_layer_shapes_match_the_static_convs():
                 y = cands["static"](x)
                 assert tuple(y.shape[2:]) == shape.output_size
                 assert cands["auto"](x).shape == y.shape
+
+
+def test_benchmark_layer_model_step_compares_malloc_settings(monkeypatch, capsys):
+    """``--model-step`` times the static, dynamic and no-reuse resnet18 steps under the default
+    malloc and after tune_malloc, in one process (the test process is tuned: undo the env
+    record so the script accepts to run; its second phase tunes again)."""
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    times = _load("benchmark_layer").main(["--model-step", "--batch", "2", "--image-size", "32", "--rounds", "1"])
+    assert list(times) == ["default malloc", "tune_malloc"]
+    names = ["resnet18", "dy resnet18 K=4", "dy resnet18 K=4, no kernel reuse"]
+    assert all(list(t) == names and min(t.values()) > 0 for t in times.values())
+    assert "| dy resnet18 K=4, no kernel reuse |" in capsys.readouterr().out

@@ -155,3 +155,28 @@ def test_temperature_helpers():
         get_temperature(model)
     with pytest.raises(ValueError):
         set_temperature(model, 0.0)
+
+
+def test_options_as_keywords_equal_the_options_object():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    by_kw = convert_to_dynamic(model, inplace=False, num_kernels=[2, 3], reduction=2, routing="omni", temperature=5.0)
+    by_obj = convert_to_dynamic(
+        model, DynamicOptions(num_kernels=[2, 3], reduction=2, routing="omni", temperature=5.0), inplace=False
+    )
+    assert repr(by_kw) == repr(by_obj)
+    assert [(m.num_kernels, m.routing.kind, m.hidden_channels) for _, m in dynamic_layers(by_kw)] == [
+        (2, "omni", 1), (3, "omni", 4)
+    ]
+    conv = nn.Conv2d(4, 4, 3)
+    layer = DynamicConv2d.from_conv(conv, num_kernels=3, routing="sigmoid", recompute_kernels=True)
+    assert (layer.num_kernels, layer.routing.kind, layer.recompute_kernels) == (3, "sigmoid", True)
+    with pytest.raises(ValueError, match=r"convert_to_dynamic\(\) got options= and the keyword option\(s\) "
+                                         r"num_kernels; pass one form"):
+        convert_to_dynamic(model, DynamicOptions(), num_kernels=2, inplace=False)
+    with pytest.raises(ValueError, match=r"DynamicConv2d\.from_conv\(\) got options= and the keyword option"):
+        DynamicConv2d.from_conv(conv, DynamicOptions(), num_kernels=2)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*'kernels'; the dynamic options are num_kernels"):
+        convert_to_dynamic(model, kernels=2, inplace=False)
+    with pytest.raises(ValueError, match="routing must be one of"):
+        DynamicConv2d.from_conv(conv, routing="condconv")

@@ -206,9 +206,29 @@ def test_invalid_dynamic_arguments(kwargs):
         DynamicConv2d(4, 4, 3, **kwargs)
 
 
-def test_rejects_non_4d_input():
-    with pytest.raises(ValueError, match="4-D"):
-        DynamicConv2d(4, 4, 3)(torch.randn(4, 8, 8))
+@pytest.mark.parametrize("routing", ["softmax", "omni"])
+def test_unbatched_input_and_input_errors_as_nn_conv2d(routing):
+    """``(C, H, W)`` runs as a batch of one, as in ``nn.Conv2d``; a wrong rank or channel count
+    fails before any computation, naming the expected shape as ``nn.Conv2d``'s message does."""
+    torch.manual_seed(0)
+    layer = DynamicConv2d(4, 6, 3, padding=1, routing=routing).eval()
+    x = torch.randn(4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer(x.unsqueeze(0))[0], rtol=0, atol=0)
+    assert layer(x).shape == nn.Conv2d(4, 6, 3, padding=1)(x).shape == (6, 8, 8)
+    for bad in (torch.randn(2, 3, 8, 8), torch.randn(3, 8, 8)):
+        with pytest.raises(RuntimeError) as static:
+            nn.Conv2d(4, 6, 3)(bad)
+        # nn.Conv2d: "Given groups=1, weight of size [...], expected input[1, 3, 8, 8] to have 4 channels, ..."
+        expected = "expected input" + str(static.value).split("expected input", 1)[1]
+        with pytest.raises(ValueError) as got:
+            layer(bad)
+        assert str(got.value) == "DynamicConv2d(4, 6, ...) " + expected
+    with pytest.raises(RuntimeError) as static:
+        nn.Conv2d(4, 6, 3)(torch.randn(8, 8))
+    with pytest.raises(ValueError) as got:
+        layer(torch.randn(8, 8))
+    assert str(got.value) == str(static.value).replace("conv2d", "DynamicConv2d")
 
 
 def test_works_inside_unmodified_modules():
@@ -283,3 +303,45 @@ def test_recompute_kernels_matches_reference_and_saves_memory(geometry):
     # The 16 per-sample kernels (16 x 64 x 64 x 9 floats = 2.4 MB) are not kept for backward.
     assert saved_bytes(plain, big) - saved_bytes(lean, big) >= 16 * 64 * 64 * 9 * 4
     assert "recompute_kernels=True" in repr(lean)
+
+
+@pytest.mark.parametrize("routing", ["softmax", "sigmoid", "omni"])
+def test_reused_kernel_memory_gives_the_same_outputs_and_gradients(routing, monkeypatch):
+    """Under glibc's default malloc (the test process tunes it: undo that for the layer), the CPU
+    grouped path builds its per-sample kernels in the layer's workspace, forward and backward;
+    the results are those of the plain autograd path (no workspace) bit for bit."""
+    import copy
+    import pickle
+
+    from dyconv.layers import KernelWorkspace, convert_to_dynamic, dynamic_layers
+
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    torch.manual_seed(0)
+    reused = DynamicConv2d(48, 48, 3, padding=1, path="grouped", routing=routing).double().train()
+    with torch.no_grad():
+        for head in reused.attention_heads():
+            head.bias.normal_(0, 1)
+    plain = copy.deepcopy(reused)
+    plain.kernel_workspace = None
+    x = torch.randn(8, 48, 5, 5, dtype=torch.double, requires_grad=True)
+    assert reused._workspace_for(x, torch.ones(8, 4, dtype=torch.double)) is reused.kernel_workspace
+    for _ in range(2):  # the second call reuses the memory the first left
+        y_reused, y_plain = reused(x), plain(x)
+        grad = torch.randn_like(y_plain)
+        wrt = [x, *reused.parameters()]
+        got = torch.autograd.grad(y_reused, wrt, grad)
+        expected = torch.autograd.grad(y_plain, [x, *plain.parameters()], grad)
+        torch.testing.assert_close(y_reused, y_plain, rtol=0, atol=0)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(reused.eval()(x), plain.eval()(x), rtol=0, atol=0)
+    # One workspace per converted model; copies and pickles start with their own, empty one.
+    model = convert_to_dynamic(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))
+    shared = {id(m.kernel_workspace) for _, m in dynamic_layers(model)}
+    assert len(shared) == 1 and isinstance(model[0].kernel_workspace, KernelWorkspace)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        copies = {id(m.kernel_workspace) for _, m in dynamic_layers(twin)}
+        assert len(copies) == 1 and copies != shared
+    assert "kernel_workspace" not in str(list(model.state_dict()))

@@ -154,8 +154,14 @@ def test_batch_one_and_recompute(nd):
 
 
 def test_wrong_dims_and_attention_kinds_are_refused():
-    with pytest.raises(ValueError, match="DynamicConv3d expects a 5-D"):
+    with pytest.raises(ValueError, match=r"Expected 4D \(unbatched\) or 5D \(batched\) input to DynamicConv3d, "
+                                         r"but got input of size: \[2, 4, 4\]"):
+        DynamicConv3d(2, 2, 3)(torch.randn(2, 4, 4))
+    with pytest.raises(ValueError, match=r"expected input\[1, 1, 2, 4, 4\] to have 2 channels, but got 1"):
         DynamicConv3d(2, 2, 3)(torch.randn(1, 2, 4, 4))
+    unbatched = torch.randn(2, 5)
+    conv1d = DynamicConv1d(2, 3, 3, routing="sigmoid").eval()
+    torch.testing.assert_close(conv1d(unbatched), conv1d(unbatched[None])[0], rtol=0, atol=0)
     with pytest.raises(TypeError, match=r"DynamicConv1d\.from_conv takes an nn\.Conv1d, got Conv2d"):
         DynamicConv1d.from_conv(nn.Conv2d(2, 2, 3))
     omni = DynamicConv1d(2, 2, 3, routing="omni")

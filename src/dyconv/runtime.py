@@ -6,7 +6,10 @@ hundreds of MB for a 512-channel layer) page-faults all of that memory in again:
 it makes an aggregated 512@8 conv 3-5x slower than the convolution itself. jemalloc/tcmalloc
 (``LD_PRELOAD``) avoid it; :func:`tune_malloc` does the same with glibc's own knobs, at the price
 of the process keeping its peak heap instead of returning freed memory to the OS (what a CUDA
-caching allocator does for GPU memory). The entry points call it when ``tune_malloc=true``.
+caching allocator does for GPU memory). The entry points call it when ``tune_malloc=true``; a
+library user need not: the layers reuse their per-sample kernel memory themselves
+(:class:`dyconv.layers.KernelWorkspace`), which recovers part of the gap
+(docs/benchmark_layer.md).
 """
 
 from __future__ import annotations
@@ -16,15 +19,13 @@ import ctypes.util
 import os
 import sys
 
+from dyconv.layers.dynamic_conv import large_alloc_cheap
+
 __all__ = ["large_alloc_cheap", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _TUNED = False
-# Set before the process started: glibc's env knobs or a caching allocator preloaded.
-_ENV_TUNED = os.environ.get("MALLOC_MMAP_MAX_") == "0" or any(
-    name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")
-)
 
 
 def tune_malloc() -> bool:
@@ -49,10 +50,9 @@ def tune_malloc() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _TUNED = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    if _TUNED:
+        # The process now behaves as if started with these: the layers (which import nothing of
+        # dyconv) read the state from here (dyconv.layers.dynamic_conv.large_alloc_cheap).
+        os.environ["MALLOC_MMAP_MAX_"] = "0"
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(2**31 - 1)
     return _TUNED
-
-
-def large_alloc_cheap() -> bool:
-    """Whether freshly allocating hundreds of MB on the CPU is cheap in this process
-    (:func:`tune_malloc` applied, glibc's env knobs set, or a caching malloc preloaded)."""
-    return _TUNED or _ENV_TUNED

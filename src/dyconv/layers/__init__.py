@@ -7,6 +7,7 @@ from dyconv.layers.convert import (
     get_temperature,
     set_recompute_kernels,
     set_temperature,
+    share_kernel_workspace,
 )
 from dyconv.layers.dynamic_conv import (
     PATHS,
@@ -14,6 +15,7 @@ from dyconv.layers.dynamic_conv import (
     DynamicConv2d,
     DynamicConv3d,
     DynamicConvNd,
+    KernelWorkspace,
     choose_path,
     dynamic_class_for,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "DynamicConvNd",
     "DynamicOptions",
     "KernelSpec",
+    "KernelWorkspace",
     "ModuleFilter",
     "OmniAttention",
     "build_dynamic_convs",
@@ -40,4 +43,5 @@ __all__ = [
     "resolve_num_kernels",
     "set_recompute_kernels",
     "set_temperature",
+    "share_kernel_workspace",
 ]

@@ -6,13 +6,13 @@ import copy
 import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterator, Sequence
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-from dyconv.layers.dynamic_conv import DynamicConvNd, dynamic_class_for
-from dyconv.layers.options import DynamicOptions
+from dyconv.layers.dynamic_conv import DynamicConvNd, KernelWorkspace, dynamic_class_for
+from dyconv.layers.options import DynamicOptions, options_from
 
 __all__ = [
     "ModuleFilter",
@@ -22,6 +22,7 @@ __all__ = [
     "replace_modules",
     "set_recompute_kernels",
     "set_temperature",
+    "share_kernel_workspace",
 ]
 
 #: A filter: a glob, several globs, or a callable ``(name, module) -> bool``.
@@ -55,6 +56,17 @@ def set_recompute_kernels(module: nn.Module, enabled: bool = True) -> int:
         layer.recompute_kernels = bool(enabled)
         n += 1
     return n
+
+
+def share_kernel_workspace(module: nn.Module) -> int:
+    """Give every dynamic layer of ``module`` one :class:`KernelWorkspace` (the memory held is then
+    that of the largest layer's per-sample kernels, not their sum); returns how many layers.
+    :func:`convert_to_dynamic` and the model builders do it."""
+    layers = [layer for _, layer in dynamic_layers(module)]
+    shared = KernelWorkspace()
+    for layer in layers:
+        layer.kernel_workspace = shared
+    return len(layers)
 
 
 def get_temperature(module: nn.Module) -> float | None:
@@ -115,6 +127,7 @@ def convert_to_dynamic(
     noise: float = 0.0,
     generator: torch.Generator | None = None,
     inplace: bool = True,
+    **option_keywords: Any,
 ) -> nn.Module:
     """Replace plain ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` layers of any model with
     :class:`DynamicConv1d` / :class:`DynamicConv2d` / :class:`DynamicConv3d`.
@@ -125,11 +138,14 @@ def convert_to_dynamic(
     start from); ``noise`` > 0 perturbs the copies (relative to each weight's std) so the
     softmax attention receives a gradient.
 
+    The options come as keywords, ``convert_to_dynamic(model, num_kernels=4, reduction=4,
+    routing="omni")`` (every :class:`DynamicOptions` field), or as one ``options`` object to
+    reuse; both at once is an error. ``num_kernels`` is one K, a list with one K per converted
+    conv in ``named_modules()`` order, or a mapping from fnmatch globs on names to K.
+
     Args:
         model: any ``nn.Module`` (torchvision, timm, your own); returned converted.
-        options: :class:`DynamicOptions` (default ``DynamicOptions()``); its ``num_kernels``
-            is one K, a list with one K per converted conv in ``named_modules()`` order, or a
-            mapping from fnmatch globs on names to K.
+        options: a :class:`DynamicOptions` (default: the keyword options, else ``DynamicOptions()``).
         include: only convs matching this (globs on qualified names, or ``(name, m) -> bool``)
             are converted; default all.
         exclude: convs matching this stay static.
@@ -142,7 +158,10 @@ def convert_to_dynamic(
             (timm's ``Conv2dSame``, ``StdConv2d``) are left alone unless listed here; a listed
             subclass is rebuilt from its ``nn.ConvNd`` arguments.
         inplace: modify ``model`` (default) or convert a deep copy.
+        **option_keywords: :class:`DynamicOptions` fields (``num_kernels``, ``reduction``,
+            ``min_hidden``, ``temperature``, ``path``, ``recompute_kernels``, ``routing``).
     """
+    options = options_from(options, option_keywords, "convert_to_dynamic")
     if not inplace:
         model = copy.deepcopy(model)
     if conv_types is None:
@@ -164,11 +183,12 @@ def convert_to_dynamic(
         if skip_pointwise and all(k == 1 for k in conv.kernel_size):
             continue
         selected.append((name, conv))
-    options = DynamicOptions() if options is None else options
     ks = options.kernels_for([n for n, _ in selected])
     new: dict[int, nn.Module] = {}
     for (_, conv), k in zip(selected, ks):
         layer_options = dataclasses.replace(options, num_kernels=k)
         cls = dynamic_class_for(conv)
         new[id(conv)] = cls.from_conv(conv, layer_options, noise=noise, generator=generator)
-    return replace_modules(model, new)
+    model = replace_modules(model, new)
+    share_kernel_workspace(model)
+    return model

@@ -18,14 +18,15 @@ omni-dimensional attention (kernels, output channels, input channels and kernel 
 import contextlib
 import itertools
 import math
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dyconv.layers.routing import ROUTINGS, OmniAttention, make_routing
-from dyconv.runtime import large_alloc_cheap
 
 if TYPE_CHECKING:
     from dyconv.layers.options import DynamicOptions
@@ -39,9 +40,11 @@ __all__ = [
     "DynamicConv2d",
     "DynamicConv3d",
     "DynamicConvNd",
+    "KernelWorkspace",
     "choose_path",
     "dynamic_class_for",
     "export_batch",
+    "large_alloc_cheap",
 ]
 
 #: Computation strategies. ``auto`` picks one per call with :func:`choose_path`.
@@ -73,6 +76,20 @@ def export_batch(batch: Optional[int]) -> Iterator[None]:
         yield
     finally:
         _EXPORT_BATCH = previous
+
+
+#: Allocators that keep freed large blocks for reuse when preloaded.
+_CACHING_MALLOCS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+def large_alloc_cheap() -> bool:
+    """Whether freshly allocating hundreds of MB on the CPU is cheap in this process: glibc told
+    to keep large blocks (``MALLOC_MMAP_MAX_=0``, which :func:`dyconv.runtime.tune_malloc` also
+    sets after applying the same setting) or a caching malloc preloaded. Read per call."""
+    if os.environ.get("MALLOC_MMAP_MAX_") == "0":
+        return True
+    preload = os.environ.get("LD_PRELOAD", "")
+    return any(name in preload for name in _CACHING_MALLOCS)
 
 
 def choose_path(
@@ -269,6 +286,8 @@ class DynamicConvNd(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._build_attention(routing, factory_kwargs)
+        #: Reused memory for per-sample kernels on the CPU (:class:`KernelWorkspace`; None: none).
+        self.kernel_workspace: Optional[KernelWorkspace] = KernelWorkspace()
         temp_dtype = dtype if dtype is not None and torch.is_floating_point(torch.empty((), dtype=dtype)) else None
         self.register_buffer("temperature", torch.tensor(float(temperature), device=device, dtype=temp_dtype))
         # Parameter-free: the state_dict keys stay those of the layer itself.
@@ -371,22 +390,26 @@ class DynamicConvNd(nn.Module):
         *,
         noise: float = 0.0,
         generator: Optional[torch.Generator] = None,
+        **option_keywords: Any,
     ) -> "DynamicConvNd":
         """Build a dynamic layer that computes exactly what ``conv`` (an ``nn.ConvNd`` of this
         class's dimension) computes, whatever the input: its weight and bias go into every kernel.
 
-        ``options`` (:class:`~dyconv.layers.DynamicOptions`, default ``DynamicOptions()``) give
-        K (an int here: :func:`~dyconv.layers.convert_to_dynamic` resolves per-layer specs) and
-        every other option. With ``softmax`` the copies are exact for any attention (the weights
-        sum to 1) and identical kernels receive identical gradients, so the attention learns
-        only once ``noise`` (relative to each kernel's standard deviation) breaks the symmetry.
+        The options come as keywords (``num_kernels=3, routing="omni"``: every
+        :class:`~dyconv.layers.DynamicOptions` field) or as one ``options`` object, not both;
+        the default is ``DynamicOptions()``. K is an int here
+        (:func:`~dyconv.layers.convert_to_dynamic` resolves per-layer specs).
+
+        With ``softmax`` the copies are exact for any attention (the weights sum to 1) and
+        identical kernels receive identical gradients, so the attention learns only once ``noise`` (relative to each
+        kernel's standard deviation) breaks the symmetry.
         ``sigmoid`` and ``omni`` attentions scale the result, so their last attention layers
         start at zero (every sigmoid 1/2, the softmax 1/K) and the copies are scaled to
         compensate: exact at conversion too, and the attention learns from the first step.
         """
-        from dyconv.layers.options import DynamicOptions
+        from dyconv.layers.options import options_from
 
-        options = DynamicOptions() if options is None else options
+        options = options_from(options, option_keywords, f"{cls.__name__}.from_conv")
         if not isinstance(options.num_kernels, int):
             raise ValueError(
                 f"from_conv needs one K, got the per-layer spec {options.num_kernels!r}; "
@@ -488,26 +511,30 @@ class DynamicConvNd(nn.Module):
         logits = self.attn_fc2(z)
         return self.routing(logits, self._logit_temperature())
 
-    @torch.jit.unused
     def _omni_attention(self, x: Tensor) -> OmniAttention:
+        """ODConv's attentions (TorchScript compiles it only for an omni layer: ``attn_bn`` set)."""
         b = x.shape[0]
-        if b == 1 and self.attn_bn.training:
-            raise ValueError(
-                "routing='omni' normalises its attention with BatchNorm (as ODConv does), which needs more "
-                "than one sample per batch in training mode; train with batches of 2 or more "
-                "(data.drop_last=true drops a last batch of one) or call .eval() for inference"
-            )
-        h = F.relu(self.attn_bn(self.attn_fc1(x.mean(dim=self._spatial_dims))))
-
-        def head(m: Optional[nn.Module]) -> Optional[Tensor]:
-            return None if m is None else m(h)
-
-        spatial = head(self.attn_spatial)
-        if spatial is not None:
-            spatial = spatial.reshape((b,) + self.kernel_size)
-        return self.routing(
-            head(self.attn_fc2), head(self.attn_in), head(self.attn_out), spatial, self._logit_temperature()
-        )
+        if self.attn_bn is None:
+            raise TypeError("_omni_attention needs a routing='omni' layer")
+        else:
+            if self.attn_bn.training and b == 1:
+                raise ValueError(
+                    "routing='omni' normalises its attention with BatchNorm (as ODConv does), which needs more "
+                    "than one sample per batch in training mode; train with batches of 2 or more "
+                    "(data.drop_last=true drops a last batch of one) or call .eval() for inference"
+                )
+            h = F.relu(self.attn_bn(self.attn_fc1(x.mean(dim=self._spatial_dims))))
+            kernel: Optional[Tensor] = None
+            if self.attn_fc2 is not None:
+                kernel = self.attn_fc2(h)
+            out_channel: Optional[Tensor] = None
+            if self.attn_out is not None:
+                out_channel = self.attn_out(h)
+            spatial: Optional[Tensor] = None
+            if self.attn_spatial is not None:
+                spatial = self.attn_spatial(h).reshape([b] + self._kernel)
+            in_channel = self.attn_in(h)
+            return self.routing(kernel, in_channel, out_channel, spatial, self._logit_temperature())
 
     @torch.jit.unused
     def attention(self, x: Tensor) -> Union[Tensor, OmniAttention]:
@@ -519,18 +546,28 @@ class DynamicConvNd(nn.Module):
 
     # ------------------------------------------------------------------ computation
     def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, *spatial)`` or, as ``nn.ConvNd`` accepts, an unbatched ``(C, *spatial)``."""
+        if x.dim() == self._ndim + 1:
+            return self._forward_batched(x.unsqueeze(0)).squeeze(0)
         if x.dim() != self._ndim + 2:
             raise ValueError(
-                "DynamicConv" + str(self._ndim) + "d expects a " + str(self._ndim + 2) + "-D (N, C, "
-                + "spatial...) input, got " + str(x.dim()) + "-D"
+                "Expected " + str(self._ndim + 1) + "D (unbatched) or " + str(self._ndim + 2) + "D (batched) input "
+                + "to DynamicConv" + str(self._ndim) + "d, but got input of size: " + str(list(x.shape))
             )
-        if self._routing_kind == "omni":
-            return self._forward_omni(x)
-        return self._forward_mixed(x, self._kernel_attention(x), None, None, None)
+        return self._forward_batched(x)
 
-    @torch.jit.unused
-    def _forward_omni(self, x: Tensor) -> Tensor:
-        return self.forward_with_attention(x, self._omni_attention(x))
+    def _forward_batched(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_tracing() and x.shape[1] != self.in_channels:
+            raise ValueError(
+                "DynamicConv" + str(self._ndim) + "d(" + str(self.in_channels) + ", " + str(self.out_channels)
+                + ", ...) expected input" + str(list(x.shape)) + " to have " + str(self.in_channels)
+                + " channels, but got " + str(x.shape[1]) + " channels instead"
+            )
+        if self.attn_bn is not None:  # omni (TorchScript resolves this when compiling)
+            a = self._omni_attention(x)
+            return self._forward_mixed(x, a.kernel, a.in_channel, a.out_channel, a.spatial)
+        else:
+            return self._forward_mixed(x, self._kernel_attention(x), None, None, None)
 
     @torch.jit.unused
     def forward_with_attention(self, x: Tensor, attention: Union[Tensor, OmniAttention]) -> Tensor:
@@ -564,6 +601,8 @@ class DynamicConvNd(nn.Module):
             y = self._forward_mixture(x, pi)
         elif path == "bmm":
             y = self._forward_bmm(x, pi, a_sp)
+        elif path == "any_batch":
+            y = self._forward_any_batch(x, pi, a_sp)
         elif path == "export":
             y = self._forward_export(x, pi, a_sp)
         else:
@@ -581,9 +620,11 @@ class DynamicConvNd(nn.Module):
         if self.num_kernels == 1 and not spatial_attention:
             return "static"
         if not torch.jit.is_scripting():
-            # is_in_onnx_export only under the TorchScript-based ONNX exporter, which traces
-            # (it costs microseconds per call; the dynamo exporter sets is_exporting).
-            if torch.compiler.is_exporting() or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()):
+            # A traced graph (torch.jit.trace, torch.onnx.export(dynamo=False)) must run at any
+            # batch: the batch-independent form, whatever the traced batch was.
+            if torch.jit.is_tracing():
+                return "any_batch"
+            if torch.compiler.is_exporting():
                 return "export"
         if self.path != "auto":
             return self.path
@@ -649,10 +690,11 @@ class DynamicConvNd(nn.Module):
 
     def _forward_grouped(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor]) -> Tensor:
         if not torch.jit.is_scripting():
-            if self.recompute_kernels and torch.is_grad_enabled():
-                return _GroupedConvRecomputed.apply(
+            workspace = self._workspace_for(x, pi)
+            if workspace is not None or (self.recompute_kernels and torch.is_grad_enabled()):
+                return _GroupedConv.apply(
                     self._pre(x), pi, self.weight, self.bias, a_sp, self._conv_stride, self._conv_padding,
-                    self._conv_dilation, self.groups,
+                    self._conv_dilation, self.groups, workspace,
                 )
         b = x.shape[0]
         cout = self.out_channels
@@ -663,6 +705,22 @@ class DynamicConvNd(nn.Module):
         x = x.reshape((1, b * self.in_channels) + x.shape[2:])
         y = self._conv(x, weight, mixed_bias, b * self.groups)
         return y.reshape((b, cout) + y.shape[2:])
+
+    @torch.jit.unused
+    def _workspace_for(self, x: Tensor, pi: Tensor) -> "Optional[KernelWorkspace]":
+        """The workspace to build this call's per-sample kernels in: on the CPU under a malloc
+        that returns large blocks to the OS (not :func:`large_alloc_cheap`), for a batch whose
+        kernels are at least :data:`WORKSPACE_MIN_BYTES`, outside autocast; else None."""
+        workspace = self.kernel_workspace
+        if workspace is None or x.device.type != "cpu" or x.shape[0] < 2 or pi.dtype != self.weight.dtype:
+            return None
+        if large_alloc_cheap():
+            return None
+        if torch.is_autocast_enabled("cpu"):
+            return None
+        if x.shape[0] * self.weight[0].numel() * self.weight.element_size() < WORKSPACE_MIN_BYTES:
+            return None
+        return workspace
 
     # ------------------------------------------------------------------ exported graphs
     @torch.jit.unused
@@ -679,14 +737,17 @@ class DynamicConvNd(nn.Module):
             return self._forward_any_batch(*operands)
         if fixed is not None:
             return self._forward_fixed_batch(fixed, *operands)
-        return torch.cond(x.shape[0] == 1, self._forward_single, self._forward_any_batch, operands)
+        return self._forward_any_batch(*operands)
 
     def _forward_any_batch(self, x: Tensor, pi: Tensor, a_sp: Optional[Tensor] = None) -> Tensor:
         """Batch-independent: pointwise convs (and convs with a spatial attention) by batched
         matmul with per-sample kernels, the rest as one conv with the K kernels whose outputs
         are mixed (K x the FLOPs)."""
-        pointwise = all(k == 1 for k in self.kernel_size)
-        if a_sp is not None or (pointwise and self.groups == 1 and self.path in ("auto", "bmm")):
+        pointwise = True
+        for k in self._kernel:
+            if k != 1:
+                pointwise = False
+        if a_sp is not None or (pointwise and self.groups == 1 and (self.path == "auto" or self.path == "bmm")):
             return self._forward_bmm(x, pi, a_sp, export=True)
         return self._forward_mixture(x, pi)
 
@@ -881,22 +942,77 @@ def _aggregate(pi: Tensor, weight: Tensor, a_sp: Optional[Tensor]) -> Tuple[Tens
     return mixed, mixed * a_sp.to(mixed.dtype).reshape((b, 1, 1) + a_sp.shape[1:])
 
 
-class _GroupedConvRecomputed(torch.autograd.Function):
-    """The ``grouped`` path, saving ``x``, ``pi`` (and the spatial attention) and the K kernels
-    instead of the B per-sample kernels; backward recomputes them (one matmul) and uses
-    ``aten.convolution_backward``. ``x`` arrives pre-padded."""
+def _mix_into(pi: Tensor, weight: Tensor, a_sp: Optional[Tensor], workspace: "Optional[KernelWorkspace]") -> Tensor:
+    """The per-sample kernels ``(B, Cout, Cin/g, *kernel)`` (spatial attention applied), written
+    into ``workspace``'s memory when given (no autograd: inside the Function), else fresh."""
+    if workspace is None:
+        return _aggregate(pi, weight, a_sp)[1]
+    b = pi.shape[0]
+    flat = workspace.take(b * weight[0].numel(), weight.dtype, weight.device).view(b, -1)
+    torch.mm(pi, weight.reshape(weight.shape[0], -1), out=flat)
+    kernels = flat.view((b,) + weight.shape[1:])
+    if a_sp is not None:
+        kernels.mul_(a_sp.to(kernels.dtype).reshape((b, 1, 1) + a_sp.shape[1:]))
+    return kernels
+
+
+class KernelWorkspace:
+    """Memory for the per-sample kernels of the CPU ``grouped`` path, reused from call to call.
+
+    Those kernels are ``B`` copies of a layer's weight (hundreds of MB for a 512-channel layer);
+    glibc's malloc maps such blocks fresh for every call and unmaps them on free, so each call
+    would page-fault all of it in again. A workspace keeps one block per thread, device and
+    dtype, grown to the largest request, for the layers that share it (every layer a model
+    builder or :func:`~dyconv.layers.convert_to_dynamic` makes shares one): the memory held is
+    that of the largest layer's kernels. ``clear()`` releases it; a copy or a pickle of a layer
+    starts empty. Not part of the ``state_dict``.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat tensor of ``numel`` elements from this thread's block (contents undefined)."""
+        blocks: dict = self._local.__dict__.setdefault("blocks", {})
+        key = (dtype, device)
+        block = blocks.get(key)
+        if block is None or block.numel() < numel:
+            blocks[key] = None  # free the smaller block before allocating the larger
+            block = blocks[key] = torch.empty(numel, dtype=dtype, device=device)
+        return block[:numel]
+
+    def clear(self) -> None:
+        """Release this thread's blocks."""
+        self._local.__dict__.pop("blocks", None)
+
+    def __deepcopy__(self, memo: dict) -> "KernelWorkspace":
+        return KernelWorkspace()
+
+    def __reduce__(self) -> tuple:
+        return (KernelWorkspace, ())
+
+
+#: Per-sample kernels smaller than this are left to malloc (which reuses small blocks itself).
+WORKSPACE_MIN_BYTES = 2**20
+
+
+class _GroupedConv(torch.autograd.Function):
+    """The ``grouped`` path as one autograd node that saves ``x``, ``pi`` (and the spatial
+    attention) and the K kernels instead of the B per-sample kernels; backward recomputes them
+    (one matmul) and uses ``aten.convolution_backward``. With a :class:`KernelWorkspace` the
+    kernels are built in its reused memory, in forward and in backward. ``x`` arrives pre-padded."""
 
     @staticmethod
-    def forward(ctx, x, pi, weight, bias, a_sp, stride, padding, dilation, groups):  # type: ignore[override]
+    def forward(ctx, x, pi, weight, bias, a_sp, stride, padding, dilation, groups, workspace):  # type: ignore[override]
         b, cout = x.shape[0], weight.shape[1]
-        _, kernels = _aggregate(pi, weight, a_sp)
-        kernels = kernels.reshape((b * cout,) + weight.shape[2:])
+        kernels = _mix_into(pi, weight, a_sp, workspace).reshape((b * cout,) + weight.shape[2:])
         mixed_bias = None if bias is None else torch.mm(pi, bias).reshape(b * cout)
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(stride) - 1]
         x_groups = x.reshape((1, b * x.shape[1]) + x.shape[2:])
         y = conv(x_groups, kernels, mixed_bias, stride, padding, dilation, b * groups)
         ctx.save_for_backward(x, pi, weight, bias, a_sp)
         ctx.conv = (stride, padding, dilation, groups)
+        ctx.workspace = workspace
         device = x.device.type
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return y.reshape((b, cout) + y.shape[2:])
@@ -906,10 +1022,11 @@ class _GroupedConvRecomputed(torch.autograd.Function):
     def backward(ctx, grad_y):  # type: ignore[override]
         x, pi, weight, bias, a_sp = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
+        workspace = ctx.workspace
         enabled, autocast_dtype = ctx.autocast
         b, k, cout = x.shape[0], weight.shape[0], weight.shape[1]
         with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
-            mixed, kernels = _aggregate(pi, weight, a_sp)
+            kernels = _mix_into(pi, weight, a_sp, workspace)
         dtype = kernels.dtype
         grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
             grad_y.reshape((1, b * cout) + grad_y.shape[2:]).to(dtype),
@@ -924,11 +1041,14 @@ class _GroupedConvRecomputed(torch.autograd.Function):
             b * groups,
             [ctx.needs_input_grad[0], True, False],
         )
-        grad_kernels = grad_kernels.reshape(mixed.shape)
+        grad_kernels = grad_kernels.reshape(kernels.shape)
         grad_a_sp = None
         if a_sp is not None:
-            grad_a_sp = (grad_kernels * mixed).sum(dim=(1, 2)).to(a_sp.dtype)
-            grad_kernels = grad_kernels * a_sp.to(grad_kernels.dtype).reshape((b, 1, 1) + a_sp.shape[1:])
+            # d/d a_sp of sum(grad * mixed * a_sp): the unscaled kernels, recomputed in place.
+            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
+                mixed = _mix_into(pi, weight, None, workspace)
+            grad_a_sp = mixed.mul_(grad_kernels).sum(dim=(1, 2)).to(a_sp.dtype)
+            grad_kernels.mul_(a_sp.to(grad_kernels.dtype).reshape((b, 1, 1) + a_sp.shape[1:]))
         w_flat = weight.reshape(k, -1)
         grad_k = grad_kernels.reshape(b, -1).to(weight.dtype)
         grad_pi = torch.mm(grad_k, w_flat.t())
@@ -940,4 +1060,4 @@ class _GroupedConvRecomputed(torch.autograd.Function):
             grad_pi = grad_pi + torch.mm(grad_mixed_bias, bias.t())
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape).to(x.dtype)
-        return grad_x, grad_pi.to(pi.dtype), grad_weight, grad_bias, grad_a_sp, None, None, None, None
+        return grad_x, grad_pi.to(pi.dtype), grad_weight, grad_bias, grad_a_sp, None, None, None, None, None

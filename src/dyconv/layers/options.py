@@ -21,7 +21,14 @@ from torch import nn
 from dyconv.layers.dynamic_conv import DYNAMIC_CONVS, PATHS
 from dyconv.layers.routing import ROUTINGS
 
-__all__ = ["ROUTINGS", "DynamicOptions", "KernelSpec", "build_dynamic_convs", "resolve_num_kernels"]
+__all__ = [
+    "ROUTINGS",
+    "DynamicOptions",
+    "KernelSpec",
+    "build_dynamic_convs",
+    "options_from",
+    "resolve_num_kernels",
+]
 
 #: ``num_kernels``: one K for all layers, one K per layer (in ``named_modules()`` order), or
 #: fnmatch globs on qualified module names -> K (first match wins, unmatched layers: 4).
@@ -179,6 +186,29 @@ class DynamicOptions:
         return functools.partial(PendingConv, dims=dims)
 
 
+def options_from(options: DynamicOptions | None, keywords: Mapping[str, Any], caller: str) -> DynamicOptions:
+    """The options a call gets: ``options`` (a :class:`DynamicOptions`) or the keyword form
+    (``num_kernels=4, routing="omni", ...``, every field a keyword), not both; ``caller`` names
+    the function in the errors."""
+    fields = DynamicOptions.fields()
+    unknown = [key for key in keywords if key not in fields]
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"the dynamic options are {', '.join(fields)}"
+        )
+    if options is None:
+        return DynamicOptions(**keywords)
+    if not isinstance(options, DynamicOptions):
+        raise TypeError(f"{caller}(): options must be a DynamicOptions, got {type(options).__name__}")
+    if keywords:
+        raise ValueError(
+            f"{caller}() got options= and the keyword option(s) {', '.join(keywords)}; pass one form: "
+            "options=DynamicOptions(...) or the keywords alone"
+        )
+    return options
+
+
 class PendingConv(nn.Module):
     """A conv whose K is not known until its qualified name is (see :func:`build_dynamic_convs`)."""
 
@@ -193,7 +223,7 @@ class PendingConv(nn.Module):
 def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
     """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConvNd` with its K
     (resolved on the qualified names); returns ``model``. Models call it before their init."""
-    from dyconv.layers.convert import replace_modules
+    from dyconv.layers.convert import replace_modules, share_kernel_workspace
 
     pending = [(n, m) for n, m in model.named_modules() if isinstance(m, PendingConv)]
     if not pending and not _is_int(options.num_kernels):
@@ -205,7 +235,9 @@ def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
     new = {
         id(m): DYNAMIC_CONVS[m.dims](*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)
     }
-    return replace_modules(model, new)
+    model = replace_modules(model, new)
+    share_kernel_workspace(model)
+    return model
 
 
 def _plain(value: Any) -> Any:

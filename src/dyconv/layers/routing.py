@@ -91,17 +91,22 @@ class OmniRouting(nn.Module):
         spatial: Optional[Tensor],
         temperature: Optional[Tensor],
     ) -> OmniAttention:
-        def scaled(z: Tensor) -> Tensor:
-            return z if temperature is None else z / temperature.to(z.dtype)
-
-        def sig(z: Optional[Tensor]) -> Optional[Tensor]:
-            return None if z is None else _sigmoid(scaled(z))
-
         if kernel is None:
             pi = torch.ones(in_channel.shape[0], 1, dtype=in_channel.dtype, device=in_channel.device)
         else:
-            pi = _softmax(scaled(kernel))
-        return OmniAttention(pi, sig(in_channel), sig(out_channel), sig(spatial))
+            pi = _softmax(_scaled(kernel, temperature))
+        return OmniAttention(
+            pi, _sigmoid(_scaled(in_channel, temperature)), _gate(out_channel, temperature), _gate(spatial, temperature)
+        )
+
+
+def _scaled(logits: Tensor, temperature: Optional[Tensor]) -> Tensor:
+    return logits if temperature is None else logits / temperature.to(logits.dtype)
+
+
+def _gate(logits: Optional[Tensor], temperature: Optional[Tensor]) -> Optional[Tensor]:
+    """ODConv's sigmoid attention of an optional head (None: the head is absent)."""
+    return None if logits is None else _sigmoid(_scaled(logits, temperature))
 
 
 def make_routing(kind: str) -> nn.Module:
