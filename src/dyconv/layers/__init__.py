@@ -2,6 +2,7 @@
 
 from dyconv.layers.convert import (
     ModuleFilter,
+    build_dynamic_convs,
     convert_to_dynamic,
     dynamic_layers,
     get_temperature,
@@ -19,7 +20,7 @@ from dyconv.layers.dynamic_conv import (
     choose_path,
     dynamic_class_for,
 )
-from dyconv.layers.options import DynamicOptions, KernelSpec, build_dynamic_convs, resolve_num_kernels
+from dyconv.layers.options import DynamicOptions, KernelSpec, resolve_num_kernels
 from dyconv.layers.routing import ROUTINGS, OmniAttention
 
 __all__ = [

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from dyconv.layers.dynamic_conv import DynamicConvNd, KernelWorkspace, dynamic_class_for
-from dyconv.layers.options import DynamicOptions, options_from
+from dyconv.layers.options import DYNAMIC_CONVS, DynamicOptions, PendingConv, options_from
 
 __all__ = [
     "ModuleFilter",
+    "build_dynamic_convs",
     "convert_to_dynamic",
     "dynamic_layers",
     "get_temperature",
@@ -189,6 +190,24 @@ def convert_to_dynamic(
         layer_options = dataclasses.replace(options, num_kernels=k)
         cls = dynamic_class_for(conv)
         new[id(conv)] = cls.from_conv(conv, layer_options, noise=noise, generator=generator)
+    model = replace_modules(model, new)
+    share_kernel_workspace(model)
+    return model
+
+
+def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
+    """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConvNd` with its K
+    (resolved on the qualified names); returns ``model``. Models call it before their init."""
+    pending = [(n, m) for n, m in model.named_modules() if isinstance(m, PendingConv)]
+    if not pending and not (isinstance(options.num_kernels, int) and not isinstance(options.num_kernels, bool)):
+        raise ValueError(
+            "num_kernels was given per layer but the model has no dynamic conv (static conv_layer); "
+            "use the dy_ model or a dynamic conv_layer"
+        )
+    ks = options.kernels_for([n for n, _ in pending])
+    new = {
+        id(m): DYNAMIC_CONVS[m.dims](*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)
+    }
     model = replace_modules(model, new)
     share_kernel_workspace(model)
     return model

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dyconv.layers.options import DYNAMIC_CONVS, options_from
+from dyconv.layers.paths import GROUPED_MAX_BYTES_UNTUNED, MIXTURE_MAX_PIXELS, PATHS, choose_path
 from dyconv.layers.routing import ROUTINGS, OmniAttention, make_routing
 
 if TYPE_CHECKING:
@@ -47,15 +49,9 @@ __all__ = [
     "large_alloc_cheap",
 ]
 
-#: Computation strategies. ``auto`` picks one per call with :func:`choose_path`.
-PATHS = ("auto", "grouped", "mixture", "bmm")
-
 _size_any = Union[int, Tuple[int, ...]]
 
-#: Output maps smaller than this many positions use ``mixture`` for dense convs (measured in 2-D).
-MIXTURE_MAX_PIXELS = 32
-#: Per-sample kernels larger than this are slow to allocate under glibc's default malloc.
-GROUPED_MAX_BYTES_UNTUNED = 128 * 2**20
+
 
 
 # Batch the graph being exported is specialised to. Set by export_batch().
@@ -91,54 +87,6 @@ def large_alloc_cheap() -> bool:
     preload = os.environ.get("LD_PRELOAD", "")
     return any(name in preload for name in _CACHING_MALLOCS)
 
-
-def choose_path(
-    batch: int,
-    in_channels: int,
-    out_channels: int,
-    groups: int,
-    kernel_size: List[int],
-    out_hw: int,
-    cheap_alloc: bool = True,
-    mixture_max_pixels: int = MIXTURE_MAX_PIXELS,
-    grouped_max_bytes_untuned: int = GROUPED_MAX_BYTES_UNTUNED,
-    spatial_attention: bool = False,
-) -> str:
-    """Pick the cheapest exact formulation for one call; the rule the ``auto`` path follows.
-
-    - ``grouped``: aggregate one kernel per sample (``B*K*Cout*Cin/g*prod(kernel)`` MACs) and
-      run ONE convolution over the batch folded into groups. Cost ~ static conv + aggregation;
-      the best choice on maps of 7x7 and larger and for depthwise/grouped convs. At batch 1 it
-      is one ordinary conv with the aggregated kernel.
-    - ``mixture``: the K kernels as one dense conv with ``K*Cout`` outputs, outputs mixed by
-      ``pi``: K times the static FLOPs but no per-sample kernels. Wins for dense convs on maps
-      under ``MIXTURE_MAX_PIXELS`` positions (4x4, 2x2), where ``B`` copies of a large kernel
-      cost more than the convolution itself. Not exact with a per-sample spatial attention
-      (ODConv), so never chosen then.
-    - ``bmm``: per-sample kernels applied by batched matmul, per group (pointwise convs
-      directly, others via unfold): the best choice for dense pointwise convs (MobileNet
-      expand/project).
-
-    ``out_hw`` is the number of output positions (``H*W``; ``L`` in 1-D, ``D*H*W`` in 3-D).
-    ``cheap_alloc`` is False on a CPU process whose malloc returns big blocks to the OS (see
-    :mod:`dyconv.runtime`); then per-sample kernels over ``GROUPED_MAX_BYTES_UNTUNED`` bytes
-    make ``grouped`` page-fault-bound and ``mixture`` is faster.
-    Measured with ``scripts/benchmark_layer.py`` (README table).
-    """
-    if batch == 1:
-        return "grouped"
-    taps = 1
-    for k in kernel_size:
-        taps *= k
-    if groups == 1:
-        if taps == 1:
-            return "bmm"
-        if not spatial_attention:
-            if out_hw < mixture_max_pixels:
-                return "mixture"
-            if not cheap_alloc and 4 * batch * out_channels * in_channels * taps > grouped_max_bytes_untuned:
-                return "mixture"
-    return "grouped"
 
 
 class DynamicConvNd(nn.Module):
@@ -407,8 +355,6 @@ class DynamicConvNd(nn.Module):
         start at zero (every sigmoid 1/2, the softmax 1/K) and the copies are scaled to
         compensate: exact at conversion too, and the attention learns from the first step.
         """
-        from dyconv.layers.options import options_from
-
         options = options_from(options, option_keywords, f"{cls.__name__}.from_conv")
         if not isinstance(options.num_kernels, int):
             raise ValueError(
@@ -921,8 +867,8 @@ class DynamicConv3d(DynamicConvNd):
     _conv_cls = nn.Conv3d
 
 
-#: Spatial dims -> dynamic layer class.
-DYNAMIC_CONVS = {1: DynamicConv1d, 2: DynamicConv2d, 3: DynamicConv3d}
+#: Spatial dims -> dynamic layer class (the registry lives in options, which builds layers from it).
+DYNAMIC_CONVS.update({1: DynamicConv1d, 2: DynamicConv2d, 3: DynamicConv3d})
 
 
 def dynamic_class_for(conv: nn.Module) -> type:

@@ -12,20 +12,21 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import importlib
 import types
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Union
 
 from torch import nn
 
-from dyconv.layers.dynamic_conv import DYNAMIC_CONVS, PATHS
+from dyconv.layers.paths import PATHS
 from dyconv.layers.routing import ROUTINGS
 
 __all__ = [
     "ROUTINGS",
     "DynamicOptions",
     "KernelSpec",
-    "build_dynamic_convs",
     "options_from",
     "resolve_num_kernels",
 ]
@@ -33,6 +34,10 @@ __all__ = [
 #: ``num_kernels``: one K for all layers, one K per layer (in ``named_modules()`` order), or
 #: fnmatch globs on qualified module names -> K (first match wins, unmatched layers: 4).
 KernelSpec = Union[int, Sequence[int], Mapping[str, int]]
+
+#: Spatial dims -> DynamicConv1d/2d/3d, filled by :mod:`dyconv.layers.dynamic_conv` when it is imported
+#: (``dyconv.layers`` imports it first), so that options can build layers without importing it.
+DYNAMIC_CONVS: dict = {}
 
 #: K of a layer no glob of a mapping spec matches.
 DEFAULT_NUM_KERNELS = 4
@@ -220,26 +225,6 @@ class PendingConv(nn.Module):
         raise RuntimeError("a PendingConv was not built; call build_dynamic_convs(model, options)")
 
 
-def build_dynamic_convs(model: nn.Module, options: DynamicOptions) -> nn.Module:
-    """Replace every :class:`PendingConv` of ``model`` by a :class:`DynamicConvNd` with its K
-    (resolved on the qualified names); returns ``model``. Models call it before their init."""
-    from dyconv.layers.convert import replace_modules, share_kernel_workspace
-
-    pending = [(n, m) for n, m in model.named_modules() if isinstance(m, PendingConv)]
-    if not pending and not _is_int(options.num_kernels):
-        raise ValueError(
-            "num_kernels was given per layer but the model has no dynamic conv (static conv_layer); "
-            "use the dy_ model or a dynamic conv_layer"
-        )
-    ks = options.kernels_for([n for n, _ in pending])
-    new = {
-        id(m): DYNAMIC_CONVS[m.dims](*m.args, **m.kwargs, **options.layer_kwargs(k)) for (_, m), k in zip(pending, ks)
-    }
-    model = replace_modules(model, new)
-    share_kernel_workspace(model)
-    return model
-
-
 def _plain(value: Any) -> Any:
     """OmegaConf containers to plain Python (Hydra passes ListConfig / DictConfig)."""
     try:
@@ -249,3 +234,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def __getattr__(name: str) -> Any:
+    # 0.1.0 exported build_dynamic_convs from here; it lives in dyconv.layers.convert now (options
+    # stay below the layer classes). Kept for one minor version.
+    if name == "build_dynamic_convs":
+        warnings.warn(
+            "dyconv.layers.options.build_dynamic_convs moved: import it from dyconv.layers",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module("dyconv.layers.convert").build_dynamic_convs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
