@@ -12,6 +12,9 @@ from dyconv.utils.files import png_bytes
 
 __all__ = ["attention_figure", "metric_figure", "percent"]
 
+#: The attention spread's log axis starts here: a uniform attention's spread is 0 (or rounding noise).
+SPREAD_FLOOR = 1e-9
+
 
 def percent(metric: str) -> float:
     """100 for accuracies and mIoU (reported in %), else 1."""
@@ -67,12 +70,14 @@ def metric_figure(groups: Sequence[Group], varying: Sequence[str], metric: str, 
     return png_bytes(fig)
 
 
-def _band(ax, epochs: list[int], stats: list[tuple[float, float]], label: str) -> None:
-    """A mean line with a shaded ± std band (where there are 2+ seeds)."""
-    means = [m for m, _ in stats]
+def _band(ax, epochs: list[int], stats: list[tuple[float, float]], label: str, floor: float | None = None) -> None:
+    """A mean line with a shaded ± std band (where there are 2+ seeds); with ``floor`` (a log
+    axis) every value is drawn at ``floor`` at least."""
+    clip = (lambda v: max(v, floor)) if floor is not None else (lambda v: v)
+    means = [clip(m) for m, _ in stats]
     line, = ax.plot(epochs, means, label=label, linewidth=1.4)
-    low = [m - s if not math.isnan(s) else m for m, s in stats]
-    high = [m + s if not math.isnan(s) else m for m, s in stats]
+    low = [clip(m - s) if not math.isnan(s) else clip(m) for m, s in stats]
+    high = [clip(m + s) if not math.isnan(s) else clip(m) for m, s in stats]
     ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
@@ -93,18 +98,14 @@ def attention_figure(curves: Sequence[AttentionCurve], title: str) -> bytes | No
     top, bottom = fig.subplots(2, 1, sharex=True)
     for curve in curves:
         what = "gate" if curve.kind == "gate" else "pi"
-        _band(top, curve.epochs, curve.spread, f"{curve.label} ({what}; last {_last(curve.spread)})")
+        _band(top, curve.epochs, curve.spread, f"{curve.label} ({what}; last {_last(curve.spread)})", SPREAD_FLOOR)
         if curve.has_entropy:
             _band(bottom, curve.epochs, curve.entropy_ratio, f"{curve.label} (last {_last(curve.entropy_ratio)})")
-    positive = [m - s if not math.isnan(s) else m for c in curves for m, s in c.spread if not math.isnan(m)]
-    if positive and min(positive) > 0:
-        top.set_yscale("log")
-    else:
-        top.set_yscale("symlog", linthresh=1e-6)
-    top.set_ylabel("spread across samples\n(mean over layers of pi / gate std)")
+    top.set_yscale("log")
+    top.set_ylabel(f"spread across samples\n(std of pi / gate; < {SPREAD_FLOOR:.0e} drawn at it)")
     top.set_title("Is the attention input-dependent? Kernel attention per epoch (mean ± std over seeds)",
                   fontsize=9)
-    top.grid(True, alpha=0.3, which="both")
+    top.grid(True, alpha=0.3)
     top.legend(fontsize=7, loc="best")
     bottom.set_ylabel("normalised entropy\n(entropy / log K; 1 = uniform)")
     bottom.set_xlabel("epoch")

@@ -52,7 +52,11 @@ class Group:
         return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
 
     def label(self, varying: Sequence[str]) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.key if k in varying) or "all"
+        """The varying overrides (``all`` without any; a study's only arm is named)."""
+        text = " ".join(f"{k}={v}" for k, v in self.key if k in varying)
+        if not text and "arm" in self.overrides:
+            text = f"arm={self.overrides['arm']}"
+        return text or "all"
 
 
 def _float(value: Any) -> float | None:
