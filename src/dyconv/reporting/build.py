@@ -139,7 +139,7 @@ def build_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | P
         out / "accuracy_vs_gflops.png": figures.metric_figure(groups, varying, metric, "gflops",
                                                               "GFLOPs (one image, forward)", title),
         out / "accuracy_vs_params.png": figures.metric_figure(groups, varying, metric, "params", "parameters", title),
-        out / ATTENTION_PNG: figures.attention_figure(curves, title.rsplit(":", 1)[0] if title else ""),
+        out / ATTENTION_PNG: figures.attention_figure(curves, varying, title.rsplit(":", 1)[0]),
     }
     attention_csv = _csv_text(_attention_rows(curves)) if curves else None
     figure_files = {path: png for path, png in rendered.items() if png is not None}

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Sequence
 
 from dyconv.reporting.attention import AttentionCurve
+from dyconv.reporting.compare import ARM_KEY
 from dyconv.reporting.groups import WIDTH_KEY, Group, _float
 from dyconv.utils.files import png_bytes
 
@@ -70,38 +71,52 @@ def metric_figure(groups: Sequence[Group], varying: Sequence[str], metric: str, 
     return png_bytes(fig)
 
 
-def _band(ax, epochs: list[int], stats: list[tuple[float, float]], label: str, floor: float | None = None) -> None:
+def _band(ax, epochs: list[int], stats: list[tuple[float, float]], label: str, color: str,
+          floor: float | None = None) -> None:
     """A mean line with a shaded ± std band (where there are 2+ seeds); with ``floor`` (a log
     axis) every value is drawn at ``floor`` at least."""
     clip = (lambda v: max(v, floor)) if floor is not None else (lambda v: v)
     means = [clip(m) for m, _ in stats]
-    line, = ax.plot(epochs, means, label=label, linewidth=1.4)
+    ax.plot(epochs, means, label=label, linewidth=1.4, color=color)
     low = [clip(m - s) if not math.isnan(s) else clip(m) for m, s in stats]
     high = [clip(m + s) if not math.isnan(s) else clip(m) for m, s in stats]
-    ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def short_label(group: Group, varying: Sequence[str]) -> str:
+    """A legend label: the arm's name, ``x<width>``, other varying keys as ``key=value``."""
+    keys = [k for k, _ in group.key if k in varying] or [k for k, _ in group.key if k == ARM_KEY]
+    parts = []
+    for k in keys:
+        v = group.overrides[k]
+        parts.append(v if k in (ARM_KEY, "model") else f"x{v}" if k == WIDTH_KEY else f"{k}={v}")
+    return " ".join(parts) or "all"
 
 
 def _last(stats: list[tuple[float, float]]) -> str:
     value = next((m for m, _ in reversed(stats) if not math.isnan(m)), math.nan)
-    return f"{value:.2g}" if abs(value) < 0.01 else f"{value:.3f}"
+    return f"{value:.1e}" if abs(value) < 0.01 else f"{value:.3f}"
 
 
-def attention_figure(curves: Sequence[AttentionCurve], title: str) -> bytes | None:
+def attention_figure(curves: Sequence[AttentionCurve], varying: Sequence[str], title: str) -> bytes | None:
     """Two panels over epochs, one line per group (mean ± std over seeds): the kernel
     attention's spread across samples (log scale; 0 = the same weights for every input) and its
     normalised entropy (1 = uniform). None without curves."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not curves:
         return None
     fig = Figure(figsize=(7.0, 6.4), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    for curve in curves:
+    for i, curve in enumerate(curves):
+        name, color = short_label(curve.group, varying), f"C{i % 10}"
         what = "gate" if curve.kind == "gate" else "pi"
-        _band(top, curve.epochs, curve.spread, f"{curve.label} ({what}; last {_last(curve.spread)})", SPREAD_FLOOR)
+        _band(top, curve.epochs, curve.spread, f"{name} ({what}; last {_last(curve.spread)})", color, SPREAD_FLOOR)
         if curve.has_entropy:
-            _band(bottom, curve.epochs, curve.entropy_ratio, f"{curve.label} (last {_last(curve.entropy_ratio)})")
+            _band(bottom, curve.epochs, curve.entropy_ratio, f"{name} (last {_last(curve.entropy_ratio)})", color)
     top.set_yscale("log")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_ylabel(f"spread across samples\n(std of pi / gate; < {SPREAD_FLOOR:.0e} drawn at it)")
     top.set_title("Is the attention input-dependent? Kernel attention per epoch (mean ± std over seeds)",
                   fontsize=9)
