@@ -114,6 +114,8 @@ def test_report_merges_folders_and_compares_every_arm_with_the_static_arm(study,
         assert c.baseline is groups[("resnet10_static", width)]
     text = result["report"].read_text()
     assert "18 completed, 2 failed or incomplete" in text and "routing_x0.125/+arm=resnet10_softmax" in text
+    assert text.count("(incomplete): no status yet (running, or stopped: relaunch it with ckpt_path=last); "
+                      "last logged epoch 0") == 2
     assert "| arm=resnet10_softmax model.width_mult=0.125 | 3 | 93.50 ± 0.50 | 8,000 |" in text
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from dyconv.analysis.history import HISTORY_FILE, read_history
 from dyconv.reporting.groups import Group
 
-__all__ = ["AttentionCurve", "attention_curves", "epoch_values", "job_history", "tensorboard_history"]
+__all__ = ["AttentionCurve", "attention_curves", "epoch_values", "job_history", "last_logged_epoch",
+           "tensorboard_history"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,24 @@ def tensorboard_history(job_dir: Path) -> dict[int, dict[str, float]]:
     for (epoch, tag), (_, value) in latest.items():
         out.setdefault(epoch, {})[tag] = value
     return dict(sorted(out.items()))
+
+
+def last_logged_epoch(job_dir: Path) -> int | None:
+    """The last epoch a run logged (its TensorBoard ``epoch`` scalar), None if none: how far an
+    incomplete job (running, or stopped) got."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    last = None
+    for path in _event_files(job_dir):
+        try:
+            acc = EventAccumulator(str(path), size_guidance={SCALARS: 0})
+            acc.Reload()
+            if "epoch" in acc.Tags().get("scalars", []):
+                value = max(int(e.value) for e in acc.Scalars("epoch"))
+                last = value if last is None else max(last, value)
+        except Exception as exc:  # a damaged file says nothing about progress
+            log.warning("skipped %s: %s", path, exc)
+    return last
 
 
 def job_history(job_dir: Path) -> tuple[dict[int, dict[str, float]], str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dyconv.reporting import figures
-from dyconv.reporting.attention import AttentionCurve, attention_curves
+from dyconv.reporting.attention import AttentionCurve, attention_curves, last_logged_epoch
 from dyconv.reporting.compare import compare
 from dyconv.reporting.groups import Group, group_jobs, load_jobs, pick_metric
 from dyconv.utils.files import atomic_write_bytes, atomic_write_text, output_folder_problem
@@ -82,6 +82,19 @@ def _attention_lines(curves: Sequence[AttentionCurve]) -> list[str]:
     return lines
 
 
+def _why(job: dict[str, Any]) -> str:
+    """A failed job's error; for an incomplete one (running, or stopped before it reported) how far
+    it got, where its run folder says."""
+    if job.get("error"):
+        return str(job["error"])
+    job_dir = job.get("dir")
+    if job["status"] == "incomplete" and job_dir is not None and Path(job_dir).is_dir():
+        epoch = last_logged_epoch(Path(job_dir))
+        if epoch is not None:
+            return f"no status yet (running, or stopped: relaunch it with ckpt_path=last); last logged epoch {epoch}"
+    return "no error recorded"
+
+
 def build_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
                  metric: str | None = None, title: str | None = None) -> dict[str, Any]:
     """Write report.md, report.csv, the plots and the attention over training of one sweep folder
@@ -133,8 +146,8 @@ def build_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | P
     if failed:
         lines += ["", "Not included (failed or incomplete):", ""]
         many = len(dirs) > 1
-        lines += [f"- `{Path(j['sweep']).name + '/' if many else ''}{j['job']}` ({j['status']}): "
-                  f"{j.get('error') or 'no error recorded'}" for j in failed]
+        lines += [f"- `{Path(j['sweep']).name + '/' if many else ''}{j['job']}` ({j['status']}): {_why(j)}"
+                  for j in failed]
     rendered = {
         out / "accuracy_vs_gflops.png": figures.metric_figure(groups, varying, metric, "gflops",
                                                               "GFLOPs (one image, forward)", title),
