@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dyconv.analysis.history import HISTORY_FILE, read_history, record_epoch
 from dyconv.report import build_report, main
-from dyconv.reporting.attention import tensorboard_history
+from dyconv.reporting.attention import job_history, tensorboard_history
 
 # test/acc per (arm, width) over seeds 0, 1, 2 (the Fashion-MNIST routing study's layout)
 ACC = {
@@ -210,6 +210,13 @@ def test_history_file_is_preferred_over_tensorboard_and_replays_drop_later_epoch
     assert curve.spread[1][0] == pytest.approx(statistics.fmean([3.0, *others]))
     assert curve.n == [3, 3, 2]  # this run's history stops at epoch 1
     assert sorted(set(curve.sources)) == ["history", "tensorboard"]
+    # A run resumed by code that writes the history (from epoch 1 on): TensorBoard fills epoch 0.
+    path.unlink()
+    record_epoch(path, 1, 19, {"attention/x/pi_sample_std": 3.0, "attention/entropy_ratio": 0.3})
+    history, source = job_history(job)
+    assert source == "history+tensorboard" and sorted(history) == [0, 1, 2]
+    assert history[1] == {"attention/x/pi_sample_std": 3.0, "attention/entropy_ratio": 0.3}
+    assert history[0]["attention/entropy_ratio"] == pytest.approx(_ratio("resnet10_softmax", 0, 0))
     path.write_text("{not json")
     assert read_history(path) == {}
 

@@ -105,14 +105,20 @@ def last_logged_epoch(job_dir: Path) -> int | None:
 
 def job_history(job_dir: Path) -> tuple[dict[int, dict[str, float]], str]:
     """A run's per-epoch attention metrics and where they came from (``history``,
-    ``tensorboard`` or ``""`` when it has none). The history file is preferred."""
+    ``tensorboard``, ``history+tensorboard`` or ``""`` when it has none).
+
+    The history file is preferred; where it lacks epochs (a run started by code without it and
+    resumed by code with it), the TensorBoard values fill them in."""
     history_file = job_dir / HISTORY_FILE
-    if history_file.is_file() and _inside(history_file, job_dir):
-        history = read_history(history_file)
-        if history:
-            return history, "history"
-    history = tensorboard_history(job_dir)
-    return history, "tensorboard" if history else ""
+    history = read_history(history_file) if history_file.is_file() and _inside(history_file, job_dir) else {}
+    if history and sorted(history) == list(range(max(history) + 1)):
+        return history, "history"
+    events = tensorboard_history(job_dir)
+    if not history:
+        return events, "tensorboard" if events else ""
+    if not events:
+        return history, "history"
+    return dict(sorted({**events, **history}.items())), "history+tensorboard"
 
 
 def epoch_values(metrics: dict[str, float]) -> tuple[float, float, str]:
