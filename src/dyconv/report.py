@@ -39,7 +39,7 @@ __all__ = ["Comparison", "Group", "build_report", "compare", "default_exclude_ke
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dyconv.report",
-        description="Summarise one multirun or several of one study: mean ± std over seeds, differences with 95%% CIs "
+        description="Summarise one multirun or several of one study: mean ± std over seeds, differences with 95% CIs "
                     "(dynamic vs static twins, every +arm arm vs the static arm), accuracy vs GFLOPs / parameters "
                     "plots, the attention over training.",
     )
