@@ -239,3 +239,21 @@ def test_report_refuses_what_cannot_be_merged_in_one_line(study, tmp_path):
     assert "repeats" in message and "pass each run once" in message and "\n" not in message
     assert not (tmp_path / "out" / "report.md").exists()
     assert not math.isnan(build_report(study, tmp_path / "out")["comparisons"][0].diff)
+
+
+def test_sigmoid_arm_has_a_gate_spread_and_no_entropy(tmp_path):
+    sweep = tmp_path / "routing"
+    num = 0
+    for arm, accs in {"cnn1d_static": [0.9, 0.91], "cnn1d_sigmoid": [0.92, 0.91]}.items():
+        for seed, acc in enumerate(accs):
+            job = _job(sweep, num, [f"+arm={arm}", f"seed={seed}"], {"test/acc": acc})
+            if arm != "cnn1d_static":
+                _events(job, arm, seed, epochs=2)
+            num += 1
+    result = build_report(sweep)
+    (curve,) = result["attention"]
+    assert (curve.label, curve.kind, curve.has_entropy) == ("arm=cnn1d_sigmoid", "gate", False)
+    spreads = [statistics.fmean(_spread("cnn1d_sigmoid", s, 1, i) for i in range(len(LAYERS))) for s in range(2)]
+    assert curve.spread[1][0] == pytest.approx(statistics.fmean(spreads))
+    assert [c.label for c in result["comparisons"]] == ["cnn1d_sigmoid - cnn1d_static"]
+    assert (sweep / "attention_over_training.png").read_bytes()[:4] == b"\x89PNG"
