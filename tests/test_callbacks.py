@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dyconv.analysis.history import HISTORY_FILE, read_history
 from dyconv.callbacks import AttentionStatistics, RNGStateCallback, TemperatureScheduler, temperature_at
 from dyconv.callbacks.rng import get_rng_states, set_rng_states
 from dyconv.datamodules import MNISTOfflineDataModule
@@ -65,6 +66,10 @@ def test_attention_statistics_callback_logs_entropy(tmp_path):
     assert float(metrics["attention/model.3/entropy"]) == pytest.approx(math.log(3), abs=1e-4)
     assert float(metrics["attention/model.3/pi_0"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(metrics["attention/entropy_ratio"]) == pytest.approx(1.0, abs=1e-4)
+    # The run folder's history holds the epoch's logged attention metrics (dyconv.report reads it).
+    history = read_history(tmp_path / HISTORY_FILE)
+    logged = {k: float(v) for k, v in metrics.items() if k.startswith("attention/")}
+    assert list(history) == [0] and history[0] == pytest.approx(logged) and len(logged) > 3
 
 
 def test_attention_statistics_metric_names_and_values_per_routing(tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-import dyconv.report
+import dyconv.reporting.build
+import dyconv.reporting.figures
 from dyconv.report import build_report, main
 from dyconv.runs.sweeps import write_summary
 
@@ -184,9 +185,10 @@ def test_report_of_a_single_run_directory_says_so(tmp_path):
     assert "is a single run, not a sweep folder (it has metrics.json)" in str(exc.value.code)
 
 
-@pytest.mark.parametrize("step", ["_plot", "_pm"])  # the figures, the markdown table
+@pytest.mark.parametrize("module, step", [(dyconv.reporting.figures, "metric_figure"),  # the figures
+                                          (dyconv.reporting.build, "pm")])  # the markdown table
 def test_report_that_fails_while_producing_its_outputs_leaves_the_previous_ones_as_they_were(
-        sweep, monkeypatch, step):
+        sweep, monkeypatch, module, step):
     """A failure after report.csv's content is known leaves report.csv, report.md and the figures
     byte-identical to the previous report (no new csv beside an old md) and no temp files."""
     build_report(sweep)
@@ -198,7 +200,7 @@ def test_report_that_fails_while_producing_its_outputs_leaves_the_previous_ones_
     def fail(*args, **kwargs):
         raise RuntimeError(f"{step} failed")
 
-    monkeypatch.setattr(dyconv.report, step, fail)
+    monkeypatch.setattr(module, step, fail)
     with pytest.raises(RuntimeError, match=f"{step} failed"):
         build_report(sweep)
     assert {name: (sweep / name).read_bytes() for name in names} == before

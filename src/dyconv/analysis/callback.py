@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from dyconv.analysis.history import HISTORY_FILE, record_epoch
 from dyconv.analysis.recorder import AttentionRecorder
 from dyconv.analysis.summary import OMNI_PARTS, AttentionSummary
 from dyconv.layers import dynamic_layers
@@ -32,10 +34,17 @@ class AttentionStatistics(Callback):
     entropy / log K (1 = uniform, 0 = one kernel per sample; not logged without such layers).
     ``per_kernel=False`` drops the per-kernel metrics. With a TensorBoard logger it also adds
     the inspection tool's figures every ``figure_every_n_epochs`` epochs.
+
+    With ``history=True`` (the default), while fitting, the same metrics of every epoch also go to
+    ``attention_history.json`` in the run folder (``trainer.default_root_dir``; written
+    atomically, see :mod:`dyconv.analysis.history`): ``python -m dyconv.report`` plots them over
+    epochs without reading the loggers' files.
     """
 
-    def __init__(self, every_n_epochs: int = 1, per_kernel: bool = True, figure_every_n_epochs: int = 0) -> None:
+    def __init__(self, every_n_epochs: int = 1, per_kernel: bool = True, figure_every_n_epochs: int = 0,
+                 history: bool = True) -> None:
         self.every_n_epochs = max(1, int(every_n_epochs))
+        self.history = bool(history)
         self.per_kernel = per_kernel
         self.figure_every_n_epochs = int(figure_every_n_epochs)
         self._summary: AttentionSummary | None = None
@@ -72,6 +81,9 @@ class AttentionStatistics(Callback):
         metrics = self.metrics(summary)
         # Already reduced across ranks: log plain floats without another sync.
         pl_module.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        if self.history and metrics and trainer.is_global_zero and trainer.state.fn == "fit":
+            record_epoch(Path(trainer.default_root_dir) / HISTORY_FILE, trainer.current_epoch, trainer.global_step,
+                         metrics)
         if self.figure_every_n_epochs and trainer.current_epoch % self.figure_every_n_epochs == 0:
             self._log_figures(trainer, summary)
 
