@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyconv.sweeps import SUMMARY_CSV, collect_jobs, exclude_keys, load_plain_yaml, split_override
+from dyconv.runs.sweeps import SUMMARY_CSV, collect_jobs, exclude_keys, load_plain_yaml, split_override
 
 __all__ = ["DEFAULT_METRICS", "SEED_KEYS", "Group", "default_exclude_keys", "group_jobs", "load_jobs",
            "pick_metric"]
