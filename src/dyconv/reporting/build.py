@@ -95,7 +95,7 @@ def _why(job: dict[str, Any]) -> str:
     return "no error recorded"
 
 
-def build_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
+def build_report(sweep_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
                  metric: str | None = None, title: str | None = None) -> dict[str, Any]:
     """Write report.md, report.csv, the plots and the attention over training of one sweep folder
     or of several (one study run as several multiruns: their jobs are merged); returns what it
@@ -103,8 +103,8 @@ def build_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | P
 
     Several folders need ``out_dir``. Every output is produced in memory before any is written,
     and each is written atomically, so a failure while producing one leaves the previous set of
-    files as it was."""
-    dirs = [Path(sweep_dirs)] if isinstance(sweep_dirs, (str, Path)) else [Path(d) for d in sweep_dirs]
+    files as it was. (``sweep_dir`` keeps the name of the one-folder signature.)"""
+    dirs = [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(d) for d in sweep_dir]
     if len(dirs) > 1 and out_dir is None:
         raise SystemExit("error: several sweep folders need --out (a folder for the merged report)")
     jobs = load_jobs(dirs)
