@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dyconv.datamodules import FashionMNISTDataModule, UnsafeArchiveError
+from dyconv.datamodules import FashionMNISTDataModule, UnsafeArchiveError, extract
 from dyconv.datamodules import download as dl
-from dyconv.datamodules import extract
 from dyconv.datamodules import fashion_mnist as fm
 
 COMMON = {"batch_size": 2, "num_workers": 0, "seed": 0}
