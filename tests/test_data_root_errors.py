@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import dyconv.datamodules as datamodules
-import dyconv.datamodules.download as dl
+import dyconv.datamodules.data_root as data_root
 from dyconv.datamodules import (
     BaseDataModule,
     DatasetNotFoundError,
@@ -101,7 +101,7 @@ def _deny_writes_under(monkeypatch, folder: Path) -> None:
             return False
         return real(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(dl.os, "access", access)
+    monkeypatch.setattr(data_root.os, "access", access)
 
 
 def test_every_datamodule_with_a_root_is_covered():
