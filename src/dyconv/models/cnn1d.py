@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dyconv.layers import DynamicOptions, build_dynamic_convs
-from dyconv.models.factory import ConvLayer, check_width_mult, dynamic_from_kwargs
+from dyconv.models.factory import ConvLayer, check_width_mult, dynamic_conv_layer, dynamic_from_kwargs
 from dyconv.models.registry import register_model
 
 __all__ = ["CNN1d", "cnn1d", "dy_cnn1d"]
@@ -51,8 +51,7 @@ class CNN1d(nn.Module):
     ) -> None:
         super().__init__()
         check_width_mult(width_mult)
-        if dynamic is not None and conv_layer is nn.Conv1d:
-            conv_layer = dynamic.conv_layer_for(1)
+        conv_layer = dynamic_conv_layer(conv_layer, dynamic, dims=1)
         channels = max(1, int(25 * width_mult))
         length = input_length
         for kernel in (5, 3, 3):

@@ -88,10 +88,11 @@ def dynamic_from_kwargs(
     return DynamicOptions.pop_from(kwargs)
 
 
-def dynamic_conv_layer(conv_layer: ConvLayer, dynamic: DynamicOptions | None) -> ConvLayer:
-    """The factory for a model's dynamic-capable convs: ``dynamic``'s (K resolved by layer name
-    when the model calls :func:`finish_model`) unless a custom ``conv_layer`` was given."""
-    return dynamic.conv_layer if dynamic is not None and conv_layer is nn.Conv2d else conv_layer
+def dynamic_conv_layer(conv_layer: ConvLayer, dynamic: DynamicOptions | None, dims: int = 2) -> ConvLayer:
+    """The factory for a model's dynamic-capable ``dims``-D convs: ``dynamic``'s (K resolved by
+    layer name when the model builds its dynamic convs) unless a custom ``conv_layer`` was given."""
+    plain = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+    return dynamic.conv_layer_for(dims) if dynamic is not None and conv_layer is plain else conv_layer
 
 
 def finish_model(model: nn.Module, dynamic: DynamicOptions | None, **init: Any) -> None:
