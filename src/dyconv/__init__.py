@@ -1,3 +1,3 @@
 """dyconv: Dynamic Convolution (Chen et al., CVPR 2020) for PyTorch, Lightning and Hydra."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
