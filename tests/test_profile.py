@@ -62,7 +62,7 @@ def test_profile_module_entry_point():
 
 
 def test_odconv_models_pair_with_their_static_twin():
-    from dyconv.profile import _pairs
+    from dyconv.profiling import _pairs
 
     pairs = _pairs(["od_resnet18", "resnet18", "dy_mobilenetv2", "od_mobilenetv2"])
     assert ("resnet18", ["resnet18", "od_resnet18"]) in pairs and ("resnet18", ["resnet18", "dy_resnet18"]) in pairs
