@@ -118,3 +118,19 @@ def test_profile_checks_out_before_any_work_and_writes_it_atomically(tmp_path, c
     out.write_text("old")
     profile.main(["models=simple_cnn", "rounds=1", "batch=2", "--no-tune-malloc", f"out={out}"])
     assert written == [str(out)] and "| simple_cnn / dy_simple_cnn |" in out.read_text()
+
+
+def test_every_registered_model_has_an_input_it_takes_and_1d_models_profile():
+    """Profiling without models= covers every family: each has a natural input (MNIST-1D's 1x40 for
+    the 1-D CNN, not the 3x224x224 fallback), and a sub-MFLOP model's GFLOPs are not printed as 0."""
+    from dyconv.models import list_models
+    from dyconv.profiling import NATURAL_INPUTS, _pairs, profile_models
+
+    families = {family for family, _ in _pairs(list_models())}
+    assert "cnn1d" in families and "cnn1d" in NATURAL_INPUTS
+    (row,) = profile_models(["dy_cnn1d"], rounds=1, batch=2)
+    assert row["input"] == "1x40" and row["members"] == ["cnn1d", "dy_cnn1d"]
+    # Hand-computed: conv1 1->25 (k5, length 40->20) is 2*25*5*20 = 5,000 FLOPs, the model < 1 MFLOP.
+    assert 5_000 < row["cnn1d"]["flops"] < 1_000_000
+    line = format_table([row]).splitlines()[-1]
+    assert " 0.000 / 0.000 " not in line and "e-0" in line

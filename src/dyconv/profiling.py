@@ -30,10 +30,11 @@ __all__ = ["DEFAULT_BATCH", "DTYPES", "NATURAL_INPUTS", "STATS", "ModelInput", "
 
 @dataclass(frozen=True)
 class ModelInput:
-    """How a model family is profiled: builder kwargs, one input's (C, H, W), training batch."""
+    """How a model family is profiled: builder kwargs, one input's shape (C, *spatial: 1-D or 2-D),
+    training batch."""
 
     kwargs: dict[str, Any] = field(default_factory=dict)
-    shape: tuple[int, int, int] = (3, 224, 224)
+    shape: tuple[int, ...] = (3, 224, 224)
     batch: int | None = None  # None: the global default
     note: str = ""
 
@@ -41,6 +42,7 @@ class ModelInput:
 #: Natural input per family (the static name); dynamic twins use the same.
 NATURAL_INPUTS: dict[str, ModelInput] = {
     "simple_cnn": ModelInput({"num_classes": 10, "in_channels": 1}, (1, 28, 28), note="MNIST"),
+    "cnn1d": ModelInput({"num_classes": 10}, (1, 40), note="MNIST-1D"),
     "resnet10": ModelInput({"num_classes": 200, "stem": "small"}, (3, 64, 64), note="Tiny ImageNet, small stem"),
     "resnet18": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
     "resnet34": ModelInput({"num_classes": 1000}, (3, 224, 224), note="ImageNet"),
@@ -127,18 +129,18 @@ class _Bench:
 def _build(name: str, spec: ModelInput, batch: int, size: int | None, device: torch.device) -> _Bench:
     torch.manual_seed(0)
     model = create_model(name, **spec.kwargs).to(device)
-    c, h, w = spec.shape
+    c, *spatial = spec.shape
     if size is not None:
-        h = w = size
-    x1 = torch.randn(1, c, h, w, device=device)
-    xb = torch.randn(batch, c, h, w, device=device)
+        spatial = [size] * len(spatial)
+    x1 = torch.randn(1, c, *spatial, device=device)
+    xb = torch.randn(batch, c, *spatial, device=device)
     model.eval()
     try:
         with torch.no_grad():
             out = model(x1)
     except RuntimeError as e:
         raise ValueError(
-            f"{name} cannot take a {c}x{h}x{w} input"
+            f"{name} cannot take a {'x'.join(map(str, (c, *spatial)))} input"
             + (f" (size={size}); use a larger size or leave size out" if size is not None else "")
             + f": {one_line(e)}"
         ) from None
@@ -239,6 +241,12 @@ def _cells(
     return " / ".join(values), "-" if ratio is None else f"{ratio:.2f}x"
 
 
+def _gflops(flops: float) -> str:
+    """GFLOPs with three decimals, or three significant digits for models below a MFLOP (MNIST-1D)."""
+    g = flops / 1e9
+    return f"{g:.3f}" if g >= 1e-3 or g == 0 else f"{g:.3g}"
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown table: ``static / dynamic`` per cell, then the dynamic / static ratio."""
     lines = [
@@ -253,7 +261,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         s, d = row.get(fam), row.get(dyn)
         names = " / ".join(n for n, r in ((fam, s), (dyn, d)) if r is not None)
         params = _cells(s, d, "params", lambda v: f"{v / 1e6:.2f}")
-        flops = _cells(s, d, "flops", lambda v: f"{v / 1e9:.3f}")
+        flops = _cells(s, d, "flops", _gflops)
         ratios = row.get("ratios", {})
         lat = _cells(s, d, "latency_ms", lambda v: f"{v:.1f}", ratios.get("latency_ms"))
         train = _cells(s, d, "train_ms", lambda v: f"{v:.0f}", ratios.get("train_ms"))
