@@ -2,8 +2,8 @@
 
 glibc's malloc serves large blocks (> 32 MiB at most) with ``mmap`` and returns them with
 ``munmap``, so every forward pass that builds per-sample kernels (``B`` copies of a weight,
-hundreds of MB for a 512-channel layer) page-faults all of that memory in again: measured here
-it makes an aggregated 512@8 conv 3-5x slower than the convolution itself. jemalloc/tcmalloc
+hundreds of MB for a 512-channel layer) page-faults all of that memory in again, which can cost
+more than the convolution itself (docs/benchmark_layer.md measures it). jemalloc/tcmalloc
 (``LD_PRELOAD``) avoid it; :func:`tune_malloc` does the same with glibc's own knobs, at the price
 of the process keeping its peak heap instead of returning freed memory to the OS (what a CUDA
 caching allocator does for GPU memory). The entry points call it when ``tune_malloc=true``; a
