@@ -58,7 +58,7 @@ _MD_BACKSLASH = re.compile(r"\\(?=[!-/:-@\[-`{-~])")
 #: Block syntax at the start of a list item or cell (``# heading``, ``> quote``, ``1. list``): escaped.
 _MD_BLOCK_START = re.compile(r"^(?=[#>+=~:-])|^(\d+)(?=[.)])")
 _MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", "|": "\\|", "`": "\\`", "[": "\\[",
-                             "]": "\\]", "$": "\\$", "*": "\\*"})
+                             "]": "\\]", "*": "\\*"})
 
 
 class HandedFileError(DyconvError, ValueError):
@@ -193,7 +193,7 @@ def csv_row(row: dict[str, Any]) -> dict[str, Any]:
 def md_text(value: Any, limit: int = 300) -> str:
     """``value`` as inline Markdown text shown as written: one line (:func:`short`), no raw HTML
     (``<`` and ``&`` as entities), no links or images (``[``, ``]`` escaped), no table cell
-    breaks (``|``), no code spans, emphasis or math (backticks, ``*``, ``$`` escaped), no block
+    breaks (``|``), no code spans or emphasis (backticks, ``*`` escaped), no block
     syntax at its start (``#``, ``>``, ``1.``)."""
     text = _MD_BACKSLASH.sub(r"\\\\", short(value, limit)).translate(_MD_ESCAPES)
     return text if _is_number(text) else _MD_BLOCK_START.sub(lambda m: (m[1] or "") + "\\", text)
