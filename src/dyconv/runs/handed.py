@@ -200,8 +200,12 @@ def md_text(value: Any, limit: int = 300) -> str:
 
 
 def plot_text(value: Any, limit: int = 60) -> str:
-    """``value`` for a matplotlib label or title: one short line with ``$`` escaped (no mathtext)."""
-    return short(value, limit).replace("$", r"\$")
+    """``value`` for a matplotlib label or title: one line of at most ``limit`` characters (a
+    longer one ends in "…") with ``$`` escaped (no mathtext)."""
+    text = short(value, 1 << 30)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def notes_text(notes: Iterable[str]) -> list[str]:
