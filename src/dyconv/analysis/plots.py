@@ -73,7 +73,8 @@ def class_figure(summary: AttentionSummary, name: str, max_classes: int = MAX_CL
     if values.size <= 400:
         middle, digits = (low + high) / 2, 3 if high - low >= 0.01 else 4
         for (i, k), v in np.ndenumerate(values):
-            ax.text(k, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6, color="black" if v > middle else "white")
+            ax.text(k, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6,
+                    color="black" if v > middle else "white")
     ax.set_xlabel("kernel")
     shown = "" if len(classes) == int((la.class_count > 0).sum()) else f", the {len(classes)} classes furthest from it"
     ax.set_title(f"Per-class mean kernel {what}: {_label(name, la.routing)}\n(the most class-dependent layer{shown})",
