@@ -80,11 +80,13 @@ def series(groups: Sequence[Group], varying: Sequence[str]) -> dict[str, list[Gr
 
 def metric_figure(groups: Sequence[Group], varying: Sequence[str], metric: str, x_attr: str, xlabel: str,
                   title: str) -> bytes | None:
-    """The PNG of the metric against ``x_attr`` per series; None when no group has ``x_attr``."""
+    """The PNG of the metric against ``x_attr`` per series; None when no group has a positive
+    ``x_attr``."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    if not any(getattr(g, x_attr) for g in groups):
+    groups = [g for g in groups if getattr(g, x_attr) and statistics.fmean(getattr(g, x_attr)) > 0]  # a log axis
+    if not groups:
         return None
     lines = series(groups, varying)
     legend = len(lines) <= MAX_LEGEND_ENTRIES

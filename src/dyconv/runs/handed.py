@@ -104,7 +104,8 @@ def read_handed(path: Path, root: Path, limit: int = MAX_FILE_BYTES) -> str | No
 
     Raises :class:`HandedFileError` when it leads out of ``root`` (a link), is not a regular
     file (a folder, a pipe) or is larger than ``limit`` bytes. Bytes that are not UTF-8 are kept
-    as ``\\xNN``."""
+    (as lone surrogates: JSON reads them; :func:`clean` and every escaper here show them as
+    ``\\xNN``)."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return None
@@ -124,7 +125,7 @@ def read_handed(path: Path, root: Path, limit: int = MAX_FILE_BYTES) -> str | No
         raise HandedFileError(f"{short(path)} could not be read: {e.strerror or e}") from None
     if len(data) > limit:  # grew since stat
         raise HandedFileError(f"{short(path)} is more than the {size_text(limit)} read from a sweep folder; not read")
-    return data.decode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "surrogateescape")
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -143,7 +144,7 @@ def load_yaml(text: str, name: str = "YAML") -> Any:
 
     Raises :class:`HandedFileError` naming ``name`` for an alias, bad YAML or too deep nesting."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+        return yaml.load(clean(text), Loader=_NoAliasLoader)  # a SafeLoader subclass; bad bytes as \xNN
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e)
         raise HandedFileError(f"{short(name)} is not plain YAML ({short(problem, 120)}); not read") from None
