@@ -178,12 +178,18 @@ def attention_figure(curves: Sequence[AttentionCurve], varying: Sequence[str], t
     top.set_title("Is the attention input-dependent? Kernel attention per epoch (mean ± std over seeds)",
                   fontsize=9)
     top.grid(True, alpha=0.3)
-    top.legend(fontsize=7, loc="best")
+    legend = len(curves) <= MAX_LEGEND_ENTRIES
+    if legend:
+        top.legend(fontsize=7, loc="best")
+    else:
+        top.text(0.99, 0.01, f"{len(curves)} groups (no legend: see report.md)", transform=top.transAxes,
+                 ha="right", va="bottom", fontsize=7, color="0.4")
     bottom.set_ylabel("normalised entropy\n(entropy / log K; 1 = uniform)")
     bottom.set_xlabel("epoch")
     bottom.grid(True, alpha=0.3)
     if bottom.lines:
-        bottom.legend(fontsize=7, loc="best")
+        if legend:
+            bottom.legend(fontsize=7, loc="best")
         bottom.set_ylim(top=1.02)
     else:
         bottom.text(0.5, 0.5, "no softmax attention (sigmoid gates have no entropy over K)",
