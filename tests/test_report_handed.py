@@ -125,11 +125,14 @@ def test_no_traceback_on_bad_bytes_huge_fields_nan_and_huge_integers(tmp_path, c
     _job(sweep, "big", 6, ["model=resnet10", f"+big={big}"], {"test/acc": 0.7}, "failed", big)
     _job(sweep, "nan", 7, ["model=resnet10", "seed=7"], '{"test/acc": NaN, "model/params": Infinity}')
     _job(sweep, "huge", 8, ["model=resnet10", "seed=8"], '{"test/acc": 0.93, "model/params": 1' + "0" * 400 + "}")
+    for seed in (9, 10):  # finite, but the sum of their squares overflows a float
+        _job(sweep, f"vast{seed}", seed, ["model=resnet10", "+vast=1", f"seed={seed}"], '{"test/acc": 1e308}')
     assert main([str(sweep)]) == 0
     text = (sweep / "report.md").read_text()
     assert "| tag=caf\\xe9\\xff | 1 | 50.00 |" in text  # the bad bytes, named
     assert "nan: test/acc = nan is not a finite number" in text
     assert "nan: model/params = inf is not a finite number" in text
+    assert "vast9: test/acc = 1e+308 is beyond ±1e+50; the job is left out of its group" in text
     assert re.search(r"huge/metrics.json: model/params = 10{39}… \(401 characters\) is too large", text)
     assert max(len(line) for line in text.splitlines()) < 2000  # the 128 KB field is cut, with its length
     assert "131,072 characters" in text

@@ -62,8 +62,14 @@ class Group:
         return text or "all"
 
 
+#: Larger metric values are left out (named in the report): their squares would overflow the statistics.
+MAX_VALUE = 1e50
+
+
 def _float(value: Any) -> float | None:
-    return finite(value)
+    """``value`` as a finite float of at most :data:`MAX_VALUE` in size, else None."""
+    v = finite(value)
+    return v if v is not None and abs(v) <= MAX_VALUE else None
 
 
 def _summary_file(sweep_dir: Path) -> Path:
