@@ -245,5 +245,5 @@ def test_links_out_of_the_sweep_folder_are_not_followed(tmp_path):
     with open(alone / SUMMARY_CSV, "wb") as f:
         f.write(b"job,status,overrides,test/acc\n")
         f.truncate(62 * 1000 * 1000)
-    with pytest.raises(SystemExit, match=r"summary.csv is 62.0 MB, more than the 32.0 MB a report reads"):
+    with pytest.raises(SystemExit, match=r"summary.csv is 62.0 MB, more than the 16.0 MB a report reads"):
         build_report(alone, tmp_path / "out")
