@@ -247,3 +247,29 @@ def test_links_out_of_the_sweep_folder_are_not_followed(tmp_path):
         f.truncate(62 * 1000 * 1000)
     with pytest.raises(SystemExit, match=r"summary.csv is 62.0 MB, more than the 16.0 MB a report reads"):
         build_report(alone, tmp_path / "out")
+
+
+@pytest.mark.parametrize("value, cell", [
+    ("=1+1", "'=1+1"), ("+1", "+1"), ("-0.5", "-0.5"), ("-1e-05", "-1e-05"), ("-inf", "'-inf"), ("@x", "'@x"),
+    ("\t1", "'\t1"), ("\r=1", "'\r=1"), ("'quoted", "''quoted"), ("plain", "plain"), ("", ""), (0.5, 0.5),
+])
+def test_csv_cell_escapes_formulas_keeps_numbers_and_reads_back(value, cell):
+    from dyconv.runs.handed import csv_cell, csv_uncell
+
+    assert csv_cell(value) == cell
+    if isinstance(value, str):
+        assert csv_uncell(csv_cell(value)) == value
+
+
+def test_a_link_inside_the_folder_is_read_and_a_link_out_is_not(tmp_path):
+    from dyconv.runs.handed import HandedFileError, read_handed
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.json").write_text("{}")
+    (root / "b.json").symlink_to(root / "a.json")
+    (tmp_path / "out.json").write_text("secret")
+    (root / "c.json").symlink_to(tmp_path / "out.json")
+    assert read_handed(root / "b.json", root) == "{}" and read_handed(root / "missing", root) is None
+    with pytest.raises(HandedFileError, match="c.json is a link out of"):
+        read_handed(root / "c.json", root)

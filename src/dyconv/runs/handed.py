@@ -112,13 +112,14 @@ def read_handed(path: Path, root: Path, limit: int = MAX_FILE_BYTES) -> str | No
     if not inside(path, root):
         raise HandedFileError(f"{short(path)} is a link out of {short(root)}; not followed")
     try:
-        info = path.stat()
+        real = path.resolve()  # inside root; opened without following a link swapped in since
+        info = real.stat()
         if not stat.S_ISREG(info.st_mode):
             raise HandedFileError(f"{short(path)} is not a regular file; not read")
         if info.st_size > limit:
             raise HandedFileError(f"{short(path)} is {size_text(info.st_size)}, more than the "
                                   f"{size_text(limit)} read from a sweep folder; not read")
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:
