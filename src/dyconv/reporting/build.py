@@ -13,7 +13,15 @@ from typing import Any
 from dyconv.reporting import figures
 from dyconv.reporting.attention import AttentionCurve, attention_curves, last_logged_epoch
 from dyconv.reporting.compare import compare
-from dyconv.reporting.groups import MAX_VALUE, Group, _float, check_sweep_dirs, group_jobs, load_sweeps, pick_metric
+from dyconv.reporting.groups import (
+    MAX_VALUE,
+    Group,
+    check_sweep_dirs,
+    group_jobs,
+    load_sweeps,
+    metric_value,
+    pick_metric,
+)
 from dyconv.runs.handed import csv_cell, csv_row, finite, md_text, notes_text, short
 from dyconv.utils.files import atomic_write_bytes, atomic_write_text, output_folder_problem
 
@@ -122,7 +130,7 @@ def _value_notes(jobs: Sequence[dict[str, Any]], metric: str) -> list[str]:
             continue
         for name in (metric, *_SIZE_METRICS):
             value = job["metrics"].get(name)
-            if value is not None and _float(value) is None:
+            if value is not None and metric_value(value) is None:
                 what = "the job is left out of its group" if name == metric else "left out"
                 why = "is not a finite number" if finite(value) is None else f"is beyond ±{MAX_VALUE:g}"
                 notes.append(f"{job['job']}: {name} = {short(value, 40)} {why}; {what}")

@@ -13,8 +13,8 @@ from typing import Any
 from dyconv.runs.handed import csv_uncell, finite, inside, short, size_text
 from dyconv.runs.sweeps import SUMMARY_CSV, exclude_keys, load_plain_yaml, scan_jobs, split_override
 
-__all__ = ["DEFAULT_METRICS", "MAX_SUMMARY_BYTES", "SEED_KEYS", "Group", "default_exclude_keys", "group_jobs",
-           "load_jobs", "load_sweeps", "pick_metric"]
+__all__ = ["DEFAULT_METRICS", "MAX_SUMMARY_BYTES", "MAX_VALUE", "SEED_KEYS", "Group", "default_exclude_keys",
+           "group_jobs", "load_jobs", "load_sweeps", "metric_value", "pick_metric"]
 
 SEED_KEYS = ("seed",)
 #: The project's Hydra settings: their ``exclude_keys`` stand in for a job that records none.
@@ -66,10 +66,14 @@ class Group:
 MAX_VALUE = 1e50
 
 
-def _float(value: Any) -> float | None:
-    """``value`` as a finite float of at most :data:`MAX_VALUE` in size, else None."""
+def metric_value(value: Any) -> float | None:
+    """``value`` as a finite float of at most :data:`MAX_VALUE` in size, else None (text, NaN,
+    infinities, ``10**400``, ``1e308``): what the report computes with."""
     v = finite(value)
     return v if v is not None and abs(v) <= MAX_VALUE else None
+
+
+_float = metric_value
 
 
 def _summary_file(sweep_dir: Path) -> Path:
