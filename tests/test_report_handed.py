@@ -91,7 +91,7 @@ def _table_cells(line: str) -> int:
 def test_report_md_shows_handed_text_as_written_never_as_markdown_or_html(tmp_path):
     sweep = tmp_path / "sweep"
     evil = "<img src=http://evil.example/x.png> a|b `code` [link](http://evil.example) ![i](http://e.example/i.png)"
-    error = "boom\n# Not a heading\n| not | a | row |\n<script>alert(1)</script>\r\n- not an item"
+    error = "boom\n# Not a heading\n| not | a | row |\n<script>alert(1)</script>\r\n- not an item \u202egpj.exe"
     _job(sweep, "job0", 0, ["model=resnet10", f"+note={evil}"], {"test/acc": 0.9})
     _job(sweep, "job1", 1, ["model=resnet10", "+note=plain"], {"test/acc": 0.8})
     _job(sweep, "# job`2|<b>", 2, ["model=resnet10", "+note=x"], None, "failed", error)
@@ -102,6 +102,7 @@ def test_report_md_shows_handed_text_as_written_never_as_markdown_or_html(tmp_pa
         assert "<img" not in text and "<script" not in text and "<b>" not in text, md.name
         assert "](http" not in text.replace("\\](http", ""), md.name  # no link, no image
         assert "Not a heading" in text and "alert(1)" in text  # shown, on one line
+        assert "\u202e" not in text  # no right-to-left override reordering what follows
         for previous, line in zip(["", *lines], lines):
             if line.startswith("|") and previous.startswith("|"):  # every row of a table has its header's cells
                 assert _table_cells(line) == _table_cells(previous), (md.name, line)

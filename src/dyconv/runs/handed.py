@@ -51,8 +51,9 @@ MAX_FILE_BYTES = 1 << 20
 #: Cells that a spreadsheet would run as a formula (OWASP); a leading ``'`` is added to escape one.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-#: Line breaks and other control characters: one space each in Markdown, labels and messages.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+#: Line breaks, other control characters and bidirectional overrides (which reorder what a reader
+#: sees): one space each in Markdown, labels and messages.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 #: A backslash before ASCII punctuation would escape it in Markdown: it is doubled.
 _MD_BACKSLASH = re.compile(r"\\(?=[!-/:-@\[-`{-~])")
 #: Block syntax at the start of a list item or cell (``# heading``, ``> quote``, ``1. list``): escaped.
