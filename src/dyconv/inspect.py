@@ -354,13 +354,11 @@ def format_report(result: Inspection, max_classes: int = 20) -> str:
             ]
             lines.append(f"{name:<{width}}  " + "  ".join(f"{c:<23}" for c in cells).rstrip())
     if result.per_class:
-        # The most class-dependent layer: largest deviation of a class's mean kernel weights from the layer's.
-        spread = {n: float((la.class_mean_weight - la.mean_weight).abs().max()) for n, la in layers.items()}
-        name = max(spread, key=spread.get)
+        # The most class-dependent layer (the per-class figure shows the same one and classes).
+        name = plots.most_class_dependent(summary)
         la = layers[name]
-        deviation = (la.class_mean_weight - la.mean_weight).abs().amax(dim=1)
         classes = [c for c in range(la.num_classes) if la.class_count[c] > 0]
-        shown = sorted(sorted(classes, key=lambda c: -float(deviation[c]))[:max_classes])
+        shown = plots.shown_classes(summary, name, max_classes)
         which = "" if len(shown) == len(classes) else f", the {len(shown)} classes furthest from the layer mean"
         what = "pi" if la.spec.kernel_softmax else "gates"
         lines.append(f"Per-class mean kernel {what} of {name} [{la.routing}] (most class-dependent layer{which}; "

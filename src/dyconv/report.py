@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dyconv.reporting.build import build_report
 from dyconv.reporting.compare import Comparison, compare, welch_interval
 from dyconv.reporting.groups import DEFAULT_METRICS, Group, default_exclude_keys, group_jobs
+from dyconv.runs.handed import clean
 
 __all__ = ["Comparison", "Group", "build_report", "compare", "default_exclude_keys", "group_jobs", "main",
            "welch_interval"]
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = [result["report"], result["csv"], *result["plots"]]
     if result["attention_csv"] is not None:
         written.append(result["attention_csv"])
-    print("\nWritten: " + ", ".join(str(p) for p in written))
+    print("\nWritten: " + ", ".join(clean(p) for p in written))
     return 0
 
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 ENTROPY_TAG = "attention/entropy_ratio"
 SPREAD_TAG = re.compile(r"^attention/(?P<layer>.+)/(?P<kind>pi|gate)_sample_std$")
 EVENTS_PREFIX = "events.out.tfevents."
+#: The largest ``attention_history.json`` read (a real one: some kB per epoch).
+MAX_HISTORY_BYTES = 16 * 1000 * 1000
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -110,7 +112,15 @@ def job_history(job_dir: Path) -> tuple[dict[int, dict[str, float]], str]:
     The history file is preferred; where it lacks epochs (a run started by code without it and
     resumed by code with it), the TensorBoard values fill them in."""
     history_file = job_dir / HISTORY_FILE
-    history = read_history(history_file) if history_file.is_file() and _inside(history_file, job_dir) else {}
+    history: dict[int, dict[str, float]] = {}
+    if history_file.is_file() and _inside(history_file, job_dir):
+        if history_file.stat().st_size > MAX_HISTORY_BYTES:
+            log.warning("skipped %s: larger than %d bytes", history_file, MAX_HISTORY_BYTES)
+        else:
+            try:
+                history = read_history(history_file)
+            except (ArithmeticError, RecursionError) as exc:  # 10**400, deep nesting: a crafted file
+                log.warning("skipped %s: %s", history_file, exc)
     if history and sorted(history) == list(range(max(history) + 1)):
         return history, "history"
     events = tensorboard_history(job_dir)

@@ -10,15 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyconv.runs.sweeps import SUMMARY_CSV, collect_jobs, exclude_keys, load_plain_yaml, split_override
+from dyconv.runs.handed import csv_uncell, finite, inside, short, size_text
+from dyconv.runs.sweeps import SUMMARY_CSV, exclude_keys, load_plain_yaml, scan_jobs, split_override
 
-__all__ = ["DEFAULT_METRICS", "SEED_KEYS", "Group", "default_exclude_keys", "group_jobs", "load_jobs",
-           "pick_metric"]
+__all__ = ["DEFAULT_METRICS", "MAX_SUMMARY_BYTES", "MAX_VALUE", "SEED_KEYS", "Group", "default_exclude_keys",
+           "group_jobs", "load_jobs", "load_sweeps", "metric_value", "pick_metric"]
 
 SEED_KEYS = ("seed",)
 #: The project's Hydra settings: their ``exclude_keys`` stand in for a job that records none.
 HYDRA_DEFAULTS = Path(__file__).parent.parent / "conf" / "hydra" / "default.yaml"
 WIDTH_KEY = "model.width_mult"
+#: The largest ``summary.csv`` read (some 50,000 jobs: under 0.5 GB of memory); it is read row by row.
+MAX_SUMMARY_BYTES = 16 * 1000 * 1000
 DEFAULT_METRICS = ("test/acc", "test/miou", "val/acc", "val/miou")
 
 
@@ -59,35 +62,77 @@ class Group:
         return text or "all"
 
 
-def _float(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+#: Larger metric values are left out (named in the report): their squares would overflow the statistics.
+MAX_VALUE = 1e50
 
 
-def _jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Job records of one folder (each with ``dir``, its run folder), from the job directories
-    (fresh), else from a ``summary.csv`` alone (no ``dir``)."""
-    jobs = collect_jobs(sweep_dir)
-    if jobs:
-        return [{**job, "dir": sweep_dir / job["job"], "sweep": sweep_dir} for job in jobs]
+def metric_value(value: Any) -> float | None:
+    """``value`` as a finite float of at most :data:`MAX_VALUE` in size, else None (text, NaN,
+    infinities, ``10**400``, ``1e308``): what the report computes with."""
+    v = finite(value)
+    return v if v is not None and abs(v) <= MAX_VALUE else None
+
+
+_float = metric_value
+
+
+def _summary_file(sweep_dir: Path) -> Path:
+    """The folder's ``summary.csv``, checked before it is read: a regular file inside the folder
+    of at most :data:`MAX_SUMMARY_BYTES` (else a one-line error)."""
     path = sweep_dir / SUMMARY_CSV
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise SystemExit(
-            f"error: {sweep_dir} holds no sweep jobs (no */.hydra/overrides.yaml) and no {SUMMARY_CSV}; "
+            f"error: {short(sweep_dir)} holds no sweep jobs (no */.hydra/overrides.yaml) and no {SUMMARY_CSV}; "
             "pass the directory a multirun wrote (python -m dyconv.train -m ... prints it)"
         )
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    if not inside(path, sweep_dir):
+        raise SystemExit(f"error: {short(path)} is a link out of the sweep folder; not followed (copy the file "
+                         "into the folder if you trust it)")
+    if not path.is_file():
+        raise SystemExit(f"error: {short(path)} is not a regular file; pass a sweep folder with job folders or a "
+                         f"{SUMMARY_CSV}")
+    size = path.stat().st_size
+    if size > MAX_SUMMARY_BYTES:
+        raise SystemExit(f"error: {short(path)} is {size_text(size)}, more than the {size_text(MAX_SUMMARY_BYTES)} "
+                         "a report reads; report the folder with its job folders instead")
+    return path
+
+
+def _summary_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Job records from a ``summary.csv`` alone (no ``dir``), read row by row; cells escaped by
+    the summary (:func:`~dyconv.runs.handed.csv_cell`) are read back as written."""
+    path = _summary_file(sweep_dir)
     out = []
-    for row in rows:
-        overrides = row.get("overrides", "").split()
-        metrics = {k: v for k, v in ((k, _float(v)) for k, v in row.items() if "/" in k) if v is not None}
-        out.append({"job": row.get("job", ""), "status": row.get("status", ""), "overrides": overrides,
-                    "metrics": metrics, "error": row.get("error", ""), "dir": None, "sweep": sweep_dir})
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_SUMMARY_BYTES)  # a long field (an error text) is bounded by the file's size
+    try:
+        with open(path, newline="", encoding="utf-8", errors="backslashreplace") as f:
+            for raw in csv.DictReader(f):
+                row = {csv_uncell(str(k)): csv_uncell(v) if isinstance(v, str) else "" for k, v in raw.items()
+                       if k is not None}
+                metrics = {k: v for k, v in ((k, _float(v)) for k, v in row.items() if "/" in k) if v is not None}
+                out.append({"job": row.get("job", ""), "status": row.get("status", ""),
+                            "overrides": row.get("overrides", "").split(), "metrics": metrics,
+                            "error": row.get("error", ""), "dir": None, "sweep": sweep_dir, "notes": []})
+    except csv.Error as e:
+        raise SystemExit(f"error: {short(path)} is not a readable CSV file ({short(e, 120)})") from None
+    finally:
+        csv.field_size_limit(limit)
     return out
+
+
+def _jobs(sweep_dir: Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Job records of one folder (each with ``dir``, its run folder), from the job directories
+    (fresh), else from a ``summary.csv`` alone (no ``dir``); job folders not read are added to
+    ``skipped``."""
+    jobs, not_read = scan_jobs(sweep_dir)
+    if skipped is not None:
+        skipped += not_read
+    if jobs:
+        return [{**job, "dir": sweep_dir / job["job"], "sweep": sweep_dir} for job in jobs]
+    if not_read and not (sweep_dir / SUMMARY_CSV).exists():
+        raise SystemExit(f"error: {short(sweep_dir)} has no job folder that can be read ({not_read[0]})")
+    return _summary_jobs(sweep_dir)
 
 
 def _task_of(sweep_dir: Path) -> str | None:
@@ -121,9 +166,16 @@ def check_sweep_dirs(sweep_dirs: Sequence[Path]) -> None:
 
 def load_jobs(sweep_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The jobs of every folder, folder by folder in the order given, each in its sweep order."""
+    return load_sweeps(sweep_dirs)[0]
+
+
+def load_sweeps(sweep_dirs: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`load_jobs` and the job folders that were not read (a link out of a folder: one line
+    each). Each job's ``notes`` name its files not read and values left out."""
     dirs = [Path(d) for d in sweep_dirs]
     check_sweep_dirs(dirs)
-    return [job for d in dirs for job in _jobs(d)]
+    skipped: list[str] = []
+    return [job for d in dirs for job in _jobs(d, skipped)], skipped
 
 
 def pick_metric(jobs: Sequence[dict[str, Any]], metric: str | None) -> str:
@@ -132,7 +184,7 @@ def pick_metric(jobs: Sequence[dict[str, Any]], metric: str | None) -> str:
     if metric:
         if metric not in available:
             raise SystemExit(f"error: metric {metric!r} is in no job's metrics; "
-                             f"available: {', '.join(sorted(available))}")
+                             f"available: {short(', '.join(sorted(available)))}")
         return metric
     for name in DEFAULT_METRICS:
         if name in available:
@@ -157,8 +209,8 @@ def group_jobs(jobs: Sequence[dict[str, Any]], metric: str) -> tuple[list[Group]
     defaults: list[str] | None = None
     where: dict[tuple[Any, ...], tuple[Any, str]] = {}
     for job in jobs:
-        if job["status"] != "completed" or metric not in job["metrics"]:
-            continue
+        if job["status"] != "completed" or _float(job["metrics"].get(metric)) is None:
+            continue  # a NaN or infinite metric: left out (build_report names it)
         excluded = job.get("exclude_keys")
         if excluded is None:
             if defaults is None:
@@ -171,17 +223,19 @@ def group_jobs(jobs: Sequence[dict[str, Any]], metric: str) -> tuple[list[Group]
         name = str(job.get("dir") or job["job"])
         first = where.setdefault((key, seed), (job.get("sweep"), name))
         if first[0] != job.get("sweep"):
-            raise SystemExit(f"error: {name} repeats {first[1]} (same overrides and seed {seed or '-'}); "
+            raise SystemExit(f"error: {short(name)} repeats {short(first[1])} (same overrides and seed "
+                             f"{short(seed, 40) or '-'}); "
                              "pass each run once (leave one of the folders out)")
         g = groups.setdefault(key, Group(key))
         m = job["metrics"]
-        g.values.append(float(m[metric]))
+        g.values.append(float(m[metric]))  # finite: checked above
         g.seeds.append(seed)
         if job.get("dir") is not None:
             g.job_dirs.append(Path(job["dir"]))
         for attr, metric_name in (("params", "model/params"), ("gflops", "model/gflops"), ("fit_s", "time/fit_s")):
-            if metric_name in m:
-                getattr(g, attr).append(float(m[metric_name]))
+            value = _float(m.get(metric_name))
+            if value is not None:
+                getattr(g, attr).append(value)
     keys = sorted({k for key in groups for k, _ in key})
     varying = [k for k in keys if len({dict(key).get(k) for key in groups}) > 1]
     return list(groups.values()), varying
