@@ -146,7 +146,7 @@ def _eval_overrides(*args: str) -> dict:
     return to_plain(cfg.data)
 
 
-def test_a_checkpoints_worker_count_and_batch_sizes_are_capped_to_the_machine(dynamic_ckpt, tmp_path):
+def test_a_checkpoints_worker_count_and_batch_sizes_are_capped_to_the_machine(dynamic_ckpt, tmp_path, caplog):
     """The issue's attack: data.num_workers=48 made eval start 48 DataLoader workers."""
     ckpt = _edited(dynamic_ckpt, tmp_path / "greedy.ckpt", data__num_workers=48, data__batch_size=10**9,
                    data__eval_batch_size=10**9)
@@ -154,6 +154,7 @@ def test_a_checkpoints_worker_count_and_batch_sizes_are_capped_to_the_machine(dy
     dm = run.datamodule(_eval_overrides())
     cores = available_cores()
     assert cores < 48 and dm.num_workers == cores
+    assert f"Using data.num_workers={cores}, not the checkpoint's 48" in caplog.text
     assert dm.batch_size == dm.eval_batch_size == MAX_STORED_BATCH
     assert run.config["data"]["num_workers"] == 48  # recorded as stored
     # The command line still sets them, above the caps too.
@@ -193,9 +194,15 @@ def test_a_checkpoints_data_root_is_read_only_to_the_tools(dynamic_ckpt, tmp_pat
     assert "\n" not in text and f"data.root={victim} comes from the checkpoint" in text
     assert "pass data.root=<a folder of yours>" in text and "Delete" not in text
     assert _snapshot(victim) == before
-    # Turning downloads on from the command line does not make the stored root writable either.
+    # Turning downloads on, or unpacking a local copy, from the command line does not make the
+    # stored root writable either.
     with pytest.raises(ConfigError, match="comes from the checkpoint"):
         run.datamodule(_eval_overrides("data.download=true")).prepare_data()
+    system = tmp_path / "system"
+    system.mkdir()
+    (system / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=f"comes from the checkpoint.*the files of {system} are decompressed"):
+        run.datamodule(_eval_overrides(f"data.system_dir={system}")).prepare_data()
     assert _snapshot(victim) == before
     # A root the command line names is the user's: prepared there as usual.
     mine = tmp_path / "mine"
@@ -232,3 +239,22 @@ def test_a_missing_mnist1d_cache_is_not_generated_at_a_checkpoints_root(tmp_path
     with pytest.raises(ConfigError, match="generated MNIST-1D arrays are cached in"):
         dm.prepare_data()
     assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("stored_sbd", [False, True])
+def test_a_checkpoints_voc_folders_are_read_only_to_the_tools(stored_sbd, tmp_path):
+    """Archive datasets: a download the command line turns on never writes into a folder the
+    checkpoint names (root, or VOC+SBD's sbd_root while the command line moves root)."""
+    theirs, mine = tmp_path / "theirs", tmp_path / "mine"
+    theirs.mkdir()
+    overrides = ["data=voc_sbd", "model=deeplabv3plus", f"data.root={theirs}"]
+    if stored_sbd:
+        overrides.append(f"data.sbd_root={theirs / 'sbd'}")
+    run = load_trained_run(make_checkpoint(tmp_path / "voc.ckpt", overrides))
+    cli = ["data.download=true"] + ([f"data.root={mine}"] if stored_sbd else [])
+    dm = run.datamodule(_eval_overrides(*cli))
+    assert dm.read_only and dm.download
+    key = "data.sbd_root" if stored_sbd else "data.root"
+    with pytest.raises(ConfigError, match=rf"{key}=\S+ comes from the checkpoint.*downloads"):
+        dm.prepare_data()
+    assert list(theirs.iterdir()) == [] and not mine.exists()

@@ -187,7 +187,7 @@ class MNIST1DDataModule(BaseDataModule):
             return
         check_data_root(self.root, layout=_LAYOUT, folders=(folder,),
                         writes=f"the generated MNIST-1D arrays are cached in {self.cache_path}",
-                        read_only=self.read_only)
+                        read_only="data.root" in self.read_only)
         arrays = generate_mnist1d(self.args)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.cache_path, _cache_bytes(arrays, self.args))

@@ -29,7 +29,7 @@ from dyconv.utils.plain import to_plain
 __all__ = ["DATA_PATH_KEYS", "TrainedRun", "load_trained_run"]
 
 #: The data config keys that name folders. Those a checkpoint sets are read-only to the tools
-#: (``read_only`` on the DataModule) unless the command line names them.
+#: (the DataModule's ``read_only``) unless the command line names them.
 DATA_PATH_KEYS = ("root", "sbd_root")
 
 
@@ -52,9 +52,9 @@ class TrainedRun:
         dyconv write data or use more than this machine: ``download`` is off and FashionMNIST's
         ``system_dir`` (a local copy it unpacks into ``root``) unset unless an override sets them,
         worker counts and batch sizes are capped
-        (:func:`~dyconv.runs.checkpoint_values.capped_resources`), and the DataModule is
-        ``read_only`` (``prepare_data`` refuses to write) unless the overrides name every folder
-        it uses (``root``, and ``sbd_root`` where the checkpoint sets one)."""
+        (:func:`~dyconv.runs.checkpoint_values.capped_resources`), and the folders it takes from
+        the checkpoint (``root``, ``sbd_root``) are ``read_only`` (``prepare_data`` refuses to
+        write there); those the overrides name are the user's."""
         kept = {k: v for k, v in (overrides or {}).items() if v is not None}
         stored = dict(self.config["data"])
         # A checkpoint never makes dyconv fetch or write data (its root may name any folder); the
@@ -68,7 +68,8 @@ class TrainedRun:
         data_cfg = to_plain(merged, resolve=False)
         check_section("data", data_cfg, self.ckpt_path)  # what gets built is still one of dyconv's datamodules
         datamodule = instantiate(data_cfg)
-        datamodule.read_only = any(k in stored and stored[k] is not None and k not in kept for k in DATA_PATH_KEYS)
+        datamodule.read_only = frozenset(f"data.{k}" for k in DATA_PATH_KEYS
+                                         if stored.get(k) is not None and k not in kept)
         return datamodule
 
 
