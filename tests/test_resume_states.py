@@ -68,6 +68,14 @@ ATTACKS = {
     "temperature a string": (_set(("callbacks", "TemperatureScheduler", "current"), "hot"),
                              "current is 'hot', not a temperature"),
     "loops an int": (_set(("loops",), 3), "loops is 3"),
+    "rng_states an int": (_set(("rng_states",), 5), "rng_states is 5, not the python, numpy and torch"),
+    "a short python generator state": (_set(("rng_states", "python", "state"), [1, 2]),
+                                       "rng_states.python.state has 2 entries, not 625"),
+    "a torch generator state of text": (_set(("rng_states", "torch"), "x"), "rng_states.torch is a str"),
+    "a training metric of the wrong shape": (
+        _set(("dyconv_train_epoch", "metrics", "train_metrics.train/acc_top5", "state", "tp"), torch.zeros(7)),
+        "state.tp is [7], this run's metric holds shape [10]"),
+    "a training epoch without metrics": (_set(("dyconv_train_epoch",), {"epoch": 0}), "dyconv_train_epoch is a"),
 }
 
 
@@ -103,3 +111,24 @@ def test_cli_resume_from_malformed_states_is_one_line(cli, real_ckpt, tmp_path):
     assert "Traceback" not in proc.stderr and "AttributeError" not in proc.stderr
     assert f"error: refusing to resume {evil}: its optimizer_states[0] is 5" in proc.stderr, proc.stderr[-2000:]
     assert not Path(run_dir, "checkpoints").exists()
+
+
+def test_states_are_checked_by_structure_when_the_optimizer_cannot_be_built_on_meta(real_ckpt, tmp_path, monkeypatch):
+    """An optimizer option the meta device lacks (say fused=true) must not block a good resume;
+    the structure is still checked."""
+    from dyconv.runs import resume_states
+
+    def cannot(run_config):
+        raise RuntimeError("fused=True requires all the params to be CUDA tensors")
+
+    monkeypatch.setattr(resume_states, "expected_states", cannot)
+    path = tmp_path / "x.ckpt"
+    torch.save(real_ckpt, path)
+    assert check_resume(path, real_ckpt["dyconv"]["config"]) == real_ckpt["global_step"]
+    for name in ("optimizer_states=[5]", "unknown schedule kind", "a scheduler's optimizer replaced",
+                 "no best_model_score"):
+        ckpt = copy.deepcopy(real_ckpt)
+        ATTACKS[name][0](ckpt)
+        torch.save(ckpt, path)
+        with pytest.raises(ConfigError, match="refusing to resume"):
+            check_resume(path, ckpt["dyconv"]["config"])

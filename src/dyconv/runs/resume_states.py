@@ -12,6 +12,7 @@ part in one line.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from hydra.utils import instantiate
 from dyconv.errors import ConfigError
 
 __all__ = ["SCHEDULE_KINDS", "check_training_states", "expected_states"]
+
+log = logging.getLogger(__name__)
 
 #: The decay shapes :class:`dyconv.tasks.schedulers.ScheduleFn` knows.
 SCHEDULE_KINDS = frozenset({"constant", "cosine", "poly", "linear", "multistep"})
@@ -89,10 +92,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def expected_states(run_config: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """This launch's fresh optimizer state (with ``"shapes"``: parameter id -> shape) and its
-    lr-scheduler states (a list, as Lightning stores them), built from ``run_config`` on the
-    ``meta`` device as ``train`` builds them."""
+def expected_states(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """This launch's fresh states, built from ``run_config`` on the ``meta`` device as ``train``
+    builds them: ``optimizer`` (with ``"shapes"``: parameter id -> shape), ``lr_schedulers`` (a
+    list, as Lightning stores them) and ``train_epoch`` (training-metric name -> state name ->
+    shape, what ``dyconv_train_epoch`` restores)."""
     from dyconv.runs.rebuild import _no_pretrained  # the same rule as the tools: no weight fetching
 
     task_cfg = dict(run_config["task"])
@@ -112,10 +116,13 @@ def expected_states(run_config: Mapping[str, Any]) -> tuple[dict[str, Any], list
     state = optimizer.state_dict()
     params = chain.from_iterable(g["params"] for g in optimizer.param_groups)  # the order state_dict numbers them
     state["shapes"] = {i: p.shape for i, p in enumerate(params)}
-    return state, [s.state_dict() for s in schedulers]
+    train_epoch = {key: {name: tuple(v.shape) for name, v in m.metric_state.items() if isinstance(v, torch.Tensor)}
+                   for key, m in task._train_epoch_members().items()}
+    return {"optimizer": state, "lr_schedulers": [s.state_dict() for s in schedulers], "train_epoch": train_epoch}
 
 
-def _check_optimizer(stored: Any, fresh: dict[str, Any]) -> None:
+def _check_optimizer(stored: Any, fresh: dict[str, Any] | None) -> None:
+    """``fresh``: this launch's optimizer state (None: check the structure only)."""
     if not isinstance(stored, list) or len(stored) != 1:
         raise _Broken(f"optimizer_states is {_short(stored)}, not a list holding this run's one optimizer state")
     state = stored[0]
@@ -123,7 +130,10 @@ def _check_optimizer(stored: Any, fresh: dict[str, Any]) -> None:
     if not isinstance(state, Mapping) or not isinstance(state.get("state"), Mapping) \
             or not isinstance(state.get("param_groups"), list):
         raise _Broken(f"{where} is {_short(state)}, not an optimizer state ('state' and 'param_groups')")
-    groups, fresh_groups = state["param_groups"], fresh["param_groups"]
+    groups = state["param_groups"]
+    if fresh is None:
+        fresh = {"param_groups": [None] * len(groups), "shapes": None}
+    fresh_groups = fresh["param_groups"]
     if len(groups) != len(fresh_groups):
         raise _Broken(f"{where}.param_groups has {len(groups)} groups, this run's optimizer has {len(fresh_groups)}")
     shapes: dict[int, torch.Size] = {}
@@ -132,6 +142,9 @@ def _check_optimizer(stored: Any, fresh: dict[str, Any]) -> None:
         params = group.get("params") if isinstance(group, Mapping) else None
         if not isinstance(params, list) or any(type(p) is not int for p in params):
             raise _Broken(f"{here} has no list of parameter ids")
+        if fresh_group is None:
+            shapes.update(dict.fromkeys(params))
+            continue
         if len(params) != len(fresh_group["params"]):
             raise _Broken(f"{here} holds {len(params)} parameters, this run's has {len(fresh_group['params'])}")
         _like({k: v for k, v in group.items() if k != "params"},
@@ -147,25 +160,76 @@ def _check_optimizer(stored: Any, fresh: dict[str, Any]) -> None:
             raise _Broken(f"{where}.state[{pid}] is {_short(entry)}, not a mapping")
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                if value.dim() and tuple(value.shape) != tuple(shapes[pid]):
+                if value.dim() and shapes[pid] is not None and tuple(value.shape) != tuple(shapes[pid]):
                     raise _Broken(f"{where}.state[{pid}].{name} has shape {list(value.shape)}, the parameter "
                                   f"{list(shapes[pid])}")
             elif not _plain_scalar(value):
                 raise _Broken(f"{where}.state[{pid}].{name} is {_short(value)}, not a tensor or number")
 
 
-def _check_schedulers(stored: Any, fresh: list[dict[str, Any]]) -> None:
-    if not isinstance(stored, list) or len(stored) != len(fresh):
-        raise _Broken(f"lr_schedulers is {_short(stored)}, this run has {len(fresh)} scheduler(s)")
-    for i, (state, fresh_state) in enumerate(zip(stored, fresh, strict=True)):
+def _check_schedulers(stored: Any, fresh: list[dict[str, Any]] | None) -> None:
+    """``fresh``: this launch's scheduler states (None: check the structure only)."""
+    if not isinstance(stored, list) or (fresh is not None and len(stored) != len(fresh)):
+        raise _Broken(f"lr_schedulers is {_short(stored)}, this run has {len(fresh or ())} scheduler(s)")
+    for i, state in enumerate(stored):
         where = f"lr_schedulers[{i}]"
         if not isinstance(state, Mapping):
             raise _Broken(f"{where} is {_short(state)}, not a scheduler state")
-        _like(state, fresh_state, where)
+        if fresh is not None:
+            _like(state, fresh[i], where)
+        else:
+            bad = next((k for k in state if k in _NEVER_SET or type(k) is not str or k.startswith("__")), None)
+            if bad is not None:
+                raise _Broken(f"{where} holds {bad!r}, which no scheduler state has")
+            if not isinstance(state.get("lr_lambdas", []), list):
+                raise _Broken(f"{where}.lr_lambdas is {_short(state['lr_lambdas'])}, not a list")
         for j, fn in enumerate(state.get("lr_lambdas") or []):
             if isinstance(fn, Mapping) and "kind" in fn and fn["kind"] not in SCHEDULE_KINDS:
                 raise _Broken(f"{where}.lr_lambdas[{j}].kind is {_short(fn['kind'])}, not one of "
                               f"{sorted(SCHEDULE_KINDS)}")
+
+
+def _check_train_epoch(stored: Any, fresh: Mapping[str, Mapping[str, tuple[int, ...]]] | None) -> None:
+    """``dyconv_train_epoch``: the training metrics' sums at the checkpoint (restored into them)."""
+    if stored is None:
+        return
+    where = "dyconv_train_epoch"
+    if not isinstance(stored, Mapping) or type(stored.get("epoch")) is not int \
+            or not isinstance(stored.get("metrics"), Mapping):
+        raise _Broken(f"{where} is {_short(stored)}, not an epoch and its metrics' states")
+    for key, saved in stored["metrics"].items():
+        here = f"{where}.metrics[{str(key)[:60]!r}]"
+        if not isinstance(saved, Mapping) or type(saved.get("update_count")) is not int \
+                or not isinstance(saved.get("state"), Mapping):
+            raise _Broken(f"{here} is {_short(saved)}, not a metric's update_count and state")
+        shapes = (fresh or {}).get(key, {})
+        for name, value in saved["state"].items():
+            if name in shapes and (not isinstance(value, torch.Tensor) or tuple(value.shape) != shapes[name]):
+                shown = list(value.shape) if isinstance(value, torch.Tensor) else _short(value)
+                raise _Broken(f"{here}.state.{name} is {shown}, this run's metric holds shape {list(shapes[name])}")
+
+
+def _check_rng(stored: Any, key: str) -> None:
+    """``rng_states`` (one process) or ``rng_states_per_rank`` (a list of them), as
+    :func:`dyconv.callbacks.rng.set_rng_states` restores them."""
+    from dyconv.callbacks.rng import get_rng_states
+
+    fresh = get_rng_states()
+    fresh.pop("cuda", None)
+    states = stored if key == "rng_states_per_rank" else [stored]
+    if not isinstance(states, list):
+        raise _Broken(f"{key} is {_short(stored)}, not a list of generator states")
+    for i, state in enumerate(states):
+        where = key if key == "rng_states" else f"{key}[{i}]"
+        if not isinstance(state, Mapping) or any(k not in state for k in fresh):
+            raise _Broken(f"{where} is {_short(state)}, not the python, numpy and torch generator states")
+        _like({k: state[k] for k in fresh}, fresh, where)
+        if len(state["python"].get("state", ())) != len(fresh["python"]["state"]):
+            raise _Broken(f"{where}.python.state has {len(state['python']['state'])} entries, not "
+                          f"{len(fresh['python']['state'])}")
+        cuda = state.get("cuda")
+        if cuda is not None and not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda)):
+            raise _Broken(f"{where}.cuda is {_short(cuda)}, not a list of generator states")
 
 
 _SCORE = "a number, a 0-d tensor or null"
@@ -222,9 +286,18 @@ def check_training_states(checkpoint: Mapping[str, Any], run_config: Mapping[str
             raise _Broken(f"loops is {_short(loops)}, not a mapping of loop states")
         _check_callbacks(checkpoint.get("callbacks"))
         if "optimizer_states" in checkpoint or "lr_schedulers" in checkpoint:
-            optimizer, schedulers = expected_states(run_config)
-            _check_optimizer(checkpoint.get("optimizer_states"), optimizer)
-            _check_schedulers(checkpoint.get("lr_schedulers", []), schedulers)
+            try:
+                fresh: dict[str, Any] = expected_states(run_config)
+            except Exception as e:  # say, an optimizer option the meta device lacks (fused=true)
+                log.info("Checking the training states of %s by their structure only (this run's optimizer cannot "
+                         "be built on the meta device: %s: %s)", source, type(e).__name__, str(e)[:200])
+                fresh = {}
+            _check_optimizer(checkpoint.get("optimizer_states"), fresh.get("optimizer"))
+            _check_schedulers(checkpoint.get("lr_schedulers", []), fresh.get("lr_schedulers"))
+            _check_train_epoch(checkpoint.get("dyconv_train_epoch"), fresh.get("train_epoch"))
+        for key in ("rng_states", "rng_states_per_rank"):
+            if checkpoint.get(key) is not None:
+                _check_rng(checkpoint[key], key)
     except _Broken as e:
         raise ConfigError(f"refusing to resume {source}: its {e}; the checkpoint is damaged or was edited, resume "
                           "from another one (ckpt_path=<file>) or start a new run (run_name=<new name>)") from None
