@@ -23,6 +23,7 @@ import torch
 from hydra.utils import instantiate
 
 from dyconv.errors import ConfigError
+from dyconv.runs.rebuild import _no_pretrained  # the tools' rule: a stored pretrained flag fetches nothing
 
 __all__ = ["SCHEDULE_KINDS", "check_training_states", "expected_states"]
 
@@ -97,8 +98,6 @@ def expected_states(run_config: Mapping[str, Any]) -> dict[str, Any]:
     builds them: ``optimizer`` (with ``"shapes"``: parameter id -> shape), ``lr_schedulers`` (a
     list, as Lightning stores them) and ``train_epoch`` (training-metric name -> state name ->
     shape, what ``dyconv_train_epoch`` restores)."""
-    from dyconv.runs.rebuild import _no_pretrained  # the same rule as the tools: no weight fetching
-
     task_cfg = dict(run_config["task"])
     task_cfg["compile"] = False
     scheduler_cfg = run_config.get("scheduler")
