@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from dyconv.cli import CONF_DIR, removing_stub, route_lightning_logs, run_job, tool_main
 from dyconv.config import resolved_config, to_plain
 from dyconv.errors import ConfigError
+from dyconv.runs.disks import naming_full_disk
 from dyconv.runs.layout import METRICS_FILE
 from dyconv.runs.rebuild import load_trained_run
 from dyconv.runtime import tune_malloc
@@ -73,7 +74,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             record = {"ckpt_path": str(run.ckpt_path), "split": cfg.split, "metrics": metrics,
                       "epoch": run.checkpoint.get("epoch"), "global_step": run.checkpoint.get("global_step"),
                       "config": resolved_config(cfg)}
-            result = write_result(Path(cfg.paths.output_dir), json.dumps(record, indent=2))
+            out = Path(cfg.paths.output_dir)
+            with naming_full_disk(out, "the evaluation's metrics.json", "free some space there, or pass "
+                                  "hydra.run.dir=<a folder on another disk>; the checkpoint is untouched"):
+                result = write_result(out, json.dumps(record, indent=2))
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
             print(f"Evaluated {run.ckpt_path} on {cfg.split}: {shown}")
             print(f"Results: {result}")

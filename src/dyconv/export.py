@@ -68,6 +68,7 @@ from dyconv.cli import (
 )
 from dyconv.errors import ConfigError, DyconvError
 from dyconv.layers.dynamic_conv import DynamicConvNd, export_batch
+from dyconv.runs.disks import export_disk_guard
 from dyconv.utils.files import atomic_write_text
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "export_model", "normalization_of", "verify_export"]
@@ -592,7 +593,7 @@ def export_checkpoint(
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra job: export ``cfg.ckpt_path`` and print where the files are. A refusal removes
     the folder Hydra made if it holds nothing else (see the module docstring)."""
-    with removing_stub(cfg, "export"):
+    with removing_stub(cfg, "export"), export_disk_guard(cfg):
         return _run_export(cfg)
 
 

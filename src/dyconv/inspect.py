@@ -66,6 +66,7 @@ from dyconv.config import resolved_config, to_plain
 from dyconv.errors import ConfigError
 from dyconv.layers import dynamic_layers
 from dyconv.layers.routing import ROUTINGS
+from dyconv.runs.disks import check_writable, naming_full_disk
 from dyconv.runs.layout import RESOLVED_CONFIG
 from dyconv.runs.rebuild import load_trained_run
 from dyconv.runtime import tune_malloc
@@ -387,6 +388,11 @@ def run_inspection(cfg: DictConfig) -> Inspection:
         torch.manual_seed(int(cfg.seed))
         overrides = to_plain(cfg.get("data")) or {}
         max_batches = cfg.get("max_batches")
+        # A single run writes beside its Hydra files (hydra.run.dir: output_dir, or its first unused
+        # <output_dir>+N); a multirun's jobs run in the sweep's folders and write to output_dir.
+        single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+        out = Path(HydraConfig.get().runtime.output_dir) if single else Path(cfg.output_dir).expanduser().absolute()
+        check_writable(out, "output_dir")  # before computing anything
         result = inspect_checkpoint(
             cfg.ckpt_path,
             cfg.split,
@@ -396,11 +402,9 @@ def run_inspection(cfg: DictConfig) -> Inspection:
             data_overrides=overrides,
             device=str(cfg.device),
         )
-        # A single run writes beside its Hydra files (hydra.run.dir: output_dir, or its first unused
-        # <output_dir>+N); a multirun's jobs run in the sweep's folders and write to output_dir.
-        single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
-        out = Path(HydraConfig.get().runtime.output_dir) if single else Path(cfg.output_dir).expanduser().absolute()
-        write_outputs(result, out, cfg)
+        with naming_full_disk(out, "the inspection's files", "free some space there, or pass output_dir=<a folder "
+                              "on another disk>; nothing of an earlier inspection was replaced"):
+            write_outputs(result, out, cfg)
         print(format_report(result), flush=True)
         return result
 

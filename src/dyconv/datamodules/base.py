@@ -87,6 +87,10 @@ class BaseDataModule(L.LightningDataModule):
     #: Per-channel normalisation of pixels in [0, 1] (exported with models for serving).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    #: The folder keys (``"data.root"``, ``"data.sbd_root"``) whose value eval/inspect/export took
+    #: from a checkpoint: ``prepare_data`` refuses (one line) anything it would write there
+    #: (decompress, download, cache).
+    read_only: frozenset[str] = frozenset()
 
     def __init__(
         self,

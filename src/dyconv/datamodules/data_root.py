@@ -128,6 +128,7 @@ def check_data_root(
     folders: Sequence[Path] = (),
     writes: str | Callable[[], str | None] | None = None,
     key: str = "data.root",
+    read_only: bool = False,
 ) -> None:
     """Raise :class:`~dyconv.errors.ConfigError` when ``root`` cannot hold the dataset; nothing is created.
 
@@ -144,10 +145,13 @@ def check_data_root(
             into it"``), or a callable returning that or None (called once the folders are known
             to be readable): they must then be creatable and writable. None: read only.
         key: the config key named in the message.
+        read_only: ``root`` came from a checkpoint (eval, inspect, export): anything ``writes``
+            names is refused, in one line, whether or not the folder could be written.
 
     Raises:
         ConfigError: ``root`` (or a folder above or below it that is needed) is a file, or a folder
-            cannot be read, created or written (permission denied, read-only file system).
+            cannot be read, created or written (permission denied, read-only file system), or is
+            ``read_only`` and something is to be written there.
     """
     root = Path(root)
     layout_text = _layout_block(layout)
@@ -176,6 +180,12 @@ def check_data_root(
         writes = writes()
     if not writes:
         return
+    if read_only:
+        raise ConfigError(
+            f"{key}={root} comes from the checkpoint, and eval/inspect/export never write where a checkpoint says, "
+            f"but {writes}: pass {key}=<a folder of yours> on the command line, or prepare the dataset there with "
+            "python -m dyconv.train"
+        )
     for _, p in found:
         if os.access(p, os.W_OK | os.X_OK):
             continue
@@ -197,6 +207,7 @@ def check_archive_root(
     writing: bool,
     folders: Sequence[Path] = (),
     key: str = "data.root",
+    read_only: bool = False,
 ) -> None:
     """:func:`check_data_root` for a dataset :func:`download_and_extract` fetches as ``archive``
     into ``dataset_dir`` (``folders``: default ``root`` and ``dataset_dir``). With ``writing``
@@ -209,7 +220,7 @@ def check_archive_root(
         return f"data.download=true downloads {archive.filename} ({archive.size}) and extracts it there"
 
     check_data_root(root, layout=layout, folders=tuple(folders) or (root, dataset_dir),
-                    writes=writes if writing else None, key=key)
+                    writes=writes if writing else None, key=key, read_only=read_only)
 
 
 def _write_denied(p: Path) -> str:

@@ -157,7 +157,7 @@ class ImagenetteDataModule(BaseDataModule):
         """Refuse a ``root`` that cannot hold the dataset folder (a file, unreadable, or unwritable
         when ``writing`` and a download is due) in one message, before anything is touched."""
         check_archive_root(self.root, self.folder, self.archive, layout=self._layout(), download=self.download,
-                           writing=writing)
+                           writing=writing, read_only="data.root" in self.read_only)
 
     def prepare_data(self) -> None:
         self.check_root(writing=True)

@@ -147,7 +147,8 @@ class MNISTDataModule(BaseDataModule):
         """Refuse a ``root`` that cannot hold ``raw_dir`` (a file, unreadable, or unwritable when
         ``writing`` and files are to be written) in one message, before anything is touched."""
         writes = self._writes if writing else None
-        check_data_root(self.root, layout=self.LAYOUT, folders=(self.raw_dir,), writes=writes)
+        check_data_root(self.root, layout=self.LAYOUT, folders=(self.raw_dir,), writes=writes,
+                        read_only="data.root" in self.read_only)
 
     def prepare_data(self) -> None:
         """Decompress ``.gz`` files already there; download the missing ones when ``download`` is set."""

@@ -186,7 +186,8 @@ class MNIST1DDataModule(BaseDataModule):
         if self._cached() is not None:
             return
         check_data_root(self.root, layout=_LAYOUT, folders=(folder,),
-                        writes=f"the generated MNIST-1D arrays are cached in {self.cache_path}")
+                        writes=f"the generated MNIST-1D arrays are cached in {self.cache_path}",
+                        read_only="data.root" in self.read_only)
         arrays = generate_mnist1d(self.args)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.cache_path, _cache_bytes(arrays, self.args))

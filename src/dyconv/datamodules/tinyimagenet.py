@@ -209,7 +209,7 @@ class TinyImageNetDataModule(BaseDataModule):
         """Refuse a ``root`` that cannot hold ``tiny-imagenet-200/`` (a file, unreadable, or
         unwritable when ``writing`` and a download is due) in one message, before anything is touched."""
         check_archive_root(self.root, self.folder, self.ARCHIVE, layout=_LAYOUT, download=self.download,
-                           writing=writing)
+                           writing=writing, read_only="data.root" in self.read_only)
 
     def prepare_data(self) -> None:
         self.check_root(writing=True)

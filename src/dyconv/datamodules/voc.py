@@ -265,7 +265,7 @@ class VOCDataModule(BaseDataModule):
         """Refuse a ``root`` that cannot hold ``VOCdevkit/VOC2012`` (a file, unreadable, or unwritable
         when ``writing`` and a download is due) in one message, before anything is touched."""
         check_archive_root(self.root, self.voc_dir, self.VOC_ARCHIVE, layout=_VOC_LAYOUT, download=self.download,
-                           writing=writing)
+                           writing=writing, read_only="data.root" in self.read_only)
 
     def prepare_data(self) -> None:
         self.check_root(writing=True)
@@ -313,7 +313,8 @@ class VOCSBDDataModule(VOCDataModule):
         super().check_root(writing=writing)
         named = self.sbd_root if self._sbd_key == "data.sbd_root" else self.root
         check_archive_root(named, self.sbd_root, self.SBD_ARCHIVE, layout=_SBD_LAYOUT, download=self.download,
-                           writing=writing, folders=(self.sbd_root.parent, self.sbd_root), key=self._sbd_key)
+                           writing=writing, folders=(self.sbd_root.parent, self.sbd_root), key=self._sbd_key,
+                           read_only=self._sbd_key in self.read_only)
 
     def _sbd_ids(self) -> list[str]:
         """SBD train + val ids (deduplicated, in file order); raises if anything is missing."""

@@ -124,6 +124,8 @@ def init_weights(
     Norms: weight 1, bias 0. Linear layers: ``normal(0, linear_std)`` and zero bias if
     ``linear_std`` is given (MobileNets), else left at PyTorch's default (ResNet).
     """
+    if any(p.is_meta for p in model.parameters()):  # built for a shape check: nothing to fill (and per kernel, slow)
+        return
     skip: set[int] = set()
     for m in model.modules():
         if isinstance(m, DynamicConvNd):

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from dyconv.errors import RunDirectoryError, hydra_full_key
+from dyconv.runs.disks import refuse_unwritable_hydra_folder
 from dyconv.runs.launch import remove_planted_links
 from dyconv.runs.layout import HYDRA_DIR, HYDRA_LAUNCH_FILES, STATUS_FILE, TOOL_FOLDERS, run_dir_of
 from dyconv.runs.state import read_completed
@@ -56,6 +57,7 @@ class PlantedLinkGuard(Callback):
         return (*_HYDRA_WRITES, f"{task}.log")
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        refuse_unwritable_hydra_folder(config)  # a read-only folder: one line, not Hydra's OSError traceback
         # Hydra only warns about an error raised here, so links are removed, never refused.
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir", default="")))
         if not str(folder):
@@ -71,6 +73,7 @@ class PlantedLinkGuard(Callback):
             remove_planted_links(folder, self._names(config))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        refuse_unwritable_hydra_folder(config, sweep=True)
         sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="")))
         if not (str(sweep) and sweep.is_dir()):
             return

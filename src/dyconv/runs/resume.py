@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from dyconv.errors import ConfigError, RunDirectoryError
 from dyconv.runs.checkpoint import checkpoint_config, load_checkpoint, not_a_checkpoint_file
 from dyconv.runs.layout import LAST_CHECKPOINT, METRICS_FILE, checkpoint_dir
+from dyconv.runs.resume_states import check_training_states
 from dyconv.runs.state import read_completed
 
 __all__ = ["DATA_KEYS_FREE_TO_CHANGE", "already_finished", "check_resume", "config_differences", "resolve_ckpt_path"]
@@ -109,7 +110,9 @@ def already_finished(cfg: DictConfig, output_dir: Path) -> dict[str, float] | No
 
 def check_resume(ckpt_path: str | os.PathLike, run_config: Mapping[str, Any]) -> int:
     """Load the checkpoint a run resumes from (data only, its stored config checked) and refuse
-    it when its model/data config differs from this launch's; returns its global step."""
+    it when its model/data config differs from this launch's, or when its optimizer, scheduler,
+    callback or loop states are malformed
+    (:func:`~dyconv.runs.resume_states.check_training_states`); returns its global step."""
     resumed = load_checkpoint(ckpt_path)
     step = int(resumed.get("global_step", 0))
     diffs = config_differences(checkpoint_config(resumed, ckpt_path), run_config)
@@ -118,4 +121,5 @@ def check_resume(ckpt_path: str | os.PathLike, run_config: Mapping[str, Any]) ->
             f"refusing to resume {ckpt_path} with a different model/data config:\n  " + "\n  ".join(diffs)
             + "\nresume with the original settings, or start a new run (run_name=<new name>)"
         )
+    check_training_states(resumed, run_config, ckpt_path)
     return step
