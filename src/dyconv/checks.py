@@ -15,9 +15,9 @@ from dyconv.errors import ConfigError
 __all__ = [
     "check_global_batch",
     "check_multirun_ddp",
-    "check_trainable",
     "check_run_length",
     "check_sizes",
+    "check_trainable",
     "launched_externally",
     "open_ended",
     "validate_config",
@@ -115,7 +115,8 @@ def open_ended(cfg: DictConfig) -> bool:
     ``max_time``): it trains until it is stopped."""
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
-    return epochs == -1 and (steps is None or steps < 0) and OmegaConf.select(cfg, "trainer.max_time", default=None) is None
+    timed = OmegaConf.select(cfg, "trainer.max_time", default=None) is not None
+    return epochs == -1 and (steps is None or steps < 0) and not timed
 
 
 def check_run_length(cfg: DictConfig) -> None:

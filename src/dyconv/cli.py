@@ -53,9 +53,13 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return fn(cfg)
     except RunStopped as e:  # a signal stops the whole launch (a sweep too), with a non-zero code
-        log.error("%s", e)
-        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        log.error("%s", e)  # the run's log file, and the console where Hydra's logging has one
+        if not _logs_to_console():
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C before or after training (Lightning handles it during fit/test)
+        print("stopped: interrupted by Ctrl-C (SIGINT)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except Exception as e:
         if is_disk_full(e) and not isinstance(e, DyconvError):  # metrics, logs, configs: the cause, plainly
             where = getattr(e, "filename", None) or OmegaConf.select(
@@ -69,6 +73,12 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             log.error("%s", user_message(e))
             raise
         raise SystemExit(f"error: {user_message(e)}") from None
+
+
+def _logs_to_console() -> bool:
+    """Whether the root logger (Hydra's job logging) writes to the console."""
+    return any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               and getattr(h, "stream", None) in (sys.stdout, sys.stderr) for h in logging.getLogger().handlers)
 
 
 def is_user_error(e: BaseException) -> bool:
