@@ -271,3 +271,18 @@ def test_ctrl_c_names_the_resume_point_and_a_resume_has_a_quiet_console(tmp_path
     log_file = (run_dir / "train.log").read_text()
     assert "Seed set to 42" in log_file and "Restored all states" in log_file
     assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")[-1] == "ckpt_path=last"
+
+
+def test_the_end_summary_names_the_wandb_run_offline_and_online(tmp_path):
+    """W&B (offline: the run's folder and the command that uploads it; online: its URL). The W&B
+    run is stood in for (``wandb.init`` takes a minute here); MLflow is covered by the real run above."""
+    from types import SimpleNamespace
+
+    from dyconv.runs.loggers import ResumableWandbLogger, logger_outputs
+
+    lg = ResumableWandbLogger(save_dir=str(tmp_path), offline=True, project="dyconv")
+    lg._experiment = SimpleNamespace(url=None, sync_dir=str(tmp_path / "wandb" / "offline-run-1"))
+    assert logger_outputs([lg]) == [("W&B", f"{tmp_path}/wandb/offline-run-1 (offline; upload: wandb sync "
+                                            f"{tmp_path}/wandb/offline-run-1)")]
+    lg._experiment = SimpleNamespace(url="https://wandb.ai/me/dyconv/runs/abc", sync_dir="x")
+    assert logger_outputs([lg]) == [("W&B", "https://wandb.ai/me/dyconv/runs/abc")]
