@@ -283,7 +283,7 @@ def test_sweep_job_folder_names_fit_the_file_system():
     """A job's folder is named from its overrides; a long list (15 overrides made 356 bytes,
     'File name too long' before any training) is cut and ends with a hash of the whole name."""
     from dyconv.config import register_resolvers
-    from dyconv.runs.layout import MAX_JOB_DIRNAME, job_dirname
+    from dyconv.runs.layout import MAX_JOB_DIRNAME, job_dirname, legacy_job_dirname
 
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -301,5 +301,7 @@ def test_sweep_job_folder_names_fit_the_file_system():
         "callbacks.temperature.key0-0__callbacks.temperature.key10-10__callbacks.temperature.key11-11__")
     assert job_dirname(long_a) == names[1]  # stable: a relaunch finds the same folder
     assert "/" not in job_dirname(["data.cache=/tmp/x"])  # no nested folders
-    assert job_dirname(["data.cache=/tmp/x"]).startswith("data.cache-_tmp_x-")
-    assert len(job_dirname(["seed=" + "é" * 300]).encode()) <= MAX_JOB_DIRNAME  # cut on a character boundary
+    assert job_dirname(["data.cache=/tmp/x"]).startswith("data.cache-tmp_x-")
+    legacy = legacy_job_dirname([f"note='{'é' * 300}'"])  # an earlier version's name: cut on a character boundary
+    assert len(legacy.encode()) <= MAX_JOB_DIRNAME and legacy.startswith("note='éé") and legacy[-13] == "-"
+    assert len(job_dirname([f"note='{'é' * 300}'"]).encode()) <= MAX_JOB_DIRNAME

@@ -99,7 +99,8 @@ def test_sweep_job_folders_have_no_equals_or_commas_and_never_share_a_name():
     names = [job_dirname(o) for o in odd]
     assert len(set(names)) == len(names)
     assert not any(c in n for n in names for c in "=,[]'\"/ ")
-    assert names[3] == "a-b__c-d" and names[2].startswith("a-b__c-d-")  # the one read two ways carries a hash
+    assert names[0].startswith("data.splits-256_64_64-")  # readable, and a hash: characters were replaced
+    assert names[3] == "a-b__c-d" and names[2].startswith("a-b_c-d-")
 
 
 def test_a_sweep_checkpoint_path_is_a_plain_command_line_value(tmp_path):

@@ -73,7 +73,13 @@ def run_dir_of(ckpt_path: str | os.PathLike[str]) -> str:
 #: What a job folder name keeps of a key and of a value; any other character becomes ``_``.
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
 _VALUE = re.compile(r"[A-Za-z0-9.+@%-]+(?:_[A-Za-z0-9.+@%-]+)*")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.+@%-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+@%-]+")
+
+
+def _readable(text: str) -> str:
+    """``text`` with each run of other characters (and of ``_``) as one ``_``, none at the ends:
+    ``[256,64,64]`` -> ``256_64_64``; a name it changed ends with a hash (:func:`job_dirname`)."""
+    return _UNSAFE.sub("_", text).strip("_")
 
 
 def _fit(name: str, whole: str) -> str:
@@ -97,9 +103,10 @@ def _parsed(overrides: Sequence[str], exclude_keys: Sequence[str]) -> list[Any]:
 def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
     """A sweep job's folder name from its overrides: ``key-value`` items joined by ``__``
     (``arm-cnn1d_static__seed-3``; a ``+`` before a key is left out), so that a path through the
-    folder can be typed as a command-line value (no ``=`` or ``,``). A character other than
-    letters, digits and ``_ . + @ % -`` becomes ``_``, and then, or when a key or value could
-    be read two ways, the name ends with a hash of the overrides: two jobs never share a folder.
+    folder can be typed as a command-line value (no ``=`` or ``,``). Other characters than
+    letters, digits and ``_ . + @ % -`` become ``_`` (``data.splits-256_64_64``), and then, or
+    when a key or value could be read two ways, the name ends with a hash of the overrides: two
+    jobs never share a folder.
     A name over :data:`MAX_JOB_DIRNAME` bytes is cut and ends with that hash. The same overrides
     always give the same name, so a relaunch finds its jobs again."""
     items, exact = [], True
@@ -108,7 +115,7 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
         value = "" if o.is_delete() else str(o.get_value_element_as_str())
         exact = exact and not o.is_delete() and bool(_KEY.fullmatch(key) and _VALUE.fullmatch(value))
         exact = exact and "__" not in key
-        items.append(f"{_UNSAFE.sub('_', key)}-{_UNSAFE.sub('_', value)}")
+        items.append(f"{_readable(key)}-{_readable(value)}")
     whole = "\n".join(str(o) for o in overrides)
     name = "__".join(items) or "job"
     if not exact:
