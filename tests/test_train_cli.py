@@ -187,7 +187,7 @@ def test_fast_dev_run_every_classification_model(cli, tmp_path):
         "sweep_name=sweep",
         *QUIET,
     )
-    jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model-*"))  # job folders: key-value__key-value
+    jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model-*"))  # key-value__key-value
     assert len(jobs) == len(models)
     for job in jobs:
         m = _metrics(job)
