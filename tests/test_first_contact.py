@@ -287,3 +287,15 @@ def test_the_end_summary_names_the_wandb_run_offline_and_online(tmp_path):
                                             f"{tmp_path}/wandb/offline-run-1)")]
     lg._experiment = SimpleNamespace(url="https://wandb.ai/me/dyconv/runs/abc", sync_dir="x")
     assert logger_outputs([lg]) == [("W&B", "https://wandb.ai/me/dyconv/runs/abc")]
+
+
+def test_profile_refuses_an_option_it_does_not_have_in_one_line():
+    from dyconv.profile import parse_args
+
+    for arg in ("+foo=1", "model=resnet10", "+model=resnet10"):
+        with pytest.raises(SystemExit) as info:
+            parse_args([arg])
+        message = str(info.value.code)
+        assert "\n" not in message and message.startswith(f"dyconv.profile: {arg.split('=')[0]} is not an option")
+        assert "it takes models, batch, rounds" in message
+    assert parse_args(["models=resnet10", "rounds=2"])["rounds"] == 2
