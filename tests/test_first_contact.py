@@ -299,3 +299,14 @@ def test_profile_refuses_an_option_it_does_not_have_in_one_line():
         assert "\n" not in message and message.startswith(f"dyconv.profile: {arg.split('=')[0]} is not an option")
         assert "it takes models, batch, rounds" in message
     assert parse_args(["models=resnet10", "rounds=2"])["rounds"] == 2
+
+
+def test_lightning_logs_once_even_when_a_tool_imports_lightning_after_routing():
+    """inspect and export load Lightning only when they rebuild the checkpoint, after they route
+    its logs: the console handler Lightning adds on import must not come back (every line twice)."""
+    code = ("import logging; from dyconv.utils.console import route_lightning_logs; route_lightning_logs(); "
+            "import lightning.pytorch; names = ('lightning', 'lightning.pytorch', 'lightning.fabric'); "
+            "print(sum(len(logging.getLogger(n).handlers) for n in names), "
+            "all(logging.getLogger(n).propagate for n in names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "True"]
