@@ -100,6 +100,9 @@ def test_sweep_job_folders_have_no_equals_or_commas_and_never_share_a_name():
     assert len(set(names)) == len(names)
     assert not any(c in n for n in names for c in "=,[]'\"/ ")
     assert names[0].startswith("data.splits-256_64_64-")  # readable, and a hash: characters were replaced
+    relaunch = job_dirname(["ckpt_path=last", "data.splits=[256,64,64]", "trainer.devices=2"],
+                           exclude_keys=["ckpt_path", "trainer.devices"])
+    assert relaunch == names[0]  # the hash covers only what names the job: a relaunch finds its folder
     assert names[3] == "a-b__c-d" and names[2].startswith("a-b_c-d-")
 
 

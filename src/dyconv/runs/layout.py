@@ -110,13 +110,14 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
     A name over :data:`MAX_JOB_DIRNAME` bytes is cut and ends with that hash. The same overrides
     always give the same name, so a relaunch finds its jobs again."""
     items, exact = [], True
-    for o in _parsed(overrides, exclude_keys):
+    kept = _parsed(overrides, exclude_keys)
+    for o in kept:
         key = str(o.key_or_group) + (f"@{o.package}" if o.package else "")
         value = "" if o.is_delete() else str(o.get_value_element_as_str())
         exact = exact and not o.is_delete() and bool(_KEY.fullmatch(key) and _VALUE.fullmatch(value))
         exact = exact and "__" not in key
         items.append(f"{_readable(key)}-{_readable(value)}")
-    whole = "\n".join(str(o) for o in overrides)
+    whole = "\n".join(str(o.input_line) for o in kept)  # what names the job: not ckpt_path=last & co.
     name = "__".join(items) or "job"
     if not exact:
         name = f"{name}-{hashlib.sha256(whole.encode()).hexdigest()[:12]}"
