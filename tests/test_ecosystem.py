@@ -283,21 +283,25 @@ def test_sweep_job_folder_names_fit_the_file_system():
     """A job's folder is named from its overrides; a long list (15 overrides made 356 bytes,
     'File name too long' before any training) is cut and ends with a hash of the whole name."""
     from dyconv.config import register_resolvers
-    from dyconv.runs.layout import MAX_JOB_DIRNAME, job_dirname
+    from dyconv.runs.layout import MAX_JOB_DIRNAME, job_dirname, legacy_job_dirname
 
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", return_hydra_config=True)
-    long_a = ",".join(f"callbacks.temperature.key{i}={i}" for i in range(15)) + ",seed=1"
-    long_b = long_a[:-1] + "2"
+    long_a = [f"callbacks.temperature.key{i}={i}" for i in range(15)] + ["seed=1"]
+    long_b = [*long_a[:-1], "seed=2"]
     names = []
-    for dirname in ("model=dy_resnet10,seed=1", long_a, long_b):
-        OmegaConf.update(cfg, "hydra.job.override_dirname", dirname, force_add=True)
+    for overrides in (["model=dy_resnet10", "seed=1"], long_a, long_b):
+        OmegaConf.update(cfg, "hydra.overrides.task", overrides, force_add=True)
         names.append(OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"])
-    assert names[0] == "model=dy_resnet10,seed=1"  # short names unchanged
-    assert len(long_a.encode()) > 255
+    assert names[0] == "model-dy_resnet10__seed-1"  # short names: readable, no = or ,
+    assert len(",".join(long_a).encode()) > 255
     assert all(len(n.encode()) <= MAX_JOB_DIRNAME for n in names[1:])
-    assert names[1] != names[2] and names[1].startswith(long_a[:100])  # distinct jobs, readable start
+    assert names[1] != names[2] and names[1].startswith(  # distinct jobs, readable start
+        "callbacks.temperature.key0-0__callbacks.temperature.key10-10__callbacks.temperature.key11-11__")
     assert job_dirname(long_a) == names[1]  # stable: a relaunch finds the same folder
-    assert job_dirname("data.cache=/tmp/x") == "data.cache=_tmp_x"  # no nested folders
-    assert len(job_dirname("é" * 300).encode()) <= MAX_JOB_DIRNAME  # cut on a character boundary
+    assert "/" not in job_dirname(["data.cache=/tmp/x"])  # no nested folders
+    assert job_dirname(["data.cache=/tmp/x"]).startswith("data.cache-tmp_x-")
+    legacy = legacy_job_dirname([f"note='{'é' * 300}'"])  # an earlier version's name: cut on a character boundary
+    assert len(legacy.encode()) <= MAX_JOB_DIRNAME and legacy.startswith("note='éé") and legacy[-13] == "-"
+    assert len(job_dirname([f"note='{'é' * 300}'"]).encode()) <= MAX_JOB_DIRNAME

@@ -135,9 +135,9 @@ def test_multirun_gives_each_job_its_own_complete_directory(cli, tmp_path):
     assert "optimizer.lr must be > 0" in proc.stdout + proc.stderr
     sweep = tmp_path / "logs" / "train" / "multiruns" / "sweep"
     done = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
-    assert [p.name.split("model=")[1].split(",")[0] for p in done] == ["dy_simple_cnn", "simple_cnn"]
+    assert [p.name.split("__model-")[1].split("__")[0] for p in done] == ["dy_simple_cnn", "simple_cnn"]
     for job in done:
-        assert "optimizer.lr=0.05" in job.name
+        assert "__optimizer.lr-0.05__" in job.name
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert (job / ".hydra" / "config.yaml").is_file()
         assert "test/acc" in _metrics(job)
@@ -187,7 +187,7 @@ def test_fast_dev_run_every_classification_model(cli, tmp_path):
         "sweep_name=sweep",
         *QUIET,
     )
-    jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model=*"))
+    jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model-*"))  # key-value__key-value
     assert len(jobs) == len(models)
     for job in jobs:
         m = _metrics(job)

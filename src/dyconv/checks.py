@@ -15,8 +15,11 @@ from dyconv.errors import ConfigError
 __all__ = [
     "check_global_batch",
     "check_multirun_ddp",
+    "check_run_length",
+    "check_sizes",
     "check_trainable",
     "launched_externally",
+    "open_ended",
     "validate_config",
     "world_size",
 ]
@@ -64,9 +67,82 @@ def _check_types(cfg: DictConfig) -> None:
         raise ConfigError(f"deterministic must be true, false or warn, got {cfg.deterministic!r}")
 
 
+#: Sizes a run may ask for, inclusive: ``(low, high, what)``; outside them a run would fail deep
+#: inside a layer (an interpolation to 0 pixels) or try to allocate terabytes.
+SIZE_RANGES: dict[str, tuple[float, float, str]] = {
+    "data.image_size": (8, 4096, "pixels"),
+    "data.eval_size": (8, 4096, "pixels"),
+    "model.width_mult": (1 / 64, 16, ""),
+    "model.backbone_width_mult": (1 / 64, 16, ""),
+    "model.num_kernels": (1, 64, "kernels per dynamic layer"),
+    "data.eval_batch_size": (1, 65536, "images"),
+}
+
+
+def _in_range(key: str, value: Any) -> None:
+    low, high, what = SIZE_RANGES[key]
+    whole = "width_mult" not in key
+    allowed = f"{low:g} to {high:g}{' ' + what if what else ''}"
+    if key == "data.eval_batch_size":
+        allowed += ", or null (= data.batch_size)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        raise ConfigError(f"{key} must be {'a whole number' if whole else 'a number'}: {allowed}; got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key}={value:g} is out of range: allowed {allowed}")
+
+
+def check_sizes(cfg: DictConfig) -> None:
+    """Image sides, width multipliers, kernel counts and eval batch sizes in their
+    :data:`SIZE_RANGES` (null: the model's or data's own default); a ``num_kernels`` list or
+    ``{glob: K}`` mapping is checked per entry."""
+    for key in SIZE_RANGES:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if value is None:
+            continue
+        if key == "model.num_kernels" and OmegaConf.is_config(value):
+            entries = value.values() if OmegaConf.is_dict(value) else value
+            for k in entries:
+                _in_range(key, k)
+            continue
+        _in_range(key, value)
+    workers = _number(cfg, "data.num_workers")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0 (0: load in the main process), got {int(workers)}")
+
+
+def open_ended(cfg: DictConfig) -> bool:
+    """Whether the run has no length: ``trainer.max_epochs=-1`` with no ``max_steps`` (nor
+    ``max_time``): it trains until it is stopped."""
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    timed = OmegaConf.select(cfg, "trainer.max_time", default=None) is not None
+    return epochs == -1 and (steps is None or steps < 0) and not timed
+
+
+def check_run_length(cfg: DictConfig) -> None:
+    """A learning-rate schedule spans the run, so it needs the run's length: ``trainer.max_epochs
+    =-1`` (no epoch limit) is refused with a schedule unless the schedule's own ``total_steps``
+    is set or (per-step schedules) ``trainer.max_steps`` bounds the run. With ``scheduler=none``
+    it is how to ask for a run that trains until stopped (:func:`open_ended`)."""
+    if OmegaConf.select(cfg, "trainer.max_epochs", default=None) != -1:
+        return
+    schedule = OmegaConf.select(cfg, "scheduler.scheduler", default=None)
+    if not OmegaConf.is_dict(schedule) or schedule.get("total_steps") is not None:
+        return
+    per_step = OmegaConf.select(cfg, "scheduler.interval", default="epoch") == "step"
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if per_step and steps is not None and steps > 0:
+        return
+    name = str(schedule.get("_target_", "")).rsplit(".", 1)[-1] or "the schedule"
+    bound = "trainer.max_epochs=N or trainer.max_steps=N" if per_step else "trainer.max_epochs=N"
+    raise ConfigError(f"trainer.max_epochs=-1 (no epoch limit) leaves the learning-rate schedule ({name}) without "
+                      f"a length: set {bound}, or scheduler=none to train until stopped")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Catch impossible settings before anything is built, with the fix in the message."""
     _check_types(cfg)
+    check_sizes(cfg)
     lr = _number(cfg, "optimizer.lr")
     if lr is not None and lr <= 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {lr}; e.g. optimizer.lr=0.05")
@@ -93,6 +169,7 @@ def validate_config(cfg: DictConfig) -> None:
     max_epochs = _number(cfg, "trainer.max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {int(max_epochs)}")
+    check_run_length(cfg)
     batch = _number(cfg, "data.batch_size")
     if batch is not None:
         check_global_batch(int(batch), world_size(cfg))

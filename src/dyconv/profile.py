@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 
 from dyconv.cli import quiet_console
 from dyconv.config import CONF_DIR, to_plain
@@ -73,6 +74,16 @@ def _check_out(path: str) -> None:
         raise SystemExit(f"dyconv.profile: out={path} is a folder; name a Markdown file")
 
 
+def _refuse_unknown_option(key: str) -> None:
+    """One line for a key ``conf/profile.yaml`` does not have (``+foo=1`` would be ignored,
+    ``model=resnet10`` gets Hydra's advice to add it with ``+``), naming the options."""
+    options = list(OmegaConf.load(os.path.join(CONF_DIR, "profile.yaml")))
+    name = key.strip().lstrip("+~")
+    if name not in options:
+        raise SystemExit(f"dyconv.profile: {key.strip()} is not an option; it takes {', '.join(options)} "
+                         "(key=value, e.g. models=resnet10,dy_resnet10)")
+
+
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """The options: ``conf/profile.yaml`` composed with the command-line overrides (Hydra's compose
     API), then checked. ``models=a,b`` is read as the list ``[a,b]``; ``--no-tune-malloc`` as
@@ -87,6 +98,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         key, sep, value = arg.partition("=")
         if sep and key.strip() == "models" and "," in value and not value.startswith("["):
             arg = f"models=[{value}]"
+        _refuse_unknown_option(key)
         overrides.append(arg)
     try:
         with initialize_config_dir(CONF_DIR, version_base="1.3"):

@@ -75,13 +75,15 @@ def check_writable(folder: str | os.PathLike[str], key: str) -> None:
                           "(nothing was computed)")
 
 
-def refuse_unwritable_hydra_folder(config: Any, sweep: bool = False) -> None:
+def refuse_unwritable_hydra_folder(config: Any, sweep: bool = False, folder: Any = None) -> None:
     """Before Hydra writes a launch's ``.hydra/`` files and ``<task>.log``: exit with one line
     naming the folder when they cannot be written there (a read-only disk or folder). Hydra turns
     an exception raised in a callback into a warning and then fails with its own traceback, so
-    this exits (``SystemExit``, as the tools' user errors do)."""
+    this exits (``SystemExit``, as the tools' user errors do). ``folder``: the launch folder already
+    resolved (the Hydra callback resolves it with Hydra's config set); by default read from ``config``."""
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
-    folder = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+    if folder is None:
+        folder = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
     if not folder:
         return
     task = OmegaConf.select(config, "task_name", default=None) or OmegaConf.select(config, "hydra.job.name",

@@ -1,5 +1,7 @@
 """dyconv's Hydra callbacks (``conf/hydra/default.yaml``), in one module:
 
+- :class:`LaunchChecks`: a training launch whose config :func:`~dyconv.checks.validate_config`
+  refuses stops in one line before Hydra makes its run folder;
 - :class:`PlantedLinkGuard`: before Hydra writes a launch's files into an existing run or sweep
   folder, links planted at those names are removed, never written through;
 - :class:`SweepSummary`: each sweep job records its status (``job_status.json``) and refreshes
@@ -8,11 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from dyconv.errors import RunDirectoryError, hydra_full_key
+from dyconv.checks import validate_config
+from dyconv.errors import ConfigError, RunDirectoryError, hydra_full_key
 from dyconv.runs.disks import refuse_unwritable_hydra_folder
 from dyconv.runs.launch import remove_planted_links
 from dyconv.runs.layout import HYDRA_DIR, HYDRA_LAUNCH_FILES, STATUS_FILE, TOOL_FOLDERS, run_dir_of
@@ -30,7 +36,7 @@ from dyconv.runs.state import read_completed
 from dyconv.runs.sweeps import HISTORY_DIR, read_json, write_summary
 from dyconv.utils.files import atomic_write_text, free_name
 
-__all__ = ["PlantedLinkGuard", "SweepSummary"]
+__all__ = ["LaunchChecks", "PlantedLinkGuard", "SweepSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,23 @@ log = logging.getLogger(__name__)
 _HYDRA_WRITES = (HYDRA_DIR, *(f"{HYDRA_DIR}/{name}" for name in HYDRA_LAUNCH_FILES), STATUS_FILE)
 #: Where ``dyconv.train`` records each launch that started (:func:`~dyconv.runs.launch.keep_launch_config`).
 _LAUNCHES = Path(HYDRA_DIR) / "launches"
+
+
+class LaunchChecks(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``, first): a single training run's config is
+    checked (:func:`~dyconv.checks.validate_config`: sizes, run length, batch, ...) before Hydra
+    makes the run folder or writes anything, and a refusal ends the launch in one line. Hydra
+    turns an exception raised by a callback into a warning, so the refusal is a ``SystemExit``.
+    (A sweep's jobs are checked by ``dyconv.train`` in each job, whose folder is then removed.)"""
+
+    def on_run_start(self, config: Any, config_name: str | None = None, **kwargs: Any) -> None:
+        if config_name != "train":
+            return
+        try:
+            with _hydra_config_set(config) as resolvable:
+                validate_config(resolvable)
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
 
 
 class PlantedLinkGuard(Callback):
@@ -57,12 +80,12 @@ class PlantedLinkGuard(Callback):
         return (*_HYDRA_WRITES, f"{task}.log")
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        refuse_unwritable_hydra_folder(config)  # a read-only folder: one line, not Hydra's OSError traceback
         # Hydra only warns about an error raised here, so links are removed, never refused.
-        folder = Path(str(OmegaConf.select(config, "hydra.run.dir", default="")))
-        if not str(folder):
+        folder = _resolved_path(config, "hydra.run.dir")
+        refuse_unwritable_hydra_folder(config, folder=folder)  # read-only: one line, not Hydra's OSError traceback
+        if folder is None:
             return
-        ckpt = OmegaConf.select(config, "ckpt_path", default=None)
+        ckpt = OmegaConf.select(config, "ckpt_path", default=None, throw_on_resolution_failure=False)
         if OmegaConf.select(config, "task_name", default=None) in TOOL_FOLDERS and ckpt:
             # <run>/export, <run>/eval/<x>, <run>/inspect/<x>: folders a handed run holds, derived
             # from where its checkpoint is; a link there would put the tool's files anywhere.
@@ -73,15 +96,45 @@ class PlantedLinkGuard(Callback):
             remove_planted_links(folder, self._names(config))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        refuse_unwritable_hydra_folder(config, sweep=True)
-        sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="")))
-        if not (str(sweep) and sweep.is_dir()):
+        sweep = _resolved_path(config, "hydra.sweep.dir")
+        refuse_unwritable_hydra_folder(config, sweep=True, folder=sweep)
+        if sweep is None or not sweep.is_dir():
             return
         remove_planted_links(sweep, ("multirun.yaml",))
         names = self._names(config)
+        # Every job folder there (a relaunch's jobs, and folders an earlier naming left): a job
+        # folder may be a link (to a larger disk), the files Hydra writes inside it may not.
         for job in sweep.iterdir():
-            if job.is_dir() and not job.is_symlink():
+            if job.is_dir():
                 remove_planted_links(job, names)
+
+
+@contextlib.contextmanager
+def _hydra_config_set(config: Any) -> Iterator[Any]:
+    """A copy of a launch's config whose ``${hydra:...}`` interpolations resolve: Hydra calls the
+    run and multirun callbacks before it sets :class:`HydraConfig` (the default ``run_name`` uses
+    ``${hydra:runtime.choices.model}``); the previous HydraConfig comes back afterwards."""
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    try:
+        config = copy.deepcopy(config)  # set_config makes its `hydra` node read-only
+        instance.set_config(config)
+        yield config
+    finally:
+        instance.cfg = previous
+
+
+def _resolved_path(config: Any, key: str) -> Path | None:
+    """``key`` of a launch's config resolved as Hydra will resolve it (:func:`_hydra_config_set`).
+    None when it does not resolve (Hydra then stops the launch with its own message before it
+    writes anything)."""
+    try:
+        with _hydra_config_set(config) as resolvable:
+            value = OmegaConf.select(resolvable, key, default=None)
+    except Exception as e:
+        log.debug("could not resolve %s: %s", key, e)
+        return None
+    return Path(str(value)) if value else None
 
 
 def _launches(run_dir: Path) -> set[str]:

@@ -12,6 +12,7 @@ import importlib.util
 import io
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from dyconv.errors import ConfigError
 from dyconv.utils.files import atomic_write_text
 
-__all__ = ["ResumableCSVLogger", "ResumableMLFlowLogger", "ResumableWandbLogger", "stored_run_id"]
+__all__ = ["ResumableCSVLogger", "ResumableMLFlowLogger", "ResumableWandbLogger", "logger_outputs", "stored_run_id"]
 
 
 def _require(module: str, extra: str) -> None:
@@ -136,6 +137,11 @@ class ResumableMLFlowLogger(MLFlowLogger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         new = not self._initialized
+        if new and self._run_id is None and self._experiment_id is None:
+            # A first run creates its experiment quietly (Lightning warns "not found. Creating it.").
+            found = self._mlflow_client.get_experiment_by_name(self._experiment_name)
+            self._experiment_id = found.experiment_id if found is not None else self._mlflow_client.create_experiment(
+                name=self._experiment_name, artifact_location=self._artifact_location)
         client = super().experiment
         if new and self._run_id is not None:
             _store_run_id(self._id_file, self._run_id)
@@ -149,3 +155,21 @@ class ResumableMLFlowLogger(MLFlowLogger):
             if not params:
                 return
         super().log_hyperparams(params)
+
+
+def logger_outputs(loggers: Sequence[Any]) -> list[tuple[str, str]]:
+    """Where each logger of a finished run put its output, as (name, place) pairs for the end
+    summary: TensorBoard's and the CSV logger's folders (named by their class), the MLflow store and run, the W&B run's
+    folder (offline, with the command that uploads it) or its URL."""
+    out: list[tuple[str, str]] = []
+    for lg in loggers:
+        if isinstance(lg, MLFlowLogger):
+            out.append(("MLflow", f"{lg._tracking_uri} (experiment {lg._experiment_name!r}, run {lg.run_id})"))
+        elif isinstance(lg, WandbLogger):
+            run = lg.experiment
+            url = getattr(run, "url", None)
+            sync_dir = getattr(run, "sync_dir", None) or getattr(run, "dir", "")
+            out.append(("W&B", str(url) if url else f"{sync_dir} (offline; upload: wandb sync {sync_dir})"))
+        elif getattr(lg, "log_dir", None):
+            out.append((type(lg).__name__, str(lg.log_dir)))
+    return out

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from dyconv.checks import check_multirun_ddp, check_trainable, validate_config, world_size
+from dyconv.checks import check_multirun_ddp, check_trainable, open_ended, validate_config, world_size
 from dyconv.errors import RunStopped
 from dyconv.runs.checkpoint_io import AtomicCheckpointIO, checkpoint_dirs, refuse_linked_folders
 from dyconv.runs.launch import prepare_run_dir, restore_launch_files
@@ -31,6 +32,7 @@ from dyconv.runs.layout import (
     RESOLVED_CONFIG,
     checkpoint_dir,
 )
+from dyconv.runs.loggers import logger_outputs
 from dyconv.runs.resume import already_finished, check_resume, resolve_ckpt_path
 from dyconv.runs.state import RunLock, process_rank, remove_stub_on_error, write_completed
 from dyconv.runtime import tune_malloc
@@ -79,6 +81,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with remove_stub_on_error(output_dir, rank, stub_files):
             validate_config(cfg)
             check_multirun_ddp(cfg)
+        if open_ended(cfg) and rank == 0:
+            log.warning("trainer.max_epochs=-1 without trainer.max_steps or max_time: this run trains until it is "
+                        "stopped (Ctrl-C or SIGTERM; resume with the same command + ckpt_path=last)")
         # Only the launching process (rank 0) locks: the ranks it starts share the directory.
         with RunLock(output_dir) if rank == 0 else contextlib.nullcontext():
             run = _Run(cfg, output_dir, rank)
@@ -141,6 +146,10 @@ class _Run:
         make_task = instantiate(cfg.task, _partial_=True, _convert_="all")
         task: L.LightningModule = make_task(model=self.model, optimizer=optimizer, scheduler=scheduler,
                                             run_config=self.run_config)
+        shape = _input_shape(self.datamodule)
+        if shape and not cfg.get("compile", False):
+            # One input lets Lightning's model summary count the FLOPs (else it prints "Total FLOPs: 0").
+            task.example_input_array = torch.zeros(1, *shape)
 
         callbacks = _instantiate_dict(cfg.get("callbacks"))
         if OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True) is False:
@@ -177,10 +186,17 @@ class _Run:
         try:
             if cfg.get("train", True):
                 start = time.perf_counter()
-                trainer.fit(task, datamodule=datamodule, ckpt_path=self.ckpt_path)
+                with warnings.catch_warnings():
+                    # dyconv refuses a launch into a folder with checkpoints unless it resumes them
+                    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                    trainer.fit(task, datamodule=datamodule, ckpt_path=self.ckpt_path)
                 fit_s = time.perf_counter() - start
         except SIGTERMException:
             raise _stopped(trainer, output_dir) from None
+        except SystemExit:  # Lightning ends a run interrupted by Ctrl-C with sys.exit(1)
+            if trainer.interrupted:
+                raise _stopped(trainer, output_dir, "Ctrl-C (SIGINT)") from None
+            raise
         if trainer.received_sigterm:
             raise _stopped(trainer, output_dir)
         metrics = _scalar_metrics(trainer)
@@ -206,6 +222,10 @@ class _Run:
                     trainer.test(task, datamodule=datamodule, ckpt_path=best)
             except SIGTERMException:
                 raise _stopped(trainer, output_dir) from None
+            except SystemExit:
+                if trainer.interrupted:
+                    raise _stopped(trainer, output_dir, "Ctrl-C (SIGINT)") from None
+                raise
             metrics.update(_scalar_metrics(trainer))
 
         if trainer.is_global_zero:
@@ -222,22 +242,52 @@ def _scalar_metrics(trainer: Any) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
 
 
-def _stopped(trainer: Any, output_dir: Path) -> RunStopped:
+#: Exit codes of a stopped run: 128 + the signal, what shells and schedulers expect.
+_SIGINT_EXIT = 130
+
+
+def _saved_at(path: Path) -> tuple[int, int] | None:
+    """The (epoch, global step) a checkpoint holds, read without loading its tensors; None when
+    it cannot be read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["epoch"]), int(ckpt["global_step"])
+    except Exception:
+        return None
+
+
+def _stopped(trainer: Any, output_dir: Path, cause: str = "SIGTERM") -> RunStopped:
+    """The one-line message of a run stopped by a signal: where it stopped, and where ``last.ckpt``
+    (what ``ckpt_path=last`` resumes from) stands, which can be earlier (written each epoch)."""
     last = checkpoint_dir(output_dir) / LAST_CHECKPOINT
-    saved = f"the last checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-    return RunStopped(
-        f"run stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}; {saved}. "
-        "Resume with the same command + ckpt_path=last"
-    )
+    saved = _saved_at(last) if last.is_file() else None
+    if saved is not None:
+        where = (f"{last} holds epoch {saved[0]}, step {saved[1]}: resume from there with the same command "
+                 "+ ckpt_path=last")
+    elif last.is_file():
+        where = f"the last checkpoint is {last}: resume with the same command + ckpt_path=last"
+    else:
+        where = "no checkpoint was written yet: the same command starts it again"
+    error = RunStopped(f"run stopped by {cause} at epoch {trainer.current_epoch}, step {trainer.global_step}; {where}")
+    if cause != "SIGTERM":
+        error.exit_code = _SIGINT_EXIT
+    return error
+
+
+def _input_shape(datamodule: Any) -> tuple[int, ...] | None:
+    """One sample's shape: (C, S, S) from the data's image size, or the datamodule's own
+    ``input_shape`` (MNIST-1D's (1, 40)); None when the data does not say."""
+    shape = getattr(datamodule, "input_shape", None)
+    size, channels = getattr(datamodule, "image_size", None), getattr(datamodule, "in_channels", None)
+    if shape is None and size and channels:
+        shape = (channels, size, size)
+    return tuple(int(s) for s in shape) if shape else None
 
 
 def _model_stats(model: Any, datamodule: Any) -> dict[str, float]:
     """Parameters and GFLOPs (one input at the data's size) that every run reports in metrics.json."""
     stats: dict[str, float] = {"model/params": float(count_params(model))}
-    size, channels = getattr(datamodule, "image_size", None), getattr(datamodule, "in_channels", None)
-    shape = getattr(datamodule, "input_shape", None)  # one sample's shape where not (C, S, S): MNIST-1D's (1, 40)
-    if shape is None and size and channels:
-        shape = (channels, size, size)
+    shape = _input_shape(datamodule)
     if shape:
         stats["model/gflops"] = count_flops(model, (1, *shape)) / 1e9
     return stats
@@ -248,9 +298,8 @@ def _print_summary(output_dir: Path, trainer: Any, metrics: dict[str, float]) ->
     ckpt_dir = checkpoint_dir(output_dir)
     if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         lines.append(f"Checkpoints:     {ckpt_dir}  (resume: same command + ckpt_path=last)")
-    for lg in trainer.loggers:
-        if getattr(lg, "log_dir", None):
-            lines.append(f"{type(lg).__name__ + ':':<16} {lg.log_dir}")
+    for name, place in logger_outputs(trainer.loggers):
+        lines.append(f"{name + ':':<16} {place}")
     lines.append(f"Resolved config: {output_dir / HYDRA_DIR / RESOLVED_CONFIG}")
     lines.append(f"Metrics:         {output_dir / METRICS_FILE}")
     shown = {k: v for k, v in metrics.items() if k.startswith("test/")} or {

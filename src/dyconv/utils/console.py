@@ -31,8 +31,9 @@ KNOWN_NOISE: tuple[tuple[str, type[Warning]], ...] = (
 
 # Loggers Lightning's rank_zero_info writes its "💡 Tip: ... litlogger / litmodels" lines to.
 TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-# Loggers that narrate their own start-up at INFO (alembic lists its plugins when optuna imports it).
-CHATTY_LOGGERS = ("alembic",)
+# Loggers that narrate their own start-up at INFO (alembic lists its plugins when optuna imports it;
+# MLflow announces creating and updating its SQLite store's tables).
+CHATTY_LOGGERS = ("alembic", "mlflow.store.db.utils")
 _TIP = re.compile(r"Tip:.*(litlogger|litmodels|Lightning (Experiments|model registry))", re.DOTALL)
 
 
@@ -60,7 +61,11 @@ def quiet_console() -> None:
 
 def route_lightning_logs() -> None:
     """Lightning adds its own console handler; drop it so its messages go through Hydra's
-    handlers once (console + the run's log file) instead of twice."""
+    handlers once (console + the run's log file) instead of twice. Lightning is imported first:
+    imported later (by a tool that loads it only when it rebuilds a checkpoint), it would add
+    its handler again."""
+    import lightning  # noqa: F401  (lazy: the entry points' --help stays fast)
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
