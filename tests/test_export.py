@@ -251,11 +251,33 @@ def test_float64_depthwise_layers_keep_the_standard_conv(tmp_path):
 
     net = nn.Sequential(DynamicConv2d(16, 16, 3, padding=1, groups=16, bias=False)).double().eval()
     path = tmp_path / "f64.onnx"
-    info = export_model(net, torch.randn(2, 16, 8, 8, dtype=torch.float64), path, "onnx")
+    info = export_model(net, torch.randn(2, 16, 8, 8, dtype=torch.float64), path, "onnx", runtime="onnxruntime")
     assert info["blocked_depthwise_convs"] == 0
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert not model.functions
+
+
+def test_the_default_onnx_file_is_standard_onnx_and_auto_means_any(tmp_path):
+    """Without ``runtime=`` (and with the old ``runtime="auto"``) a depthwise layer that
+    ``runtime="onnxruntime"`` would block keeps the standard Conv: no onnxruntime domain, no
+    functions; the file equals the model."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dyconv.export import export_model
+
+    torch.manual_seed(0)
+    net = _sharpen(nn.Sequential(DynamicConv2d(3, 16, 3, padding=1), DynamicConv2d(16, 16, 3, padding=1, groups=16),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())).eval()
+    for runtime in (None, "auto"):
+        path = tmp_path / f"{runtime}.onnx"
+        info = export_model(net, torch.randn(2, 3, 16, 16), path, "onnx", batch=1,
+                            **({} if runtime is None else {"runtime": runtime}))
+        model = onnx.load(str(path))
+        assert info.get("blocked_depthwise_convs", 0) == 0 and not model.functions
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        onnx.checker.check_model(model, full_check=True)
+        _matches_in_onnxruntime(path, net, (1,), atol=1e-5)
 
 
 def test_export_runtime_is_checked_before_exporting(tmp_path):
@@ -357,7 +379,8 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
 
 def test_export_model_with_weights_in_a_side_file(tmp_path, monkeypatch):
     """A network over 2 GiB keeps its weights in ``<file>.data`` (forced here for a small one):
-    the default ONNX form's rewrite loads and saves them there, and the file matches the model."""
+    the rewrites (the Scan body's constants, runtime="onnxruntime"'s blocked convs) load and save
+    them there, and the file matches the model."""
     pytest.importorskip("onnxruntime")
     import dyconv.export as export
 
@@ -368,7 +391,7 @@ def test_export_model_with_weights_in_a_side_file(tmp_path, monkeypatch):
     _sharpen(net)
     net.eval()
     path = tmp_path / "big.onnx"
-    info = export.export_model(net, torch.randn(2, 3, 16, 16), path, "onnx")
+    info = export.export_model(net, torch.randn(2, 3, 16, 16), path, "onnx", runtime="onnxruntime")
     assert info["blocked_depthwise_convs"] == 1
     weights = 16 * 4096 * 4  # the Linear's: in the side file, not in the graph
     assert (tmp_path / "big.onnx.data").stat().st_size > weights > path.stat().st_size

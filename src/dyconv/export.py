@@ -37,7 +37,8 @@ run (``model.onnx``, ``model_batch1.onnx``, ...) and a failed relaunch replaces 
 what produced it (checkpoint path, epoch, global step and, from the CLI, the resolved ``config``).
 
 ``format=torchscript`` is best effort: TorchScript is deprecated in torch 2.14; ``torch.jit.script``
-works for the dyconv layers, and the export fails with a clear message for a model it cannot script.
+works for the dyconv layers (every routing), and the export fails with a clear message for a model
+it cannot script.
 """
 
 from __future__ import annotations
@@ -119,27 +120,41 @@ class ExportError(DyconvError):
     """The model could not be exported, or the exported file computes something else."""
 
 
+def blockable_depthwise_layers(model: nn.Module) -> int:
+    """How many float32 dynamic layers of ``model`` ``runtime="onnxruntime"`` runs in
+    onnxruntime's blocked conv (:func:`dyconv.utils.ort_blocked.blocks_layer`)."""
+    from dyconv.utils.ort_blocked import blocks_layer
+
+    return sum(
+        isinstance(m, DynamicConvNd) and m.weight.dtype == torch.float32 and blocks_layer(m) for m in model.modules()
+    )
+
+
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
-#: ``runtime=``: what the exported file may use. ``onnxruntime``: onnxruntime's blocked (NCHWc)
-#: conv for depthwise layers, each blocked op also defined as a standard-ONNX model-local function
-#: that other runtimes expand (:mod:`dyconv.utils.ort_blocked`); ``any``: standard operators only,
-#: no functions; ``auto`` (default): ``onnxruntime`` for ONNX files, ``any`` for the other formats.
+#: ``runtime=``: what the exported file may use. ``any`` (default): standard ONNX operators only,
+#: no functions: the file loads in onnxruntime, OpenVINO and any other ONNX runtime.
+#: ``onnxruntime`` (ONNX only, an explicit choice): onnxruntime's blocked (NCHWc) conv for
+#: depthwise layers, each blocked op also defined as a standard-ONNX model-local function
+#: (:mod:`dyconv.utils.ort_blocked`); faster in onnxruntime, refused by runtimes without
+#: model-local functions (OpenVINO). ``auto``: accepted for compatibility, the same as ``any``
+#: for every format (before 0.2.0 it picked ``onnxruntime`` for ONNX).
 RUNTIMES = ("auto", "any", "onnxruntime")
+#: How much faster ``runtime=onnxruntime`` ran ``dy_mobilenetv2`` in onnxruntime than the default
+#: file (docs/benchmark_export.md); the CLI's tip quotes it.
+BLOCKED_SPEEDUP = "about 1.4x"
 
 
 def _resolve_runtime(runtime: str, fmt: str) -> str:
-    """``runtime`` checked against ``fmt``, ``auto`` resolved (``onnxruntime`` for ONNX)."""
+    """``runtime`` checked against ``fmt``, ``auto`` resolved (``any``, for every format)."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "onnxruntime" and fmt != "onnx":
         raise ConfigError(f"runtime=onnxruntime applies to format=onnx only (got format={fmt})")
-    if runtime == "auto":
-        return "onnxruntime" if fmt == "onnx" else "any"
-    return runtime
+    return "any" if runtime == "auto" else runtime
 
 
 #: The lowest opset torch's ONNX exporter (``dynamo=True``) writes: it exports at 18 and converts
@@ -292,7 +307,7 @@ def export_model(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
-    runtime: str = "auto",
+    runtime: str = "any",
 ) -> dict[str, Any]:
     """Write ``model`` (eval mode) to ``path`` in format ``fmt``; returns format details for the
     metadata. ``example`` fixes every dimension but the batch.
@@ -304,10 +319,12 @@ def export_model(
     for single-image serving; B > 1: per-sample kernels in one grouped conv per layer).
     ``fold_bn`` folds BatchNorm after dynamic convs into their kernels first (exact algebra,
     :mod:`dyconv.utils.fold`); ``model`` itself is not changed.
-    ``runtime="onnxruntime"`` (ONNX only; what ``"auto"``, the default, picks for ONNX): depthwise
+    ``runtime="any"`` (default): standard ONNX operators only, a file every ONNX runtime loads
+    (onnxruntime, OpenVINO, ...). ``runtime="onnxruntime"`` (ONNX only, explicit): depthwise
     layers whose channels 16 divides run their computed kernels through onnxruntime's blocked
-    conv, which the file also defines in standard operators as ONNX functions for every other
-    runtime (:mod:`dyconv.utils.ort_blocked`); ``"any"``: standard ONNX operators only.
+    conv, which the file also defines in standard operators as ONNX functions
+    (:mod:`dyconv.utils.ort_blocked`); faster in onnxruntime, but runtimes without model-local
+    functions (OpenVINO) refuse it. ``"auto"`` is accepted for compatibility and means ``"any"``.
     """
     from dyconv.utils.fold import prepare_for_export
 
@@ -316,11 +333,6 @@ def export_model(
     runtime = _resolve_runtime(runtime, fmt)
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be a positive integer or null (any batch), got {batch}")
-    if fmt == "torchscript" and any(isinstance(m, DynamicConvNd) and m.routing.kind == "omni" for m in model.modules()):
-        raise ConfigError(
-            "format=torchscript cannot express routing='omni' layers (ODConv's attention is a NamedTuple of "
-            "optional parts); use format=onnx or format=pt2"
-        )
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = any(isinstance(m, DynamicConvNd) for m in model.modules())
@@ -477,7 +489,7 @@ def export_checkpoint(
     max_batch: int = 1024,
     batch: int | None = None,
     fold_bn: bool = True,
-    runtime: str = "auto",
+    runtime: str | None = None,
     overwrite: bool = False,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -487,13 +499,15 @@ def export_checkpoint(
     Raises :class:`ConfigError` before exporting if ``output`` (or its ``.json``) exists, unless
     ``overwrite``. The file is exported and verified in a temporary folder beside ``output`` and
     then moved into place, so a failure leaves any previous file and ``.json`` untouched.
-    ``config`` (the CLI's resolved config) is recorded in the ``.json``."""
+    ``config`` (the CLI's resolved config) is recorded in the ``.json``. ``runtime`` None (not
+    chosen) is ``"any"``; the returned metadata (not the ``.json``) then also holds
+    ``onnxruntime_blockable``: how many depthwise layers ``runtime="onnxruntime"`` would block."""
     import dyconv
     from dyconv.runs.layout import run_dir_of
     from dyconv.runs.rebuild import load_trained_run
 
     _check_format(fmt)
-    requested, runtime = runtime, _resolve_runtime(runtime, fmt)
+    requested, runtime = runtime, _resolve_runtime("any" if runtime is None else runtime, fmt)
     if not (rtol >= 0 and atol >= 0):  # also NaN: a check that can never pass
         raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     if opset is not None and fmt != "onnx":
@@ -510,7 +524,7 @@ def export_checkpoint(
     h, w = _input_size(data, image_size)
     # A fixed-batch file, or one for a runtime named explicitly, is another file: exporting each
     # (README) needs no output=.
-    named = f"_{requested}" if fmt == "onnx" and requested != "auto" else ""
+    named = f"_{requested}" if fmt == "onnx" and requested not in (None, "auto") else ""
     suffix = ("" if batch is None else f"_batch{batch}") + named
     default_name = f"model{suffix}{FORMATS[fmt]}"
     path = Path(output) if output else Path(run_dir_of(run.ckpt_path)) / "export" / default_name
@@ -586,6 +600,8 @@ def export_checkpoint(
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     meta["metadata_file"] = str(meta_path)
     meta["path"] = str(path)
+    if requested is None and fmt == "onnx":
+        meta["onnxruntime_blockable"] = blockable_depthwise_layers(model)
     return meta
 
 
@@ -611,7 +627,7 @@ def _run_export(cfg: DictConfig) -> dict[str, Any]:
         max_batch=int(cfg.max_batch),
         batch=_whole_number(cfg.get("batch"), "batch must be a positive integer or null (any batch)"),
         fold_bn=bool(cfg.get("fold_bn", True)),
-        runtime=str(cfg.get("runtime", "auto")),
+        runtime=None if cfg.get("runtime") is None else str(cfg.runtime),
         overwrite=bool(cfg.get("overwrite", False)),
         config=resolved_config(cfg),
     )
@@ -627,12 +643,19 @@ def _run_export(cfg: DictConfig) -> dict[str, Any]:
         )
     if meta["blocked_depthwise_convs"]:
         lines.append(
-            f"Depthwise layers in onnxruntime's blocked conv: {meta['blocked_depthwise_convs']} (other runtimes expand "
-            "them to the standard Conv, as ONNX functions; runtime=any writes standard operators only)"
+            f"Depthwise layers in onnxruntime's blocked conv: {meta['blocked_depthwise_convs']} (other runtimes must "
+            "expand them to the standard Conv, as ONNX functions; the default runtime=any writes standard operators "
+            "only)"
         )
         if _onnxruntime_has_cuda():
             lines.append("This onnxruntime has CUDA: on a GPU the blocked convs run on the CPU; for GPU serving "
                          "export with runtime=any (docs/deployment.md)")
+    if meta.get("onnxruntime_blockable"):
+        lines.append(
+            f"tip: runtime=onnxruntime runs its {meta['onnxruntime_blockable']} depthwise layers in onnxruntime's "
+            f"blocked conv, {BLOCKED_SPEEDUP} faster in onnxruntime, but the file then loads in onnxruntime only "
+            "(docs/benchmark_export.md)"
+        )
     lines.append(f"Metadata: {meta['metadata_file']}")
     print("\n".join(lines), flush=True)
     return meta
