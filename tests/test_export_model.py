@@ -229,7 +229,7 @@ def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_pa
     """The new file is verified under a temporary name first: one that computes something else
     (here: PyTorch's reference shifted by 1) is discarded, even with ``overwrite=true``; the
     previous file and .json stay byte for byte, no temporary file is left, the error says so."""
-    import dyconv.export as export
+    import dyconv.export.checkpoint as export
 
     first, second = two_checkpoints
     out = tmp_path / "model.onnx"

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from dyconv.export import export_model, verify_export
+from dyconv.export.fold import fold_batchnorm, prepare_for_export
 from dyconv.layers import DynamicConv1d, DynamicConv3d, DynamicOptions, convert_to_dynamic
-from dyconv.utils.fold import fold_batchnorm, prepare_for_export
 
 pytest.importorskip("onnxruntime")
 
