@@ -1,21 +1,24 @@
-"""Exported dynamic models against their exported static twins, in onnxruntime (and torch.export).
+"""Exported dynamic models against their exported static twins, in onnxruntime (and torch.export,
+OpenVINO).
 
 Each model pair is exported with ``dyconv.export.export_model`` (the file ``python -m
-dyconv.export`` writes: any batch, one ``Scan`` over the samples) and, with ``--fixed-batch1``,
-also as a batch-1-only file (both with onnxruntime's blocked ops for depthwise layers, the
-default ``runtime="auto"``); with ``--runtime-any`` the dynamic model is also exported with
-``runtime="any"`` (standard operators only, no functions), checked against the default file's
-outputs first. All sessions run on
-the same input, interleaved round by round in one process (order alternating), so the ratios
-compare like with like on a noisy machine.
+dyconv.export`` writes by default: standard ONNX, any batch, one ``Scan`` over the samples) and,
+with ``--fixed-batch1``, also as a batch-1-only file. ``--forms`` adds other forms of the dynamic
+model, each checked against the default file's outputs first: ``onnxruntime`` (``runtime=
+"onnxruntime"``: depthwise layers in onnxruntime's blocked conv) and ``dynamo`` (a plain
+``torch.onnx.export(model, ..., dynamo=True)`` with a dynamic batch, what a user gets without
+``export_model``). ``--openvino`` also times the standard files in OpenVINO (CPU, f32). All
+sessions run on the same input, interleaved round by round in one process (order alternating),
+so the ratios compare like with like on a noisy machine.
 
     python scripts/benchmark_export.py                          # the issue's two pairs, batch 1 and 8
-    python scripts/benchmark_export.py --pt2 --fixed-batch1 --markdown docs/benchmark_export.md
+    python scripts/benchmark_export.py --fixed-batch1 --forms onnxruntime dynamo --openvino \
+        --markdown docs/benchmark_export.md
     python scripts/benchmark_export.py --pairs simple_cnn --rounds 3          # dry run, seconds
     python scripts/benchmark_export.py --pairs resnet10_omni od_mobilenetv2 tcn_1d r3d_18 --batch 1 8
                                                         # ODConv routing, 1-D and 3-D networks
     python scripts/benchmark_export.py --pairs mobilenetv2 --batch 1 --fixed-batch1 --profile  # per-op time
-    python scripts/benchmark_export.py --pairs mobilenetv2 --batch 1 --fixed-batch1 --runtime-any
+    python scripts/benchmark_export.py --pt2                     # torch.export programs too
 """
 
 from __future__ import annotations
@@ -179,14 +182,44 @@ def time_interleaved(runners: dict[str, Callable], x: np.ndarray, rounds: int) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _check_agrees(runner: Callable, reference: Callable, shape: tuple[int, ...], tag: str) -> None:
-    """Exit unless ``runner``'s file gives ``reference``'s outputs at batch 1 (relative to the largest:
-    an untrained network's logits can be tiny)."""
-    x = np.random.default_rng(1).standard_normal((1, *shape), dtype=np.float32)
-    want, got = reference(x)[0], runner(x)[0]
-    rel = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-30))
-    if rel > 1e-4:
-        raise SystemExit(f"{tag}: differs from the default file by {rel:.1e} (relative)")
+def _check_agrees(runner: Callable, reference: Callable, shape: tuple[int, ...], tag: str,
+                  batches: tuple[int, ...] = (1, 3)) -> None:
+    """Exit unless ``runner``'s file gives ``reference``'s outputs at ``batches`` (relative to the
+    largest: an untrained network's logits can be tiny)."""
+    for batch in batches:
+        x = np.random.default_rng(1).standard_normal((batch, *shape), dtype=np.float32)
+        want, got = np.asarray(reference(x)[0]), np.asarray(runner(x)[0])
+        rel = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-30))
+        if rel > 1e-4:
+            raise SystemExit(f"{tag}: differs from the default file by {rel:.1e} (relative) at batch {batch}")
+
+
+def _ov_runner(path: Path, threads: int) -> Callable[[np.ndarray], object]:
+    """OpenVINO CPU at f32 (its default bf16/f16 precision hint would change the outputs)."""
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config: dict = {hints.inference_precision: ov.Type.f32}
+    if threads:
+        config[props.inference_num_threads] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda x: [request.infer({0: x})[compiled.output(0)]]
+
+
+def _plain_dynamo_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """What ``torch.onnx.export`` writes without ``export_model``: the layers' batch-independent
+    form (dense convs on the K kernels, outputs mixed), no folding."""
+    import logging
+    import warnings
+
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["image"], dynamo=True, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
 
 
 def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
@@ -199,6 +232,8 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         path = workdir / f"{pair}_{tag}.onnx"
         export_model(model, example, path, "onnx")
         runners[f"onnx {tag}"] = _ort_runner(path, args.threads, args.ort_level)
+        if args.openvino:
+            runners[f"openvino {tag}"] = _ov_runner(path, args.threads)
         if args.pt2:
             runners[f"pt2 {tag}"] = _pt2_runner(model, example, workdir / f"{pair}_{tag}.pt2")
     fixed: dict[str, Callable] = {}  # batch-1 files
@@ -206,16 +241,26 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         path = workdir / f"{pair}_dynamic_b1.onnx"
         export_model(dynamic, example, path, "onnx", batch=1)
         fixed["onnx dynamic (batch=1 file)"] = _ort_runner(path, args.threads, args.ort_level)
-    if args.runtime_any:
-        for batch, tag in ((None, "dynamic (runtime=any)"), (1, "dynamic (batch=1, runtime=any)")):
+        if args.openvino:
+            fixed["openvino dynamic (batch=1 file)"] = _ov_runner(path, args.threads)
+    reference = runners["onnx dynamic"]
+    if "onnxruntime" in args.forms:
+        for batch, tag in ((None, "dynamic (runtime=onnxruntime)"), (1, "dynamic (batch=1, runtime=onnxruntime)")):
             if batch == 1 and not args.fixed_batch1:
                 continue
-            path = workdir / f"{pair}_dynamic_{batch}_any.onnx"
-            export_model(dynamic, example, path, "onnx", batch=batch, runtime="any")
+            path = workdir / f"{pair}_dynamic_{batch}_ort.onnx"
+            export_model(dynamic, example, path, "onnx", batch=batch, runtime="onnxruntime")
             runner = _ort_runner(path, args.threads, args.ort_level)
-            reference = runners["onnx dynamic"] if batch is None else fixed["onnx dynamic (batch=1 file)"]
-            _check_agrees(runner, reference, shape, tag)
+            _check_agrees(runner, reference, shape, tag, (1, 3) if batch is None else (1,))
             (runners if batch is None else fixed)[f"onnx {tag}"] = runner
+    if "dynamo" in args.forms:
+        path = workdir / f"{pair}_dynamic_dynamo.onnx"
+        _plain_dynamo_onnx(dynamic, example, path)
+        tag = "dynamic (plain torch.onnx dynamo=True)"
+        runners[f"onnx {tag}"] = _ort_runner(path, args.threads, args.ort_level)
+        _check_agrees(runners[f"onnx {tag}"], reference, shape, tag)
+        if args.openvino:
+            runners[f"openvino {tag}"] = _ov_runner(path, args.threads)
     if args.profile:
         x1 = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
         files = {"static": workdir / f"{pair}_static.onnx", "dynamic": workdir / f"{pair}_dynamic.onnx"}
@@ -232,6 +277,8 @@ def bench_pair(pair: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         # onnxruntime and torch are timed in separate groups: torch's allocations between
         # onnxruntime runs slowed the (then) If file's batch-1 branch several-fold here.
         t = time_interleaved({k: v for k, v in active.items() if k.startswith("onnx")}, x, args.rounds)
+        if args.openvino:
+            t |= time_interleaved({k: v for k, v in active.items() if k.startswith("openvino")}, x, args.rounds)
         if args.pt2:
             t |= time_interleaved({k: v for k, v in active.items() if k.startswith("pt2")}, x, args.rounds)
         for name, sec in t.items():
@@ -267,8 +314,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--width", type=float, default=None, help="override width_mult")
     parser.add_argument("--pt2", action="store_true", help="also time torch.export programs (eager kernels)")
     parser.add_argument("--fixed-batch1", action="store_true", help="also time a batch=1 export of the dynamic model")
-    parser.add_argument("--runtime-any", action="store_true",
-                        help="also time the dynamic model exported with runtime=any (standard operators only)")
+    parser.add_argument("--forms", nargs="*", default=[], choices=["onnxruntime", "dynamo"],
+                        help="also time the dynamic model exported with runtime=onnxruntime (onnxruntime's blocked "
+                             "depthwise conv) and/or by a plain torch.onnx.export(dynamo=True)")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time the standard ONNX files in OpenVINO (CPU, f32 precision)")
     parser.add_argument("--profile", action="store_true",
                         help="also print onnxruntime's per-op-type time at batch 1 for each file")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table, with the command, to PATH")
@@ -285,8 +335,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import onnxruntime as ort
 
     threads = f"{args.threads} intra-op thread" if args.threads else "default intra-op threads"
-    head = (f"onnxruntime {ort.__version__} (graph optimisation {args.ort_level}, {threads}),"
-            f" torch {torch.__version__}, tune_malloc={tuned}; median of {args.rounds} interleaved rounds")
+    openvino = ""
+    if args.openvino:
+        import openvino as ov
+
+        openvino = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, f32), "
+    head = (f"onnxruntime {ort.__version__} (graph optimisation {args.ort_level}, {threads}), {openvino}"
+            f"torch {torch.__version__}, tune_malloc={tuned}; median of {args.rounds} interleaved rounds")
     print("#", head, flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

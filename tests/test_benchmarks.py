@@ -38,9 +38,9 @@ def test_benchmark_export_dry_run(tmp_path):
     pytest.importorskip("onnxruntime")
     md = tmp_path / "export.md"
     rows = _load("benchmark_export").main(["--pairs", "simple_cnn", "--rounds", "2", "--batch", "1", "3",
-                                           "--fixed-batch1", "--runtime-any", "--markdown", str(md)])
-    expected = {(1, "dynamic"), (1, "dynamic (batch=1 file)"), (3, "dynamic"), (1, "dynamic (runtime=any)"),
-                (3, "dynamic (runtime=any)"), (1, "dynamic (batch=1, runtime=any)")}
+                                           "--fixed-batch1", "--forms", "onnxruntime", "--markdown", str(md)])
+    expected = {(1, "dynamic"), (1, "dynamic (batch=1 file)"), (3, "dynamic"), (1, "dynamic (runtime=onnxruntime)"),
+                (3, "dynamic (runtime=onnxruntime)"), (1, "dynamic (batch=1, runtime=onnxruntime)")}
     assert {(r["batch"], r["variant"]) for r in rows} == expected
     assert all(r["ratio"] > 0 for r in rows)
     assert "| dy_simple_cnn (3x28x28) | 1 | onnx | dynamic |" in md.read_text()

@@ -111,7 +111,7 @@ def _bn_net() -> nn.Module:
 
 
 def test_fold_batchnorm_and_temperature_are_exact():
-    from dyconv.utils.fold import prepare_for_export
+    from dyconv.export.fold import prepare_for_export
 
     net = _bn_net()
     set_temperature(net, 7.0)
@@ -119,9 +119,9 @@ def test_fold_batchnorm_and_temperature_are_exact():
     # Both BNs follow a dynamic conv (one with a bias, one without) and are gone.
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert folded[6].bias is not None and net[6].bias is None
+    assert folded[6].layer.bias is not None and net[6].bias is None
     # A bias-free conv gets K equal biases: exported graphs use them as one constant.
-    torch.testing.assert_close(folded[6]._shared_bias, folded[6].bias[2], rtol=0, atol=0)
+    torch.testing.assert_close(folded[6].shared_bias, folded[6].layer.bias[2], rtol=0, atol=0)
     assert all(float(m.temperature) == 1.0 for m in folded.modules() if isinstance(m, DynamicConv2d))
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
@@ -175,7 +175,7 @@ def test_export_model_runtime_onnxruntime_blocks_the_depthwise_convs_16_divides(
     from onnx.reference import ReferenceEvaluator
 
     from dyconv.export import export_model
-    from dyconv.utils.ort_blocked import NCHWC_DOMAIN
+    from dyconv.export.ort_blocked import NCHWC_DOMAIN
 
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -228,7 +228,7 @@ def _blocked_values_stay_blocked(graph) -> None:
     conv: then every standard value is the same under both meanings, and a tool that folds
     constants by the functions' meaning (onnx-simplifier did, with the earlier block probe) and
     keeps the blocked nodes cannot change what onnxruntime computes."""
-    from dyconv.utils.ort_blocked import NCHWC_DOMAIN
+    from dyconv.export.ort_blocked import NCHWC_DOMAIN
 
     blocked = {o for n in graph.node if n.domain == NCHWC_DOMAIN and n.op_type != "ReorderOutput" for o in n.output}
     for node in graph.node:
@@ -251,11 +251,33 @@ def test_float64_depthwise_layers_keep_the_standard_conv(tmp_path):
 
     net = nn.Sequential(DynamicConv2d(16, 16, 3, padding=1, groups=16, bias=False)).double().eval()
     path = tmp_path / "f64.onnx"
-    info = export_model(net, torch.randn(2, 16, 8, 8, dtype=torch.float64), path, "onnx")
+    info = export_model(net, torch.randn(2, 16, 8, 8, dtype=torch.float64), path, "onnx", runtime="onnxruntime")
     assert info["blocked_depthwise_convs"] == 0
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert not model.functions
+
+
+def test_the_default_onnx_file_is_standard_onnx_and_auto_means_any(tmp_path):
+    """Without ``runtime=`` (and with the old ``runtime="auto"``) a depthwise layer that
+    ``runtime="onnxruntime"`` would block keeps the standard Conv: no onnxruntime domain, no
+    functions; the file equals the model."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dyconv.export import export_model
+
+    torch.manual_seed(0)
+    net = _sharpen(nn.Sequential(DynamicConv2d(3, 16, 3, padding=1), DynamicConv2d(16, 16, 3, padding=1, groups=16),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())).eval()
+    for runtime in (None, "auto"):
+        path = tmp_path / f"{runtime}.onnx"
+        info = export_model(net, torch.randn(2, 3, 16, 16), path, "onnx", batch=1,
+                            **({} if runtime is None else {"runtime": runtime}))
+        model = onnx.load(str(path))
+        assert info.get("blocked_depthwise_convs", 0) == 0 and not model.functions
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        onnx.checker.check_model(model, full_check=True)
+        _matches_in_onnxruntime(path, net, (1,), atol=1e-5)
 
 
 def test_export_runtime_is_checked_before_exporting(tmp_path):
@@ -339,7 +361,7 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
     body = next(a.g for a in per_sample.attribute if a.name == "body")
     assert convs(body) == (2 + 2 * 4, 2 * 4)  # the kernels are the body's own constants
     assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in body.node for p in n.metadata_props)
-    from dyconv.export import _names_read
+    from dyconv.export.exporter import _names_read
 
     for path in ("b1.onnx", "any.onnx"):  # no dead constants (onnxruntime warns about each at load)
         graph = onnx.load(str(tmp_path / path)).graph
@@ -357,9 +379,10 @@ def test_export_batch1_graph_per_layer_form_and_branch_constants(tmp_path):
 
 def test_export_model_with_weights_in_a_side_file(tmp_path, monkeypatch):
     """A network over 2 GiB keeps its weights in ``<file>.data`` (forced here for a small one):
-    the default ONNX form's rewrite loads and saves them there, and the file matches the model."""
+    the rewrites (the Scan body's constants, runtime="onnxruntime"'s blocked convs) load and save
+    them there, and the file matches the model."""
     pytest.importorskip("onnxruntime")
-    import dyconv.export as export
+    import dyconv.export.exporter as export
 
     monkeypatch.setattr(export, "_onnx_external_data", lambda model: True)
     torch.manual_seed(0)
@@ -368,8 +391,27 @@ def test_export_model_with_weights_in_a_side_file(tmp_path, monkeypatch):
     _sharpen(net)
     net.eval()
     path = tmp_path / "big.onnx"
-    info = export.export_model(net, torch.randn(2, 3, 16, 16), path, "onnx")
+    info = export.export_model(net, torch.randn(2, 3, 16, 16), path, "onnx", runtime="onnxruntime")
     assert info["blocked_depthwise_convs"] == 1
     weights = 16 * 4096 * 4  # the Linear's: in the side file, not in the graph
     assert (tmp_path / "big.onnx.data").stat().st_size > weights > path.stat().st_size
     _matches_in_onnxruntime(path, net, (1, 5), atol=1e-5)
+
+
+def test_moved_modules_warn_and_give_the_export_package_objects():
+    """0.1.0's dyconv.utils.fold and dyconv.utils.ort_blocked live in dyconv.export now: the old
+    import paths warn (for one minor version) and hand out the same objects; the layer module's
+    export_batch is gone, with a message that names the replacement."""
+    import dyconv.export.fold
+    import dyconv.export.ort_blocked
+    import dyconv.layers.dynamic_conv
+    import dyconv.utils.fold
+    import dyconv.utils.ort_blocked
+
+    with pytest.warns(DeprecationWarning, match="import prepare_for_export from dyconv.export.fold"):
+        from dyconv.utils.fold import prepare_for_export
+    assert prepare_for_export is dyconv.export.fold.prepare_for_export
+    with pytest.warns(DeprecationWarning, match="import NCHWC_DOMAIN from dyconv.export.ort_blocked"):
+        assert dyconv.utils.ort_blocked.NCHWC_DOMAIN == dyconv.export.ort_blocked.NCHWC_DOMAIN
+    with pytest.raises(AttributeError, match=r"export_model\(\.\.\., batch=B\)"):
+        dyconv.layers.dynamic_conv.export_batch  # noqa: B018

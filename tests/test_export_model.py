@@ -142,21 +142,31 @@ def test_torchscript_best_effort_and_bad_arguments(tmp_path):
 
 def test_mobilenetv2_any_batch_and_fixed_batch_files(tmp_path, monkeypatch, capsys):
     """dy_mobilenetv2 (depthwise and 1x1 dynamic convs, BatchNorm folded): the default file is
-    right at batch 1 and 5, a ``batch=1`` file at batch 1 with a fixed input shape; with
-    onnxruntime-gpu installed the CLI says how to export for GPUs."""
+    standard ONNX, right at batch 1 and 5, and the CLI names runtime=onnxruntime for its depthwise
+    layers; a ``batch=1 runtime=onnxruntime`` file runs them in onnxruntime's blocked conv, is
+    right at batch 1 with a fixed input shape, and with onnxruntime-gpu installed the CLI says
+    how to export for GPUs."""
     import onnx
 
     ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", ["model=dy_mobilenetv2", *RGB32], _randomise)
     model = load_trained_run(ckpt).model
     shape = (3, 32, 32)
-    meta = export_checkpoint(ckpt, "onnx")
+    meta = run_export(_export_command(f"ckpt_path={ckpt}"))
     _check_onnx(Path(meta["path"]), model, shape)
-    assert [n.op_type for n in onnx.load(meta["path"]).graph.node].count("Scan") == 1
-    # Its depthwise layers (channels that 16 divides) run in onnxruntime's blocked conv by default.
-    assert meta["runtime"] == "onnxruntime" and meta["blocked_depthwise_convs"] >= 10
+    proto = onnx.load(meta["path"])
+    assert [n.op_type for n in proto.graph.node].count("Scan") == 1
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"} and not proto.functions
+    assert (meta["runtime"], meta["blocked_depthwise_convs"]) == ("any", 0)
+    blockable = meta["onnxruntime_blockable"]
+    assert blockable >= 10
+    tip = f"tip: runtime=onnxruntime runs its {blockable} depthwise layers in onnxruntime's blocked conv"
+    assert tip in capsys.readouterr().out
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    fixed = run_export(_export_command(f"ckpt_path={ckpt}", f"output={tmp_path / 'b1.onnx'}", "batch=1"))
-    assert "for GPU serving export with runtime=any" in capsys.readouterr().out
+    fixed = run_export(_export_command(f"ckpt_path={ckpt}", f"output={tmp_path / 'b1.onnx'}", "batch=1",
+                                       "runtime=onnxruntime"))
+    out = capsys.readouterr().out
+    assert "for GPU serving export with runtime=any" in out and "tip:" not in out
+    assert (fixed["runtime"], fixed["blocked_depthwise_convs"]) == ("onnxruntime", blockable)
     assert fixed["input"]["shape"] == [1, 3, 32, 32] and set(fixed["verified_max_abs_diff"]) == {"1"}
     session = ort.InferenceSession(fixed["path"], providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 32]
@@ -219,7 +229,7 @@ def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_pa
     """The new file is verified under a temporary name first: one that computes something else
     (here: PyTorch's reference shifted by 1) is discarded, even with ``overwrite=true``; the
     previous file and .json stay byte for byte, no temporary file is left, the error says so."""
-    import dyconv.export as export
+    import dyconv.export.checkpoint as export
 
     first, second = two_checkpoints
     out = tmp_path / "model.onnx"
@@ -238,8 +248,7 @@ def test_a_failed_verification_keeps_the_previous_export(two_checkpoints, tmp_pa
 
 def test_the_readme_export_commands_write_their_own_files(two_checkpoints):
     """README: ``format=onnx``, ``batch=1`` and ``runtime=any``, all to the default place: three
-    files, no refusal; the .json says which runtime a file is for (``auto`` resolves to
-    ``onnxruntime`` for ONNX)."""
+    files, no refusal; the .json says which runtime a file is for (standard operators: ``any``)."""
     first, _ = two_checkpoints
     export_dir = first.parent.parent / "export"
     run_export(_export_command(f"ckpt_path={first}", "format=onnx"))

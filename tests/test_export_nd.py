@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from dyconv.export import export_model, verify_export
+from dyconv.export.fold import fold_batchnorm, prepare_for_export
 from dyconv.layers import DynamicConv1d, DynamicConv3d, DynamicOptions, convert_to_dynamic
-from dyconv.utils.fold import fold_batchnorm, prepare_for_export
 
 pytest.importorskip("onnxruntime")
 
@@ -84,13 +84,21 @@ def test_pt2_export_1d(tmp_path):
     verify_export(net, path, "pt2", (2, 16), batches=(1, 5))
 
 
-def test_torchscript_refuses_omni_with_one_message(tmp_path):
-    from dyconv.errors import ConfigError
-
-    net = nn.Sequential(DynamicConv1d(2, 4, 3, routing="omni")).eval()
-    with pytest.raises(ConfigError, match="format=torchscript cannot express routing='omni'"):
-        export_model(net, torch.randn(2, 2, 8), tmp_path / "m.ts", "torchscript")
-    assert not (tmp_path / "m.ts").exists()
+def test_torchscript_exports_omni_layers(tmp_path):
+    """TorchScript scripts ODConv's attention (its optional parts included): the saved file
+    computes what the model computes at batch 1 and 5."""
+    torch.manual_seed(0)
+    net = nn.Sequential(DynamicConv1d(2, 4, 3, routing="omni", temperature=2.0),
+                        DynamicConv1d(4, 4, 3, groups=4, routing="omni"), DynamicConv1d(4, 3, 1, routing="omni"))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.normal_(0, 1.0)
+    net.eval()
+    path = tmp_path / "m.ts"
+    export_model(net, torch.randn(2, 2, 8), path, "torchscript")
+    diffs = verify_export(net, path, "torchscript", (2, 8), batches=(1, 5), rtol=1e-5, atol=1e-6)
+    assert set(diffs) == {1, 5}
 
 
 def test_verification_of_tiny_outputs_is_relative_to_their_scale(tmp_path):

@@ -105,10 +105,11 @@ def _plain_conv(m: nn.Module) -> bool:
 
 
 def replace_modules(model: nn.Module, new: dict[int, nn.Module]) -> nn.Module:
-    """Swap modules (by identity) everywhere they are referenced, shared ones included."""
+    """Swap modules (by identity) everywhere they are referenced, shared ones included (the
+    modules of ``model`` as they were: a new module may hold the one it replaces)."""
     if id(model) in new:
         return new[id(model)]
-    for parent in model.modules():
+    for parent in list(model.modules()):
         for child_name, child in list(parent._modules.items()):
             if child is not None and id(child) in new:
                 parent._modules[child_name] = new[id(child)]

@@ -27,6 +27,7 @@ __all__ = [
     "ROUTINGS",
     "DynamicOptions",
     "KernelSpec",
+    "check_options",
     "options_from",
     "resolve_num_kernels",
 ]
@@ -124,18 +125,8 @@ class DynamicOptions:
         for k in values:
             if not _is_int(k) or k < 1:
                 raise ValueError(f"every num_kernels value must be a positive integer, got {k!r}")
-        for key in ("reduction", "min_hidden"):
-            value = getattr(self, key)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
-        if self.routing not in ROUTINGS:
-            raise ValueError(
-                f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}"
-            )
+        check_options(reduction=self.reduction, min_hidden=self.min_hidden, temperature=self.temperature,
+                      path=self.path, routing=self.routing)
         object.__setattr__(self, "recompute_kernels", bool(self.recompute_kernels))
 
     # ------------------------------------------------------------------ flat keys
@@ -189,6 +180,23 @@ class DynamicOptions:
         if _is_int(self.num_kernels):
             return functools.partial(DYNAMIC_CONVS[dims], **self.layer_kwargs(self.num_kernels))
         return functools.partial(PendingConv, dims=dims)
+
+
+def check_options(
+    *, num_kernels: Any = 1, reduction: Any = 4, min_hidden: Any = 1, temperature: Any = 30.0, path: Any = "auto",
+    routing: Any = "softmax",
+) -> None:
+    """The one check of a dynamic layer's options (the layer and :class:`DynamicOptions` call
+    it): raises ValueError naming the first bad one. ``num_kernels`` is one layer's K here."""
+    for key, value in (("num_kernels", num_kernels), ("reduction", reduction), ("min_hidden", min_hidden)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
 
 
 def options_from(options: DynamicOptions | None, keywords: Mapping[str, Any], caller: str) -> DynamicOptions:
