@@ -246,8 +246,11 @@ def test_ctrl_c_names_the_resume_point_and_a_resume_has_a_quiet_console(tmp_path
     env = dict(os.environ, DYCONV_LOG_DIR=str(tmp_path / "logs"), PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0",
                PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "dyconv.train", *QUIET, "data.splits=[256,64,64]", f"hydra.run.dir={run_dir}"]
+    # A CI job started in the background inherits SIGINT ignored, and Python then keeps it ignored:
+    # give the run the default disposition a terminal's Ctrl-C meets.
     proc = subprocess.Popen([*cmd, "trainer.max_epochs=1000", "logger=[]"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     while not (run_dir / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
