@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         step("CUDA tests")
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "tests/test_cuda.py", "tests/test_layer.py",
-             "-m", "not slow"],
+            [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "tests/layers/test_cuda.py",
+             "tests/layers/test_layer.py", "-m", "not slow"],
             cwd=ROOT, capture_output=True, text=True,
         )
         (out / "pytest_cuda.txt").write_text(proc.stdout[-20000:] + proc.stderr[-5000:])

@@ -3,7 +3,7 @@ holds each reproducible row's figures, and the tables generated from it.
 
 Every :class:`Published` row names the ``conf/experiment/`` config that reproduces it, the
 parameter count of the model that produced the number and the number itself with its source
-(torchvision's ``Weights.meta`` is the model). ``tests/test_experiments.py`` checks every
+(torchvision's ``Weights.meta`` is the model). ``tests/cli/test_experiments.py`` checks every
 experiment's model against ``params``; the README's results table and ``docs/experiments.md``
 are generated from :data:`ROWS` (``python scripts/published_tables.py`` rewrites them, a test
 fails if they drift).

@@ -11,7 +11,7 @@ from torch import nn
 from dyconv.layers import DynamicConv2d, dynamic_layers
 
 _spec = importlib.util.spec_from_file_location(
-    "dyconv_detection_example", Path(__file__).parents[1] / "examples" / "detection.py"
+    "dyconv_detection_example", Path(__file__).parents[2] / "examples" / "detection.py"
 )
 detection = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(detection)

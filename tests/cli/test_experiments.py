@@ -17,7 +17,7 @@ import dyconv.train  # registers the OmegaConf resolvers the configs use
 from dyconv.layers import dynamic_layers
 
 CONF = Path(dyconv.train.CONF_DIR)
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "experiments.md"
 #: Miniature studies on data that ships offline (docs/results.md), not published rows: checked below.
 MINIATURES = ("fmnist_temperature", "fmnist_width_sweep")
 #: Studies swept over study arms (``+arm=``, conf/arm/): checked below.
@@ -155,7 +155,7 @@ README_PARAMS = {
     "odconv_mobilenetv2_x075": "2.64M", "odconv_mobilenetv2_x075_1x": "3.51M", "odconv_mobilenetv2_x075_4x": "7.50M",
     "odconv_mobilenetv2_x05": "1.97M", "odconv_mobilenetv2_x05_1x": "2.43M", "odconv_mobilenetv2_x05_4x": "4.44M",
 }  # fmt: skip
-# Exact counts of the reference code where the issue / experiments.md state them.
+# Exact counts of the reference code where docs/experiments.md states them.
 EXACT_PARAMS = {
     "voc_deeplabv3plus": 5_816_053, "voc_dy_deeplabv3plus": 18_414_806,
     "voc_sbd_deeplabv3plus_x05": 3_409_413, "voc_sbd_dy_deeplabv3plus_x05": 8_444_120,

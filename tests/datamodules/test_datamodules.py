@@ -40,7 +40,7 @@ from fakedata import (
     make_voc_sbd,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "dyconv" / "conf" / "data"
+CONF = Path(__file__).resolve().parents[2] / "src" / "dyconv" / "conf" / "data"
 COMMON = {"batch_size": 2, "num_workers": 0, "seed": 0}
 
 

@@ -26,8 +26,8 @@ from dyconv.runs.rebuild import load_trained_run
 from fakedata import make_mnist
 from trained import make_checkpoint
 
-SRC = Path(__file__).parents[1] / "src"
-TESTS = Path(__file__).parent
+SRC = Path(__file__).parents[2] / "src"
+TESTS = Path(__file__).parents[1]
 
 
 def _edited(good: Path, out: Path, **edits) -> Path:
@@ -88,7 +88,7 @@ print("RESULTS " + json.dumps(out))
 
 
 def test_sizes_from_a_checkpoint_are_refused_in_one_line_before_any_allocation(dynamic_ckpt, tmp_path):
-    """The issue's attack: a checkpoint whose stored config asks for 8 GB to petabytes. Under a
+    """The attack: a checkpoint whose stored config asks for 8 GB to petabytes. Under a
     1.5 GiB address-space cap, eval's loader, inspect and export each refuse in one line naming
     the key (and the two shapes), quickly, instead of a MemoryError or an allocation."""
     paths = {name: str(_edited(dynamic_ckpt, tmp_path / f"{i}.ckpt", **edits))
@@ -147,7 +147,7 @@ def _eval_overrides(*args: str) -> dict:
 
 
 def test_a_checkpoints_worker_count_and_batch_sizes_are_capped_to_the_machine(dynamic_ckpt, tmp_path, caplog):
-    """The issue's attack: data.num_workers=48 made eval start 48 DataLoader workers."""
+    """The attack: data.num_workers=48 made eval start 48 DataLoader workers."""
     ckpt = _edited(dynamic_ckpt, tmp_path / "greedy.ckpt", data__num_workers=48, data__batch_size=10**9,
                    data__eval_batch_size=10**9)
     run = load_trained_run(ckpt)
@@ -177,7 +177,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 def test_a_checkpoints_data_root_is_read_only_to_the_tools(dynamic_ckpt, tmp_path):
-    """The issue's attack: a Fashion-MNIST root naming another folder that holds a .gz made eval
+    """The attack: a Fashion-MNIST root naming another folder that holds a .gz made eval
     write ``<folder>/FashionMNIST/raw/train-images-idx3-ubyte.tmp`` and then advise deleting the
     user's file. Nothing is created there now, and the message says how to go on."""
     victim = tmp_path / "someone"

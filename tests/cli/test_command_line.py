@@ -1,5 +1,4 @@
-"""What a new user meets first: the planted-link guard on every run-name form, sweep job folders
-whose paths can be typed as values, overrides a tool would not use refused, sizes checked before
+"""The tools' command lines: overrides a tool would not use refused in one line, sizes checked before
 the run folder exists, Ctrl-C with a resume hint, and a console with one line per fact."""
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,124 +19,11 @@ from dyconv.checks import validate_config
 from dyconv.cli import check_command_line
 from dyconv.config import CONF_DIR
 from dyconv.errors import ConfigError
-from dyconv.runs.layout import job_dirname, legacy_job_dirname
 from hydra_launch import launch
 
 QUIET = ["callbacks.progress_bar=null"]
 
-
-def _victim(tmp_path: Path) -> Path:
-    victim = tmp_path / "home" / "notes.txt"
-    victim.parent.mkdir(parents=True, exist_ok=True)
-    victim.write_text("precious")
-    return victim
-
-
-def _plant(folder: Path, victim: Path) -> Path:
-    """A handed run folder with a link where Hydra writes the launch's overrides."""
-    link = folder / ".hydra" / "overrides.yaml"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(victim)
-    return link
-
-
-# ----------------------------------------------------------------------- 1. the planted-link guard
-@pytest.mark.parametrize("form", ["generated", "explicit"])
-def test_a_relaunch_never_writes_through_a_planted_link_whatever_the_run_name(tmp_path, form):
-    """The default run name (``${hydra:runtime.choices.model}-...``) resolves before Hydra sets its
-    config: the guard used to warn and guard nothing. A link at ``<run>/.hydra/overrides.yaml``
-    pointing outside: the relaunch with ckpt_path=last leaves the outside file as it was, with no
-    warning, for the generated name and an explicit ``run_name=``."""
-    victim = _victim(tmp_path)
-    args = [f"paths.log_dir={tmp_path / 'logs'}", "ckpt_path=last"] + (["run_name=mine"] if form == "explicit" else [])
-    name = "mine" if form == "explicit" else "dy_simple_cnn-mnist_offline-seed42"
-    run = tmp_path / "logs" / "train" / "runs" / name
-    link = _plant(run, victim)
-    folders, warned = launch("train", args)
-    assert folders == [str(run)]
-    assert victim.read_text() == "precious"
-    assert not link.is_symlink() and "ckpt_path=last" in link.read_text()  # Hydra wrote the run's own file
-    assert warned == []
-
-
-def test_a_sweep_relaunch_never_writes_through_links_planted_in_its_job_folders(tmp_path):
-    victim = _victim(tmp_path)
-    sweep = tmp_path / "logs" / "train" / "multiruns" / "s"
-    links = [_plant(sweep / "seed-1", victim), _plant(sweep / "seed-2", victim)]
-    (sweep / "multirun.yaml").symlink_to(victim)
-    folders, warned = launch("train", [f"paths.log_dir={tmp_path / 'logs'}", "sweep_name=s", "seed=1,2",
-                                       "ckpt_path=last"], multirun=True)
-    assert folders == [str(sweep / "seed-1"), str(sweep / "seed-2")]
-    assert victim.read_text() == "precious"
-    assert not any(p.is_symlink() for p in (*links, sweep / "multirun.yaml"))
-    assert warned == []
-
-
-@pytest.mark.parametrize("tool", ["eval", "inspect"])
-def test_a_tools_folder_in_a_handed_run_is_never_a_link_out(tmp_path, tool):
-    """eval and inspect write into ``<run>/<tool>/...``: a link planted there is removed, so the
-    tool's Hydra files land in the run and the linked folder stays empty."""
-    run = tmp_path / "handed"
-    (run / "checkpoints").mkdir(parents=True)
-    outside = tmp_path / "home" / "Projects"
-    outside.mkdir(parents=True)
-    (run / tool).symlink_to(outside)
-    folders, warned = launch(tool, [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
-    assert Path(folders[0]).parent == run / tool and not (run / tool).is_symlink()
-    assert (Path(folders[0]) / ".hydra" / "overrides.yaml").is_file()
-    assert list(outside.iterdir()) == [] and warned == []
-
-
-# ----------------------------------------------------------------------- 2. typeable job folders
-def test_sweep_job_folders_have_no_equals_or_commas_and_never_share_a_name():
-    assert job_dirname(["+arm=cnn1d_static", "experiment=mnist1d_routing", "seed=3"]) == \
-        "arm-cnn1d_static__experiment-mnist1d_routing__seed-3"
-    assert job_dirname(["seed=3", "model.width_mult=0.0625"]) == "model.width_mult-0.0625__seed-3"  # Hydra's order
-    assert job_dirname(["ckpt_path=x", "seed=1"], exclude_keys=["ckpt_path"]) == "seed-1"
-    odd = [["data.splits=[256,64,64]"], ["data.splits=[256,64,65]"], ["a=b__c-d"], ["a=b", "c=d"], ["x='1,2'"]]
-    names = [job_dirname(o) for o in odd]
-    assert len(set(names)) == len(names)
-    assert not any(c in n for n in names for c in "=,[]'\"/ ")
-    assert names[0].startswith("data.splits-256_64_64-")  # readable, and a hash: characters were replaced
-    relaunch = job_dirname(["ckpt_path=last", "data.splits=[256,64,64]", "trainer.devices=2"],
-                           exclude_keys=["ckpt_path", "trainer.devices"])
-    assert relaunch == names[0]  # the hash covers only what names the job: a relaunch finds its folder
-    assert names[3] == "a-b__c-d" and names[2].startswith("a-b_c-d-")
-
-
-def test_a_sweep_checkpoint_path_is_a_plain_command_line_value(tmp_path):
-    """``ckpt_path=<sweep>/<job>/checkpoints/last.ckpt`` parses as Hydra reads a command line (no
-    quoting) for eval, inspect and export, and eval runs on it; an earlier sweep's folder
-    (``+arm=...,seed=3``) is still read when quoted."""
-    from dyconv.eval import evaluate
-    from trained import make_checkpoint
-
-    sweep = tmp_path / "logs" / "train" / "multiruns" / "s"
-    job = job_dirname(["model=simple_cnn", "+arm=cnn1d_static", "seed=3"])
-    ckpt = make_checkpoint(sweep / job / "checkpoints" / "last.ckpt", ["model=simple_cnn", "data.splits=[64,32,32]"])
-    old = sweep / legacy_job_dirname(["+arm=cnn1d_static", "seed=3"]) / "checkpoints" / "last.ckpt"
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        for tool in ("eval", "inspect", "export"):
-            assert compose(tool, overrides=[f"ckpt_path={ckpt}"]).ckpt_path == str(ckpt)
-            assert compose(tool, overrides=[f"ckpt_path='{old}'"]).ckpt_path == str(old)
-        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'out'}",
-                                         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                                         "trainer.limit_test_batches=1", "tune_malloc=false"])
-    assert "test/acc" in evaluate(cfg)
-
-
-def test_a_relaunch_of_an_earlier_sweep_continues_in_its_old_job_folders(tmp_path):
-    """A sweep started before the rename has ``+arm=cnn1d_static,seed=1``-style job folders: its
-    relaunch (same sweep_name) uses them; a job without an old folder gets a new name."""
-    sweep = tmp_path / "logs" / "train" / "multiruns" / "s"
-    old = sweep / "seed=1"
-    (old / "checkpoints").mkdir(parents=True)
-    folders, _ = launch("train", [f"paths.log_dir={tmp_path / 'logs'}", "sweep_name=s", "seed=1,2",
-                                  "ckpt_path=last"], multirun=True)
-    assert folders == [str(old), str(sweep / "seed-2")]
-
-
-# ----------------------------------------------------------------------- 3. unused overrides
+# ----------------------------------------------------------------------- unused overrides
 @pytest.mark.parametrize(
     ("tool", "override", "why"),
     [
@@ -181,7 +66,7 @@ def test_a_static_models_dynamic_key_names_its_twin_before_anything_is_built():
     check_command_line("train", ["model=resnet10", "model.width_mult=0.5"])
 
 
-# ----------------------------------------------------------------------- 6. sizes on the command line
+# ----------------------------------------------------------------------- sizes on the command line
 def _train_cfg(*overrides: str):
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides))
@@ -233,7 +118,7 @@ def test_a_refused_size_leaves_no_run_folder(tmp_path, cli):
     assert not (tmp_path / "logs").exists()
 
 
-# ----------------------------------------------------------------------- 4. + 5. Ctrl-C, a quiet console
+# ----------------------------------------------------------------------- Ctrl-C, a quiet console
 def test_ctrl_c_names_the_resume_point_and_a_resume_has_a_quiet_console(tmp_path):
     """Ctrl-C (SIGINT) ends with exit code 130 and says where the run stopped and which epoch and
     step last.ckpt holds (read from the file). The resume (with MLflow) prints every Lightning

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ckpt_v0_1_0"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1_0"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -1,5 +1,5 @@
 """Ecosystem features: plain Trainer overrides, Optuna sweeps, W&B / MLflow resume, --help,
-packaging metadata and the quiet console (issue #16)."""
+packaging metadata and the quiet console."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import dyconv
 from dyconv.errors import ConfigError
 from dyconv.train import CONF_DIR, objective
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 CONF = Path(CONF_DIR)
 
 
@@ -30,7 +30,7 @@ def _compose(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-# ---------------------------------------------------------------- 3. Trainer arguments
+# ---------------------------------------------------------------- Trainer arguments
 
 
 # dyconv's deliberate departures from Lightning's defaults (each commented in trainer/default.yaml).
@@ -78,7 +78,7 @@ def test_debug_presets_build_a_trainer(preset, tmp_path):
             assert cfg.trainer[key] == expected[key]
 
 
-# ---------------------------------------------------------------- 1. Optuna
+# ---------------------------------------------------------------- Optuna
 
 
 def test_objective_is_the_optimized_metric_only_when_asked():
@@ -131,7 +131,7 @@ def test_optuna_sweep_through_the_cli(cli, tmp_path):
     assert "setup plugin alembic" not in output
 
 
-# ---------------------------------------------------------------- 2. W&B and MLflow
+# ---------------------------------------------------------------- W&B and MLflow
 
 
 def _logger(name: str, run_dir: Path):
@@ -180,7 +180,7 @@ def test_wandb_offline_relaunch_continues_the_same_run(tmp_path, monkeypatch):
     assert len(runs) == 2 and all(r.name.split("-")[3] == ids[0] for r in runs), [r.name for r in runs]
 
 
-# ---------------------------------------------------------------- 4. --help
+# ---------------------------------------------------------------- --help
 
 
 def test_help_shows_usage_groups_and_where_runs_go(cli):
@@ -194,7 +194,7 @@ def test_help_shows_usage_groups_and_where_runs_go(cli):
     assert "_target_" not in out  # not the raw config
 
 
-# ---------------------------------------------------------------- 5. packaging
+# ---------------------------------------------------------------- packaging
 
 
 def test_one_version_license_citation_and_typed_marker():
@@ -215,7 +215,7 @@ def test_one_version_license_citation_and_typed_marker():
         assert set(extras[extra]) <= set(extras["dev"]), f"CI installs .[dev]: {extra} must be tested there"
 
 
-# ---------------------------------------------------------------- 6. quiet console
+# ---------------------------------------------------------------- quiet console
 
 
 def test_quiet_console_drops_lightning_tips_and_known_noise_only():

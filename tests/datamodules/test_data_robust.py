@@ -1,4 +1,4 @@
-"""Corrupt image files (issue #10 item 8): a truncated JPEG / PNG / .mat raises CorruptImageError naming the
+"""Corrupt image files: a truncated JPEG / PNG / .mat raises CorruptImageError naming the
 file and the fix, also from DataLoader worker processes and through Lightning's fit; ``data.verify=true``
 decodes every file at prepare_data and lists every bad one; a clean dataset verifies."""
 
@@ -25,7 +25,7 @@ from dyconv.datamodules.images import CorruptImageError, load_image, verify_file
 from dyconv.errors import ConfigError
 from fakedata import make_imagenet, make_imagenette, make_tinyimagenet, make_voc, make_voc_sbd, truncate
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "dyconv" / "conf" / "data"
+CONF = Path(__file__).resolve().parents[2] / "src" / "dyconv" / "conf" / "data"
 COMMON = {"batch_size": 2, "seed": 0}
 
 

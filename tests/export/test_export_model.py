@@ -97,7 +97,7 @@ def _run_serving_snippet(export_dir: Path, model: torch.nn.Module, tmp: Path) ->
 
     from dyconv.datamodules.mnist_offline import MNIST_MEAN, MNIST_STD
 
-    doc = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "deployment.md").read_text()
     (code,) = [c for c in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "onnxruntime" in c]
     pixels = mnist_data()[0][:6].reshape(-1, 28, 28).astype("uint8")
     names = []

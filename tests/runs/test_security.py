@@ -129,7 +129,7 @@ def test_cyclic_and_deep_configs_are_refused_not_crashing():
 
 def test_every_shipped_experiment_config_passes_the_check():
     """The allow-list covers what dyconv's own configs store (else training runs could not be evaluated)."""
-    conf = Path(__file__).parents[1] / "src" / "dyconv" / "conf"
+    conf = Path(__file__).parents[2] / "src" / "dyconv" / "conf"
     overrides = [[f"experiment={p.stem}"] for p in sorted((conf / "experiment").glob("*.yaml"))]
     overrides += [[f"optimizer={p.stem}"] for p in sorted((conf / "optimizer").glob("*.yaml"))]
     overrides += [[f"scheduler={p.stem}"] for p in sorted((conf / "scheduler").glob("*.yaml"))]

@@ -27,7 +27,7 @@ from dyconv.models.factory import DYNAMIC_KWARGS
 CONF_DIR = Path(dyconv.__file__).parent / "conf" / "model"
 STATIC = [n for n in list_models() if not n.startswith(("dy_", "od_"))]
 DYNAMIC = list_models("dy_*")
-ODCONV = list_models("od_*")  # ODConv's networks (tests/test_odconv_zoo.py)
+ODCONV = list_models("od_*")  # ODConv's networks (tests/models/test_odconv_zoo.py)
 
 
 def n_params(model: nn.Module) -> int:

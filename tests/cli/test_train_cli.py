@@ -13,7 +13,7 @@ from dyconv.layers import dynamic_layers
 
 pytestmark = pytest.mark.slow
 
-CONF = Path(__file__).parents[1] / "src" / "dyconv" / "conf"
+CONF = Path(__file__).parents[2] / "src" / "dyconv" / "conf"
 QUIET = ["callbacks.progress_bar=null"]
 SMALL_DATA = ["data.splits=[512,128,128]"]
 
@@ -153,12 +153,12 @@ def test_multirun_gives_each_job_its_own_complete_directory(cli, tmp_path):
     assert (sweep / "summary.md").is_file()
 
 
-#: Deeper twins of configs kept here (same code, only more blocks): tests/test_models.py
-#: instantiates their configs and tests/test_experiments.py trains each one step.
+#: Deeper twins of configs kept here (same code, only more blocks): tests/models/test_models.py
+#: instantiates their configs and tests/cli/test_experiments.py trains each one step.
 DEEPER_TWINS = ("resnet101", "dy_resnet101", "od_resnet34", "od_resnet50", "od_resnet101")
 
 
-#: 1-D models take sequences, not images: tests/test_mnist1d.py trains them from the CLI.
+#: 1-D models take sequences, not images: tests/datamodules/test_mnist1d.py trains them from the CLI.
 SEQUENCE_MODELS = ("cnn1d", "dy_cnn1d")
 
 
