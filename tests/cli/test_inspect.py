@@ -261,7 +261,7 @@ def _inspect_command(*overrides: str):
 
 def test_device_cuda_without_cuda_is_a_config_error(monkeypatch):
     from dyconv.errors import ConfigError
-    from dyconv.inspect import _device
+    from dyconv.inspection import _device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("cuda", "cuda:0"):
