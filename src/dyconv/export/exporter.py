@@ -276,18 +276,21 @@ def export_model(
             if fmt == "onnx":
                 _quiet_onnx_loggers()
                 external = _onnx_external_data(model)  # weights over 2 GiB: a side file
-                torch.onnx.export(
-                    net,
-                    (example,),
-                    str(path),
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    opset_version=opset,
-                    dynamic_shapes=dynamic_shapes,
-                    dynamo=True,
-                    external_data=external,
-                    verbose=False,
-                )
+                # Without gradients torch.export traces no backward: the per-sample Scan's joint
+                # forward/backward graph alone took about as long as the rest of the export.
+                with torch.no_grad():
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(path),
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        opset_version=opset,
+                        dynamic_shapes=dynamic_shapes,
+                        dynamo=True,
+                        external_data=external,
+                        verbose=False,
+                    )
                 import onnx
 
                 localise = isinstance(net, _PerSample) and not external
