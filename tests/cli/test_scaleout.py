@@ -162,3 +162,42 @@ def test_slurm_launcher_writes_one_sbatch_per_run_with_the_trainer_geometry(tmp_
                  "--signal=USR2@120"):
         assert f"#SBATCH {line}\n" in script, script
     assert "\nsrun " in script
+
+
+def test_ddp_on_cpu_syncs_metrics_across_ranks(cli, tmp_path):
+    """Two gloo processes; the logged val/acc is the accuracy over the WHOLE val set, which each
+    rank only sees half of."""
+    run_dir = tmp_path / "ddp"
+    cli(
+        "train",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data.splits=[256,100,100]",
+        "data.batch_size=32",
+        "model.recompute_kernels=true",  # the memory-saving autograd Function, under DDP
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run_dir}",
+    )
+    from dyconv.runs.rebuild import load_trained_run
+
+    run = load_trained_run(run_dir / "checkpoints" / "last.ckpt")
+    dm = run.datamodule()
+    dm.setup("fit")
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in dm.val_dataloader():
+            correct += int((run.task(x).argmax(1) == y).sum())
+            total += len(y)
+    assert total == 100
+    assert json.loads((run_dir / "metrics.json").read_text())["val/acc"] == pytest.approx(correct / total, abs=1e-6)
+    assert list(dynamic_layers(run.model))
+
+
+def test_multirun_with_in_process_ddp_is_refused(cli):
+    """Lightning's DDP launcher would re-run each worker with the whole sweep's arguments."""
+    proc = cli("train", "-m", "trainer=ddp_cpu", "trainer.devices=2", "seed=1,2", "callbacks.progress_bar=null",
+               check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "basic launcher is not supported" in out and "hydra/launcher=slurm" in out
