@@ -303,8 +303,8 @@ def write_summary(sweep_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
     atomic_write_text(csv_path, buf.getvalue())
 
-    shown = [c for c in columns if c not in ("overrides", "error") and (c not in _metric_columns(jobs)
-                                                                         or c in _MD_METRICS)]
+    metrics = set(_metric_columns(jobs))  # once: a sweep of big models has thousands of metric columns
+    shown = [c for c in columns if c not in ("overrides", "error") and (c not in metrics or c in _MD_METRICS)]
     failed = [r for r in rows if r["status"] != "completed"]
     lines = [f"# Sweep summary: {md_text(sweep_dir, 1000)}", "",
              f"{len(rows)} jobs, {len(rows) - len(failed)} completed, {len(failed)} failed or incomplete "
