@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +21,74 @@ from dyconv.runtime import tune_malloc
 TESTS_DIR = Path(__file__).parent
 
 
+class _Zygote:
+    """The test process's handle on ``zygote.py`` (one per test process, started on first use)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TESTS_DIR / "zygote.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
+        )
+        self.lock = threading.Lock()  # one run at a time: runs from threads wait their turn
+        self.pending = b""
+        if self._reply(None) != {"ready": True}:
+            raise RuntimeError("the tests' zygote process did not start")
+
+    def _reply(self, deadline: float | None) -> dict:
+        """The next JSON line from the zygote (TimeoutError past ``deadline``)."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], wait)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"the tests' zygote process ended (exit code {self.proc.poll()})")
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return json.loads(line)
+
+    def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float | None
+            ) -> subprocess.CompletedProcess:
+        with self.lock, tempfile.TemporaryDirectory() as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"module": module, "args": args, "cwd": str(cwd), "env": env,
+                       "stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            pid = self._reply(None)["pid"]
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                code = self._reply(deadline)["code"]
+            except BaseException as e:  # a timeout (ours or pytest's): the run is killed, the zygote too
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self.close()
+                if isinstance(e, TimeoutError):
+                    output = out.read_text(), err.read_text()
+                    raise subprocess.TimeoutExpired([module, *args], timeout, *output) from None
+                raise
+            return subprocess.CompletedProcess([module, *args], code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        global _zygote
+        self.proc.kill()
+        self.proc.wait()
+        _zygote = None
+
+
+_zygote: _Zygote | None = None
+
+
 def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:
     """``python -m dyconv.<module> args...`` with logs and data under ``cwd``; returns the result.
-    No timeout of its own: the suite's (pytest-timeout, pyproject.toml) applies."""
+
+    Runs in a child forked from a process that has imported torch, Lightning, Hydra and dyconv
+    (``zygote.py``: the same code as ``python -m``, each run in its own process, without paying
+    the imports again). ``fresh=True``: a new interpreter instead, for what the imports
+    themselves decide or a process that re-launches its own command (DDP). No timeout of its
+    own: the suite's (pytest-timeout, pyproject.toml) applies."""
+    global _zygote
     full_env = dict(os.environ)
     full_env.update({
         "DYCONV_LOG_DIR": str(cwd / "logs"),
@@ -27,10 +98,15 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
         "PYTHONUNBUFFERED": "1",
     })
     full_env.update(env or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", f"dyconv.{module}", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
+    if fresh:
+        proc = subprocess.run(
+            [sys.executable, "-m", f"dyconv.{module}", *args],
+            cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+    else:
+        if _zygote is None or _zygote.proc.poll() is not None:
+            _zygote = _Zygote()
+        proc = _zygote.run(f"dyconv.{module}", list(args), cwd, full_env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"dyconv.{module} {' '.join(args)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}"

@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,19 +53,16 @@ def _run(data: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[Path, Future]]:
-    """Every dataset's run, started at once: each is mostly interpreter start-up and imports, so running
-    them side by side takes about half the time of running them one after the other."""
-    with ThreadPoolExecutor(max_workers=len(DATASETS)) as pool:
-        cwds = {data: tmp_path_factory.mktemp(data) for data in sorted(DATASETS)}
-        futures = {data: (cwd, pool.submit(_run, data, cwd)) for data, cwd in cwds.items()}
-        yield futures
+def runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every dataset's run, each in its own folder (the runs are forked from a pre-imported
+    interpreter, see conftest.run_cli: each costs its own work, not the imports)."""
+    cwds = {data: tmp_path_factory.mktemp(data) for data in sorted(DATASETS)}
+    return {data: (cwd, _run(data, cwd)) for data, cwd in cwds.items()}
 
 
 @pytest.mark.parametrize("data", sorted(DATASETS))
 def test_fast_dev_run_on_fixture(data, runs):
-    cwd, future = runs[data]
-    proc = future.result()
+    cwd, proc = runs[data]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "Traceback" not in out
