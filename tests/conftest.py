@@ -115,6 +115,28 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
     return proc
 
 
+#: The files that take longest, heaviest first (``pytest --durations=60``). pytest-xdist hands out
+#: whole files in collection order (``--dist loadfile --no-loadscope-reorder`` in pyproject.toml):
+#: starting with these keeps both workers busy to the end instead of one finishing a long file alone.
+HEAVY_FIRST = (
+    "export/test_export_model.py", "cli/test_train_cli.py", "export/test_export.py",
+    "cli/test_train_every_model.py", "cli/test_scaleout.py", "layers/test_layer_exporters.py",
+    "scripts/test_benchmarks.py", "runs/test_security.py", "cli/test_command_line.py",
+    "export/test_export_portable.py", "cli/test_train_resume.py", "models/test_detection.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+
+    def order(item) -> int:
+        path = Path(item.path)
+        name = path.relative_to(TESTS_DIR).as_posix() if path.is_relative_to(TESTS_DIR) else ""
+        return rank.get(name, len(rank))
+
+    items.sort(key=order)  # stable: every other test keeps its place
+
+
 # What the entry points do on CPU (see dyconv.runtime): fresh large allocations are very
 # expensive on some machines (this CI VM among them) and the in-process tests would crawl.
 tune_malloc()
