@@ -14,7 +14,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import dyconv.train  # registers the OmegaConf resolvers the configs use
+from dyconv.config import plain
 from dyconv.layers import dynamic_layers
+from dyconv.runs.safe_config import check_run_config
 
 CONF = Path(dyconv.train.CONF_DIR)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "experiments.md"
@@ -301,6 +303,9 @@ def test_generated_tables_are_up_to_date():
 def test_recipe_numbers(name):
     r = RECIPES[name]
     cfg = _compose([f"experiment={name}"])
+    # What train stores of it passes the checkpoint allow-list (else its runs could not be evaluated).
+    stored = plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
+    assert check_run_config(stored, "x") is stored
     choices = cfg.hydra.runtime.choices
     assert (choices.data, choices.model, choices.optimizer) == (r["data"], r["model"], "sgd")
     assert cfg.run_name == f"{name}-seed{cfg.seed}"
