@@ -4,6 +4,7 @@ data with the batch shrunk to 2 and images to 32 px."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -182,6 +183,15 @@ def _compose(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 
+@functools.cache
+def _experiment(name: str) -> DictConfig:
+    """``experiment=<name>`` composed once per test process, read-only (a test that changes a config
+    composes its own): several tests read the same experiment."""
+    cfg = _compose([f"experiment={name}"])
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
 def _leaves(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict) and node:
         return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
@@ -302,7 +312,7 @@ def test_generated_tables_are_up_to_date():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_recipe_numbers(name):
     r = RECIPES[name]
-    cfg = _compose([f"experiment={name}"])
+    cfg = _experiment(name)
     # What train stores of it passes the checkpoint allow-list (else its runs could not be evaluated).
     stored = plain(cfg, "model", "data", "task", "optimizer", "scheduler", "seed")
     assert check_run_config(stored, "x") is stored
@@ -361,7 +371,7 @@ def test_model_at_real_size(name):
     from dyconv.published import by_experiment
 
     r = RECIPES[name]
-    cfg = _compose([f"experiment={name}"])
+    cfg = _experiment(name)
     assert cfg.data.num_classes == REAL_NUM_CLASSES[r["data"]]
     model = instantiate(cfg.model)
     n = sum(p.numel() for p in model.parameters())
@@ -450,7 +460,7 @@ def test_one_training_step(name, data_roots, tmp_path, one_thread):
 def test_miniature_sweeps_compose_with_their_grid(name):
     """The Fashion-MNIST miniature: ResNet-10 static vs dynamic over widths and seeds, and the
     temperature ablation; a single cell composes to the model its sweep names."""
-    cfg = _compose([f"experiment={name}"])
+    cfg = _experiment(name)
     params = {k: str(v) for k, v in cfg.hydra.sweeper.params.items()}
     assert cfg.hydra.runtime.choices.data == "fashion_mnist" and params["seed"] == "0,1,2"
     if name == "fmnist_width_sweep":
@@ -479,7 +489,7 @@ STUDY_GRIDS = {
 @pytest.mark.parametrize("name", STUDIES)
 def test_studies_sweep_their_arms_and_each_cell_composes(name):
     data, arms, seeds = STUDY_GRIDS[name]
-    cfg = _compose([f"experiment={name}"])
+    cfg = _experiment(name)
     params = {k: str(v) for k, v in cfg.hydra.sweeper.params.items()}
     assert params == {"+arm": params["+arm"], "seed": seeds} | ({"model.width_mult": "0.0625,0.125"}
                                                                if name == "fmnist_routing" else {})
