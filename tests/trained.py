@@ -54,19 +54,15 @@ def make_checkpoint(
 def real_run(base: Path, timeout: float | None = None) -> Path:
     """A real 1-epoch offline run of the default model (``python -m dyconv.train``, ~10 s), made
     once per ``base`` directory (pass the session's ``tmp_path_factory.getbasetemp()``)."""
-    import os
-    import subprocess
-    import sys
+    from conftest import run_cli
 
     run_dir = base / "real_default_run"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
         return run_dir
-    env = dict(os.environ, DYCONV_LOG_DIR=str(base / "logs"), DYCONV_DATA_DIR=str(base / "datasets"))
     args = ["data.splits=[256,64,64]", "trainer.max_epochs=1", "callbacks.progress_bar=null", "logger=[]",
             f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "dyconv.train", *args], cwd=base, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = run_cli("train", *args, cwd=base, timeout=timeout, check=False)
     if proc.returncode != 0 or not ckpt.is_file():
         raise AssertionError(f"dyconv.train {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return run_dir
