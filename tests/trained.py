@@ -9,13 +9,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["compose_run_config", "make_checkpoint", "real_run"]
+__all__ = ["compose_run_config", "load_checkpoint", "make_checkpoint", "real_run", "run_metrics"]
+
+
+def run_metrics(run_dir: Path) -> dict[str, float]:
+    """A finished run's ``metrics.json``."""
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, plain types only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def compose_run_config(overrides: Sequence[str] = ()) -> dict:

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
-from pathlib import Path
 
 import pytest
-import torch
+
+from trained import load_checkpoint, run_metrics
 
 pytestmark = pytest.mark.slow
 
 QUIET = ["callbacks.progress_bar=null"]
-
-
-def _metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)  # plain types only
 
 
 def test_default_command_trains_offline_model(cli, tmp_path):
@@ -27,7 +18,7 @@ def test_default_command_trains_offline_model(cli, tmp_path):
     where everything is."""
     proc = cli("train")
     run_dir = tmp_path / "logs" / "train" / "runs" / "dy_simple_cnn-mnist_offline-seed42"
-    assert _metrics(run_dir)["test/acc"] >= 0.95
+    assert run_metrics(run_dir)["test/acc"] >= 0.95
     for label in ("Run directory:", "Checkpoints:", "TensorBoardLogger:", "Resolved config:"):
         assert label in proc.stdout
     assert str(run_dir) in proc.stdout
@@ -35,7 +26,7 @@ def test_default_command_trains_offline_model(cli, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / ".hydra" / "resolved_config.yaml").is_file()
     assert list((run_dir / ".hydra" / "launches").iterdir())
-    ckpt = _load(run_dir / "checkpoints" / "last.ckpt")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["dyconv"]["config"]["model"]["name"] == "dy_simple_cnn"
     assert all(not k.startswith("model._orig_mod") for k in ckpt["state_dict"])
 
@@ -62,7 +53,7 @@ def test_multirun_gives_each_job_its_own_complete_directory(cli, tmp_path):
         assert "__optimizer.lr-0.05__" in job.name
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert (job / ".hydra" / "config.yaml").is_file()
-        assert "test/acc" in _metrics(job)
+        assert "test/acc" in run_metrics(job)
     # The sweep's summary lists all four jobs, the failed ones with their error.
     with open(sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -128,13 +119,13 @@ def test_train_false_tests_the_checkpoint_it_is_given(cli, tmp_path, tmp_path_fa
     from trained import real_run
 
     run = real_run(tmp_path_factory.getbasetemp())
-    trained = _metrics(run)
+    trained = run_metrics(run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     out = tmp_path / "test_only"
     proc = cli("train", "data.splits=[256,64,64]", "callbacks.progress_bar=null", "logger=[]", "train=false",
                f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}")
     assert "Testing the checkpoint" in proc.stdout + proc.stderr
-    tested = _metrics(out)
+    tested = run_metrics(out)
     for key in ("test/acc", "test/loss"):
         assert tested[key] == pytest.approx(trained[key], rel=1e-6), key
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from trained import run_metrics
+
 pytestmark = pytest.mark.slow
 
 CONF = Path(__file__).parents[2] / "src" / "dyconv" / "conf"
 QUIET = ["callbacks.progress_bar=null"]
-
-
-def _metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 #: Deeper twins of configs kept here (same code, only more blocks): tests/models/test_models.py
@@ -55,7 +52,7 @@ def test_fast_dev_run_every_classification_model(cli, tmp_path):
     jobs = list((tmp_path / "logs" / "debug" / "multiruns" / "sweep").glob("*model-*"))  # key-value__key-value
     assert len(jobs) == len(models)
     for job in jobs:
-        m = _metrics(job)
+        m = run_metrics(job)
         # One SGD step leaves BatchNorm's running statistics far from the data, so eval-mode
         # test losses of deep nets can overflow here; the training step itself must be finite.
         # fast_dev_run tests one batch of 4 images: the accuracy is a count of 4.

@@ -10,18 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from trained import load_checkpoint, run_metrics
+
 pytestmark = pytest.mark.slow
 
 QUIET = ["callbacks.progress_bar=null"]
 SMALL_DATA = ["data.splits=[512,128,128]"]
-
-
-def _metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)  # plain types only
 
 
 def test_resume_after_sigkill_is_exact(cli, tmp_path):
@@ -48,16 +42,16 @@ def test_resume_after_sigkill_is_exact(cli, tmp_path):
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert "starting from scratch" in killed.stdout + killed.stderr
-    assert _load(resumed / "checkpoints" / "last.ckpt")["epoch"] == 1  # epoch 1 trained, not validated
+    assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["epoch"] == 1  # epoch 1 trained, not validated
     again = cli("train", *common, f"hydra.run.dir={resumed}", "ckpt_path=last")
     assert "Resuming from" in again.stdout + again.stderr
 
-    a, b = _load(straight / "checkpoints" / "last.ckpt"), _load(resumed / "checkpoints" / "last.ckpt")
+    a, b = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (straight, resumed))
     assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"] == 2
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-7, msg=key)
-    ma, mb = _metrics(straight), _metrics(resumed)
+    ma, mb = run_metrics(straight), run_metrics(resumed)
     ma, mb = ({k: v for k, v in m.items() if not k.startswith("time/")} for m in (ma, mb))
     assert ma == pytest.approx(mb, rel=1e-6, abs=1e-7)
     assert ma["temperature"] == mb["temperature"] == 1.0
@@ -104,7 +98,7 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tm
     run_dir = tmp_path / "flat"
     cli("train", "optimizer.lr=1e-12", "trainer.max_epochs=3", "data.splits=[64,32,32]", "test=false", *QUIET,
         f"hydra.run.dir={run_dir}")
-    assert _load(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
     best = [p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt")]
     assert [p.name for p in best] == ["epoch_000.ckpt"]
     # dyconv.eval rebuilds everything from the checkpoint alone; data overrides apply.
@@ -113,5 +107,5 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(cli, tm
     record = json.loads(result.read_text())
     # last.ckpt holds the weights of the run's final validation: eval must reproduce its accuracy.
     assert record["split"] == "val"
-    assert record["metrics"]["val/acc"] == pytest.approx(_metrics(run_dir)["val/acc"], abs=1e-6)
+    assert record["metrics"]["val/acc"] == pytest.approx(run_metrics(run_dir)["val/acc"], abs=1e-6)
     assert str(result) in proc.stdout
