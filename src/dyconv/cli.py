@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -327,4 +328,10 @@ def tool_main(hydra_main: Callable[[], Any], config_name: str, usage: str | None
     quiet_console()
     if usage:
         require_ckpt_path(usage)
-    return run_hydra_main(hydra_main, config_name)
+    try:
+        return run_hydra_main(hydra_main, config_name)
+    except BrokenPipeError:
+        # The reader of the output went away (``--help | head -3``): stop quietly, as a Unix tool
+        # does, and keep the interpreter's final flush from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

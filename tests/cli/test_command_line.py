@@ -208,3 +208,15 @@ def test_lightning_logs_once_even_when_a_tool_imports_lightning_after_routing():
             "all(logging.getLogger(n).propagate for n in names))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "True"]
+
+
+@pytest.mark.parametrize("tool", ["train", "eval"])
+def test_help_into_a_closed_pipe_ends_quietly(tool):
+    """``python -m dyconv.train --help | head -3``: the reader is gone before the help is written;
+    the tool stops without a traceback (a BrokenPipeError here once failed CI's wheel check)."""
+    proc = subprocess.Popen([sys.executable, "-m", f"dyconv.{tool}", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the interpreter has started: every write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
