@@ -337,3 +337,29 @@ def test_a_checkpoint_callback_without_a_folder_gets_the_runs(tmp_path):
     unset, set_ = ModelCheckpoint(), ModelCheckpoint(dirpath=str(tmp_path / "mine"))
     assert checkpoint_dirs([unset, set_, object()], tmp_path) == [tmp_path / "checkpoints", tmp_path / "mine"]
     assert unset.dirpath == str(tmp_path / "checkpoints")
+
+
+class _PressCtrlC:
+    """Pickled in the middle of a checkpoint: sends this process a SIGINT while torch.save writes."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (7,))
+
+
+def test_ctrl_c_during_a_checkpoint_write_arrives_after_the_file_is_complete(tmp_path):
+    """Ctrl-C raised inside torch's zip writer became ``RuntimeError: unexpected pos`` (a run then
+    ended with an error instead of its Ctrl-C stop): the KeyboardInterrupt comes once the file is
+    written and in place."""
+    from dyconv.runs.checkpoint import atomic_torch_save
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        path = tmp_path / "last.ckpt"
+        with pytest.raises(KeyboardInterrupt):
+            atomic_torch_save({"w": torch.ones(3), "mark": _PressCtrlC()}, path)
+        saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: int(7) is a call
+        assert saved["mark"] == 7 and torch.equal(saved["w"], torch.ones(3))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -8,6 +8,8 @@ import errno
 import os
 import re
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,17 +124,42 @@ def disk_full_error(path: Path, error: BaseException) -> DiskFullError:
     )
 
 
+@contextlib.contextmanager
+def sigint_after_write():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then deliver it
+    as it would have been (``KeyboardInterrupt``, or the handler in place). torch's zip writer turns
+    a ``KeyboardInterrupt`` raised inside it into ``RuntimeError: ... unexpected pos``: the run then
+    ended with an error instead of its Ctrl-C stop. Only the main thread receives signals; elsewhere,
+    and where SIGINT is ignored, the block runs as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            if callable(previous):
+                previous(*held[0])
+            else:  # SIG_DFL: the process ends as Ctrl-C would have ended it
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a partial file at ``path``.
 
     Written through :func:`~dyconv.utils.files.atomic_open` with ``durable=True``: a SIGKILL or
     power loss at any moment leaves either the old file or the new one; a full disk raises
-    :class:`~dyconv.errors.DiskFullError` saying the previous file is intact.
+    :class:`~dyconv.errors.DiskFullError` saying the previous file is intact. A Ctrl-C during the
+    write takes effect once the file is complete (:func:`sigint_after_write`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_open(path, durable=True) as f:  # 0o666 & ~umask: shared runs stay readable
+        with sigint_after_write(), atomic_open(path, durable=True) as f:  # 0o666 & ~umask: readable
             torch.save(obj, f)
     except BaseException as e:
         if is_disk_full(e):
